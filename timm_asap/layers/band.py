@@ -1,0 +1,116 @@
+"""Index arithmetic shared by every spectral pooling formulation: padding, kept band, spatial crop.
+
+All functions here work on one spatial axis of length ``size`` and return plain integers, so the
+fast matrix form (:mod:`timm_asap.layers.spectral_matrix`) and the FFT formulation
+(:mod:`timm_asap.layers.fft_pool`) crop exactly the same frequencies.
+
+Two band rules are implemented (see ``asap-spec.md`` / arXiv:2307.09804):
+
+* ``'centered'`` (default): the DC-centred band of exactly ``ceil(size / 2)`` bins, so the output
+  has the size a stride-2 convolution with ``padding=k // 2`` gives.
+* ``'reference'``: indices ``[int(M / 4), int(3 * M / 4))`` of the centred spectrum of length
+  ``M``, as in the authors' public code (e.g. 14 -> 8 for ASAP).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ['POOLS', 'MODES', 'ASAP_PADDINGS', 'FLC_NORMS', 'FLC_VARIANTS', 'BandSpec', 'band_spec', 'output_size']
+
+POOLS = ('asap', 'flc')
+MODES = ('centered', 'reference')
+ASAP_PADDINGS = ('one', 'none', 'large')
+FLC_NORMS = ('forward', 'backward')
+FLC_VARIANTS = ('real', 'abs')
+
+
+@dataclass(frozen=True)
+class BandSpec:
+    """How one axis of length ``size`` is pooled.
+
+    Attributes:
+        size: input length.
+        pad_before: zeros added before the signal.
+        pad_after: zeros added after the signal.
+        band_start: first kept index of the fftshift-ed spectrum of length ``padded``.
+        band_len: number of kept frequency bins (length of the inverse transform).
+        crop_start: first kept sample of the inverse transform (non-zero only for padding 'large').
+        crop_len: output length.
+        window: whether the sqrt-Hamming window of length ``padded`` multiplies the spectrum.
+    """
+
+    size: int
+    pad_before: int
+    pad_after: int
+    band_start: int
+    band_len: int
+    crop_start: int
+    crop_len: int
+    window: bool
+
+    @property
+    def padded(self) -> int:
+        return self.size + self.pad_before + self.pad_after
+
+
+def check_choice(name: str, value: str, allowed: tuple[str, ...], owner: str) -> str:
+    """Raise a ValueError naming ``value`` and the allowed choices unless ``value in allowed``."""
+    if value not in allowed:
+        raise ValueError(f"{owner} {name} must be one of {list(allowed)}, got {value!r}")
+    return value
+
+
+def band_spec(size: int, pool: str = 'asap', padding: str = 'one', mode: str = 'centered') -> BandSpec:
+    """Padding, band and crop for one axis.
+
+    Args:
+        size: input length along the axis (>= 1).
+        pool: ``'asap'`` or ``'flc'``.
+        padding: ASAP padding variant, ``'one'`` (one zero at the end, the paper's default),
+            ``'none'`` or ``'large'`` (about ``size / 2`` zeros on each side, then a spatial centre
+            crop). Ignored for FLC, which never pads.
+        mode: ``'centered'`` or ``'reference'``.
+
+    Returns:
+        The :class:`BandSpec` of the axis.
+
+    Raises:
+        ValueError: for an unknown pool/padding/mode, or a size whose output would be empty.
+    """
+    check_choice('pool', pool, POOLS, 'spectral pooling')
+    check_choice('mode', mode, MODES, pool.upper())
+    if pool == 'asap':
+        check_choice('padding', padding, ASAP_PADDINGS, 'ASAP')
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"{pool.upper()} needs a spatial size >= 1, got {size!r}")
+    if pool == 'flc' or padding == 'none':
+        before, after = 0, 0
+    elif padding == 'one':
+        before, after = 0, 1
+    else:  # 'large': int(size / 2 - 1) before (never negative), int(size / 2) after
+        before, after = max(0, size // 2 - 1), size // 2
+    m = size + before + after
+    large = pool == 'asap' and padding == 'large'
+    if mode == 'reference':
+        start, stop = m // 4, (3 * m) // 4
+        band_len = stop - start
+        crop_start, crop_len = ((band_len // 4, (3 * band_len) // 4 - band_len // 4) if large else (0, band_len))
+    else:
+        n = (size + 1) // 2
+        band_len = (m + 1) // 2 if large else n
+        start = m // 2 - band_len // 2
+        crop_start, crop_len = (band_len - n) // 2, n
+    if crop_len < 1:
+        raise ValueError(
+            f"{pool.upper()} mode={mode!r} gives an empty output for spatial size {size}; "
+            f"use a size >= 2 or mode='centered'")
+    return BandSpec(size, before, after, start, band_len, crop_start, crop_len, window=pool == 'asap')
+
+
+def output_size(size: int, pool: str = 'asap', padding: str = 'one', mode: str = 'centered') -> int:
+    """Output length along one axis: ``ceil(size / 2)`` in ``'centered'`` mode.
+
+    In ``'reference'`` mode the public code's crop decides (ASAP: ``ceil(size / 2)``, except
+    ``size / 2 + 1`` when ``size % 4 == 2``).
+    """
+    return band_spec(size, pool, padding, mode).crop_len
