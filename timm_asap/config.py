@@ -1,0 +1,373 @@
+"""The typed run configuration read from ``hub_configs/*.yaml``.
+
+One YAML file describes one model we train and publish: which registered architecture and base
+checkpoint it starts from (``model``), the data (``data``), the fine-tuning recipe (``train``) and where
+it is published (``hub``). The same structure drives fine-tuning, evaluation, publishing and the
+registry's pretrained configs, so the schema is defined once, here.
+
+Unknown keys and wrong types are errors naming the key, e.g.
+``train.lr: expected float, got str 'fast'``.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+__all__ = [
+    'ConfigError', 'ModelConfig', 'DataConfig', 'DistillConfig', 'TrainConfig', 'HubConfig', 'RunConfig',
+    'load_config', 'config_from_dict', 'apply_overrides', 'list_hub_configs', 'hub_config_dir', 'save_config',
+]
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is not allowed; the message names the key."""
+
+
+@dataclass
+class ModelConfig:
+    """What is built.
+
+    Attributes:
+        architecture: registered timm name, e.g. ``resnet50_asap`` (needs ``import timm_asap``).
+        tag: the weight tag this recipe produces, e.g. ``ft_in1k``; ``<architecture>.<tag>`` is the
+            model's full name.
+        base: base timm model and tag whose weights initialise the model (zero-shot conversion) and
+            serve as distillation teacher, e.g. ``resnet50.tv_in1k``; empty for random initialisation.
+        pool: ``asap``, ``flc`` or ``none`` (the baseline without spectral pooling).
+        mode: pooling band rule, ``centered`` or ``reference``.
+        num_classes: classifier outputs.
+        in_chans: input channels.
+        img_size: training and evaluation resolution (square).
+        model_args: further keyword arguments for ``timm.create_model``.
+    """
+
+    architecture: str = ''
+    tag: str = ''
+    base: str = ''
+    pool: str = 'asap'
+    mode: str = 'centered'
+    num_classes: int = 1000
+    in_chans: int = 3
+    img_size: int = 224
+    model_args: dict = field(default_factory=dict)
+
+
+@dataclass
+class DataConfig:
+    """Where the images come from.
+
+    Attributes:
+        dataset: ``fashion_mnist`` (built in), or any name ``timm.data.create_dataset`` reads:
+            ``''``/``folder`` for an ImageFolder tree, ``hfds/<name>``, ``wds/<name>`` (tar shards), ...
+        data_dir: root folder; for ``fashion_mnist`` the folder holding the IDX files (default: the
+            Debian package's ``/usr/share/datasets/fashion-mnist``, else torchvision downloads them).
+        train_split: split (sub-folder) used for training.
+        val_split: split used for validation and evaluation.
+        train_subset: use only the first N training images (None: all).
+        val_subset: use only the first N validation images (None: all).
+        mean: normalisation mean (None: the model's pretrained_cfg).
+        std: normalisation std (None: the model's pretrained_cfg).
+        interpolation: resize interpolation.
+        crop_pct: centre-crop fraction for evaluation.
+        workers: DataLoader worker processes.
+        label_names: class names, in label order (written into the Hub config).
+    """
+
+    dataset: str = ''
+    data_dir: str | None = None
+    train_split: str = 'train'
+    val_split: str = 'validation'
+    train_subset: int | None = None
+    val_subset: int | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    interpolation: str = 'bicubic'
+    crop_pct: float = 0.875
+    workers: int = 2
+    label_names: list[str] | None = None
+
+
+@dataclass
+class DistillConfig:
+    """Knowledge distillation from the base model.
+
+    Attributes:
+        enabled: distil from ``teacher``.
+        teacher: timm model name (with tag) of the teacher; empty means ``model.base``.
+        alpha: weight of the KL term; the label loss gets ``1 - alpha`` (1.0: teacher only, for
+            unlabelled images).
+        temperature: softmax temperature of both logits; the KL term is scaled by its square.
+    """
+
+    enabled: bool = False
+    teacher: str = ''
+    alpha: float = 0.5
+    temperature: float = 2.0
+
+
+@dataclass
+class TrainConfig:
+    """The fine-tuning recipe (names follow timm's train.py where they exist).
+
+    Attributes:
+        epochs: training epochs.
+        batch_size: images per step per process.
+        opt: optimizer name for ``timm.optim.create_optimizer_v2`` (``sgd``, ``adamw``, ...).
+        lr: peak learning rate.
+        momentum: SGD momentum.
+        weight_decay: weight decay.
+        sched: ``timm.scheduler`` name (``cosine``, ``step``, ``plateau``, ...).
+        warmup_epochs: linear warm-up epochs.
+        warmup_lr: learning rate at the start of warm-up.
+        min_lr: final learning rate.
+        label_smoothing: label smoothing of the cross-entropy.
+        mixup: mixup alpha (0 disables).
+        cutmix: cutmix alpha (0 disables).
+        model_ema: keep an EMA of the weights (timm ModelEmaV3).
+        model_ema_decay: EMA decay.
+        amp_dtype: ``bfloat16``, ``float16`` (with a grad scaler) or ``float32`` (AMP off); AMP is used on CUDA only.
+        channels_last: channels_last memory format on CUDA.
+        compile: wrap the model in ``torch.compile``.
+        grad_accum_steps: micro-batches per optimizer step.
+        clip_grad: gradient norm clipping (None: off).
+        seed: random seed.
+        log_interval: steps between progress-bar updates of the loss.
+        distill: knowledge distillation settings.
+    """
+
+    epochs: int = 10
+    batch_size: int = 128
+    opt: str = 'sgd'
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-5
+    sched: str = 'cosine'
+    warmup_epochs: int = 1
+    warmup_lr: float = 1e-5
+    min_lr: float = 0.0
+    label_smoothing: float = 0.1
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    model_ema: bool = False
+    model_ema_decay: float = 0.9998
+    amp_dtype: str = 'bfloat16'
+    channels_last: bool = True
+    compile: bool = False
+    grad_accum_steps: int = 1
+    clip_grad: float | None = None
+    seed: int = 42
+    log_interval: int = 50
+    distill: DistillConfig = field(default_factory=DistillConfig)
+
+
+@dataclass
+class HubConfig:
+    """Where the trained model is published.
+
+    Attributes:
+        repo_id: full Hugging Face Hub repository id, ``<org>/<name>``.
+        license: licence identifier for the model card and pretrained_cfg (e.g. ``apache-2.0``).
+        published: whether weights exist at ``repo_id``; the registry refuses to load unpublished tags.
+        private: create the repository private.
+        datasets: Hub dataset ids for the card metadata.
+        tags: extra card tags.
+    """
+
+    repo_id: str = ''
+    license: str = 'apache-2.0'
+    published: bool = False
+    private: bool = False
+    datasets: list[str] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RunConfig:
+    """A whole ``hub_configs/*.yaml`` file."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    hub: HubConfig = field(default_factory=HubConfig)
+
+    @property
+    def name(self) -> str:
+        """``<architecture>.<tag>`` (or the bare architecture without a tag)."""
+        return f"{self.model.architecture}.{self.model.tag}" if self.model.tag else self.model.architecture
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> RunConfig:
+        """Check value ranges and choices (types are checked on load)."""
+        _choice('model.pool', self.model.pool, ('asap', 'flc', 'none'))
+        _choice('model.mode', self.model.mode, ('centered', 'reference'))
+        _choice('train.amp_dtype', self.train.amp_dtype, ('bfloat16', 'float16', 'float32'))
+        for key, value, low in (
+                ('model.num_classes', self.model.num_classes, 1), ('model.in_chans', self.model.in_chans, 1),
+                ('model.img_size', self.model.img_size, 1), ('train.epochs', self.train.epochs, 0),
+                ('train.batch_size', self.train.batch_size, 1), ('train.grad_accum_steps', self.train.grad_accum_steps, 1),
+                ('train.warmup_epochs', self.train.warmup_epochs, 0), ('data.workers', self.data.workers, 0),
+                ('train.log_interval', self.train.log_interval, 1)):
+            if value < low:
+                raise ConfigError(f"{key}: must be >= {low}, got {value}")
+        for key, value in (('train.lr', self.train.lr), ('train.weight_decay', self.train.weight_decay),
+                           ('train.label_smoothing', self.train.label_smoothing), ('train.mixup', self.train.mixup),
+                           ('train.cutmix', self.train.cutmix), ('train.distill.temperature', self.train.distill.temperature)):
+            if value < 0:
+                raise ConfigError(f"{key}: must be >= 0, got {value}")
+        if not 0.0 <= self.train.distill.alpha <= 1.0:
+            raise ConfigError(f"train.distill.alpha: must be in [0, 1], got {self.train.distill.alpha}")
+        if not 0.0 < self.data.crop_pct <= 1.0:
+            raise ConfigError(f"data.crop_pct: must be in (0, 1], got {self.data.crop_pct}")
+        for key, value in (('data.train_subset', self.data.train_subset), ('data.val_subset', self.data.val_subset)):
+            if value is not None and value < 1:
+                raise ConfigError(f"{key}: must be >= 1 or null, got {value}")
+        if self.hub.repo_id and self.hub.repo_id.count('/') != 1:
+            raise ConfigError(f"hub.repo_id: must look like '<org>/<name>', got {self.hub.repo_id!r}")
+        return self
+
+
+def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}: must be one of {list(allowed)}, got {value!r}")
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, '__name__', str(tp).replace('typing.', ''))
+
+
+def _convert(key: str, value: Any, tp) -> Any:
+    """Check ``value`` against the annotation ``tp`` and convert it (dataclasses from dicts)."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None:
+            if type(None) in args:
+                return None
+            raise ConfigError(f"{key}: must not be null")
+        inner = [a for a in args if a is not type(None)]
+        return _convert(key, value, inner[0])
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__} {value!r}")
+        return _from_dict(tp, value, key + '.')
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+        return [_convert(f"{key}[{i}]", v, item_tp) for i, v in enumerate(value)]
+    if tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__} {value!r}")
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected bool, got {type(value).__name__} {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected int, got {type(value).__name__} {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected float, got {type(value).__name__} {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected str, got {type(value).__name__} {value!r}")
+        return value
+    raise TypeError(f"unsupported annotation {_type_name(tp)} for {key}")
+
+
+def _from_dict(cls, data: dict, prefix: str = ''):
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(f"{prefix}{unknown[0]}: unknown key; allowed keys here: {names}")
+    return cls(**{k: _convert(prefix + k, v, hints[k]) for k, v in data.items()})
+
+
+def config_from_dict(data: dict | None) -> RunConfig:
+    """Build and validate a :class:`RunConfig` from a (YAML-loaded) mapping; missing keys take defaults."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"a config must be a mapping at the top level, got {type(data).__name__}")
+    return _from_dict(RunConfig, data).validate()
+
+
+def hub_config_dir() -> Path:
+    """The folder of the shipped ``hub_configs/*.yaml`` (installed as ``timm_asap.hub_configs``)."""
+    return Path(str(resources.files('timm_asap.hub_configs')))
+
+
+def list_hub_configs() -> dict[str, Path]:
+    """Shipped configs by file stem, e.g. ``{'resnet50_asap.ft_in1k': Path(...)}``."""
+    return {p.stem: p for p in sorted(hub_config_dir().glob('*.yaml'))}
+
+
+def load_config(path_or_name: str | Path) -> RunConfig:
+    """Read a YAML file, or a shipped config by name (the file stem under ``hub_configs/``).
+
+    Raises:
+        ConfigError: the file does not exist (listing the shipped names), is not valid YAML, or a key
+            is unknown or of the wrong type.
+    """
+    path = Path(path_or_name)
+    if not path.is_file():
+        shipped = list_hub_configs()
+        key = path.name[:-5] if path.name.endswith('.yaml') else path.name
+        if key not in shipped:
+            raise ConfigError(f"no config file {str(path_or_name)!r} and no shipped config of that name; "
+                              f"shipped: {sorted(shipped)}")
+        path = shipped[key]
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    try:
+        return config_from_dict(data)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
+    """Return a copy of ``cfg`` with ``section.key=value`` overrides applied (values parsed as YAML).
+
+    Example: ``apply_overrides(cfg, ['train.lr=0.1', 'model.pool=flc', 'train.distill.enabled=true'])``.
+    """
+    data = copy.deepcopy(cfg.to_dict())
+    for item in overrides:
+        if '=' not in item:
+            raise ConfigError(f"override {item!r}: expected 'section.key=value'")
+        dotted, raw = item.split('=', 1)
+        parts = dotted.strip().split('.')
+        node = data
+        for i, part in enumerate(parts[:-1]):
+            if not isinstance(node.get(part), dict):
+                raise ConfigError(f"{'.'.join(parts[:i + 1])}: unknown section in override {item!r}")
+            node = node[part]
+        if parts[-1] not in node:
+            raise ConfigError(f"{dotted}: unknown key in override {item!r}; allowed keys here: {sorted(node)}")
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+    return config_from_dict(data)
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> Path:
+    """Write ``cfg`` as YAML atomically (temp file + rename) and return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    tmp.replace(path)
+    return path
