@@ -15,7 +15,6 @@ outside any state dict.
 from __future__ import annotations
 
 import math
-import threading
 from typing import NamedTuple
 
 import torch
@@ -68,7 +67,6 @@ def _factor(a: torch.Tensor) -> AxisOperator:
     return AxisOperator(p, (su[:, :r] * s[:r]).contiguous(), svh[:r].T.contiguous())
 
 
-_lock = threading.Lock()
 _float64_cache: dict[tuple, AxisOperator] = {}
 _cast_cache: dict[tuple, AxisOperator] = {}
 
@@ -77,12 +75,11 @@ def _float64_operator(size: int, pool: str, padding: str, mode: str, norm: str) 
     key = (size, pool, padding, mode, norm)
     op = _float64_cache.get(key)
     if op is None:
-        op = _factor(axis_matrix(band_spec(size, pool, padding, mode), norm))
-        with _lock:
-            _float64_cache[key] = op
+        op = _float64_cache[key] = _factor(axis_matrix(band_spec(size, pool, padding, mode), norm))
     return op
 
 
+@torch.compiler.assume_constant_result
 def axis_operator(
         size: int,
         pool: str = 'asap',
@@ -95,23 +92,22 @@ def axis_operator(
     """Cached real factors of one axis' pooling operator, cast to ``dtype`` on ``device``.
 
     The float64 matrices are built once per (size, pool, padding, mode, norm); each dtype/device
-    copy is cached too. Nothing here is a module buffer, so state dicts stay untouched.
+    copy is cached too. Nothing here is a module buffer, so state dicts stay untouched. Under
+    ``torch.compile`` the call runs at trace time and its tensors enter the graph as constants.
     """
     device = torch.device('cpu') if device is None else torch.device(device)
     key = (size, pool, padding, mode, norm, dtype, device)
     op = _cast_cache.get(key)
     if op is None:
-        op = AxisOperator(*(t.to(device=device, dtype=dtype) for t in _float64_operator(size, pool, padding, mode, norm)))
-        with _lock:
-            _cast_cache[key] = op
+        op = _cast_cache[key] = AxisOperator(
+            *(t.to(device=device, dtype=dtype) for t in _float64_operator(size, pool, padding, mode, norm)))
     return op
 
 
 def clear_cache() -> None:
     """Drop every cached matrix (e.g. to free GPU memory)."""
-    with _lock:
-        _float64_cache.clear()
-        _cast_cache.clear()
+    _float64_cache.clear()
+    _cast_cache.clear()
 
 
 def check_pool_input(x, owner: str) -> None:
@@ -130,13 +126,13 @@ def check_pool_input(x, owner: str) -> None:
 def apply_separable(x: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
     """``left @ x @ right.T`` over the last two dims of an (N, C, H, W) tensor.
 
-    ``left`` is (n, H) and ``right`` (m, W). Contiguous NCHW inputs contract W first as one GEMM;
-    channels_last inputs are contracted in NHWC order without a layout copy and come back
-    channels_last.
+    ``left`` is (n, H) and ``right`` (m, W). NCHW inputs contract H first (a batched product per
+    image and channel, which halves the rows of the following single GEMM over W); channels_last
+    inputs are contracted in NHWC order without a layout copy and come back channels_last.
     """
     n_out, m_out = left.shape[0], right.shape[0]
     if x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last):
-        return torch.matmul(left, torch.matmul(x, right.transpose(0, 1)))
+        return torch.matmul(torch.matmul(left, x), right.transpose(0, 1))
     batch, channels, height = x.shape[0], x.shape[1], x.shape[2]
     nhwc = x.permute(0, 2, 3, 1)                                        # (N, H, W, C), contiguous
     t = torch.matmul(right, nhwc)                                       # (N, H, m, C)
@@ -146,10 +142,11 @@ def apply_separable(x: torch.Tensor, left: torch.Tensor, right: torch.Tensor) ->
 
 def spectral_pool(x: torch.Tensor, pool: str, padding: str, mode: str, norm: str, magnitude: bool) -> torch.Tensor:
     """Shared body of :func:`asap_pool2d` and :func:`flc_pool2d` (inputs already validated)."""
-    height, width = x.shape[-2], x.shape[-1]
+    height, width = int(x.shape[-2]), int(x.shape[-1])  # plain ints also under jit.trace
     dtype = x.dtype
-    if dtype != torch.float64 and torch.is_autocast_enabled(x.device.type):
-        dtype = torch.get_autocast_dtype(x.device.type)
+    device_type = x.device.type
+    if dtype != torch.float64 and torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
+        dtype = torch.get_autocast_dtype(device_type)
     oh = axis_operator(height, pool, padding, mode, norm, dtype, x.device)
     ow = axis_operator(width, pool, padding, mode, norm, dtype, x.device)
     real = apply_separable(x, oh.p, ow.p)
