@@ -1,0 +1,4 @@
+"""Time ASAP pooling against its FFT formulation, avg_pool2d and BlurPool (see ``--help``)."""
+from timm_asap.cli.benchmark_layers import main
+
+raise SystemExit(main())
