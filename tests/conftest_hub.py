@@ -1,0 +1,78 @@
+"""Pytest fixtures pointing huggingface_hub (and so timm and transformers) at an in-process Hub.
+
+Import the fixtures into a test module (``from conftest_hub import hub, hub_env  # noqa: F401``), or
+list this module in ``pytest_plugins``. Nothing here touches the real network: the endpoint, the cache,
+the token file and offline mode are patched on ``huggingface_hub.constants`` (read at call time) and
+Xet is disabled so uploads use the plain LFS protocol.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from huggingface_hub import constants
+
+from hub_server import HubServer
+
+GOOD_TOKEN = 'hf_test_write_token_0123456789'
+OTHER_TOKEN = 'hf_test_other_user_token_98765'
+ORG = 'timm-asap'
+
+
+@dataclass
+class HubEnv:
+    """What a test needs to talk to the in-process Hub."""
+
+    server: HubServer
+    endpoint: str
+    cache_dir: Path
+    token: str
+    org: str
+    monkeypatch: pytest.MonkeyPatch
+
+    def set_offline(self, offline: bool = True) -> None:
+        """Switch huggingface_hub's offline mode (HF_HUB_OFFLINE) for the rest of the test."""
+        self.monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', offline)
+        self.monkeypatch.setenv('HF_HUB_OFFLINE', '1' if offline else '0')
+
+    def set_token(self, token: str | None) -> None:
+        """Make ``token`` the environment token (None: no token at all)."""
+        if token is None:
+            self.monkeypatch.delenv('HF_TOKEN', raising=False)
+        else:
+            self.monkeypatch.setenv('HF_TOKEN', token)
+
+
+def patch_hub_constants(monkeypatch: pytest.MonkeyPatch, endpoint: str, cache_dir: Path, home: Path) -> None:
+    """Point huggingface_hub at ``endpoint`` with ``cache_dir`` as HF_HUB_CACHE; no stored login, no Xet."""
+    monkeypatch.setattr(constants, 'ENDPOINT', endpoint)
+    monkeypatch.setattr(constants, 'HUGGINGFACE_CO_URL_TEMPLATE', endpoint + '/{repo_id}/resolve/{revision}/{filename}')
+    monkeypatch.setattr(constants, 'HF_HUB_CACHE', str(cache_dir))
+    monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', False)
+    monkeypatch.setattr(constants, 'HF_HUB_DISABLE_XET', True)
+    monkeypatch.setattr(constants, 'HF_HUB_DISABLE_TELEMETRY', True)
+    monkeypatch.setattr(constants, 'HF_TOKEN_PATH', str(home / 'token'))
+    monkeypatch.setattr(constants, 'HF_STORED_TOKENS_PATH', str(home / 'stored_tokens'))
+    monkeypatch.setenv('HF_HUB_OFFLINE', '0')
+    monkeypatch.setenv('NO_PROXY', '127.0.0.1,localhost')
+    monkeypatch.delenv('HUGGING_FACE_HUB_TOKEN', raising=False)
+    monkeypatch.delenv('HF_OIDC_RESOURCE', raising=False)
+
+
+@pytest.fixture(scope='module')
+def hub():
+    """A running in-process Hub shared by a module's tests (tokens: GOOD_TOKEN, OTHER_TOKEN)."""
+    with HubServer({GOOD_TOKEN: ('tester', [ORG]), OTHER_TOKEN: ('other', [])}) as server:
+        yield server
+
+
+@pytest.fixture
+def hub_env(hub, tmp_path, monkeypatch) -> HubEnv:
+    """huggingface_hub pointed at the module's Hub, with a fresh cache and GOOD_TOKEN in HF_TOKEN."""
+    cache = tmp_path / 'hf_cache'
+    home = tmp_path / 'hf_home'
+    home.mkdir()
+    patch_hub_constants(monkeypatch, hub.endpoint, cache, home)
+    monkeypatch.setenv('HF_TOKEN', GOOD_TOKEN)
+    return HubEnv(hub, hub.endpoint, cache, GOOD_TOKEN, ORG, monkeypatch)
