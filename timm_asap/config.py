@@ -41,6 +41,8 @@ class ModelConfig:
             model's full name.
         base: base timm model and tag whose weights initialise the model (zero-shot conversion) and
             serve as distillation teacher, e.g. ``resnet50.tv_in1k``; empty for random initialisation.
+        base_file: local weights file (``.safetensors``/``.pth``) of ``base`` used instead of downloading
+            its pretrained weights (offline clusters, or a base trained here); empty: timm's download.
         pool: ``asap``, ``flc`` or ``none`` (the baseline without spectral pooling).
         mode: pooling band rule, ``centered`` or ``reference``.
         num_classes: classifier outputs.
@@ -52,6 +54,7 @@ class ModelConfig:
     architecture: str = ''
     tag: str = ''
     base: str = ''
+    base_file: str = ''
     pool: str = 'asap'
     mode: str = 'centered'
     num_classes: int = 1000
@@ -76,9 +79,22 @@ class DataConfig:
         mean: normalisation mean (None: the model's pretrained_cfg).
         std: normalisation std (None: the model's pretrained_cfg).
         interpolation: resize interpolation.
-        crop_pct: centre-crop fraction for evaluation.
-        workers: DataLoader worker processes.
+        crop_pct: centre-crop fraction for evaluation (None: 1.0 for ``fashion_mnist``, whose whole
+            image is resized, otherwise the model's pretrained_cfg).
+        workers: DataLoader worker processes per training process (0: load in the main process,
+            the leanest choice for small CPU runs).
         label_names: class names, in label order (written into the Hub config).
+        download: for ``fashion_mnist``, let torchvision download the files when ``data_dir`` (or the
+            Debian default) does not hold them; for ``hfds/``/``tfds/`` names, passed to timm.
+        no_aug: train without augmentation (evaluation transform for training too).
+        scale: random-resized-crop area range ``[min, max]`` (fractions of the image).
+        ratio: random-resized-crop aspect-ratio range ``[min, max]``.
+        hflip: horizontal flip probability.
+        color_jitter: colour-jitter strength (0 disables).
+        auto_augment: timm auto-augment policy, e.g. ``rand-m9-mstd0.5`` (None disables).
+        reprob: random-erasing probability.
+        max_unreadable: fraction of a split's images that may be unreadable (each replaced by the next
+            readable one and counted in the log) before the run stops with an error.
     """
 
     dataset: str = ''
@@ -90,9 +106,18 @@ class DataConfig:
     mean: list[float] | None = None
     std: list[float] | None = None
     interpolation: str = 'bicubic'
-    crop_pct: float = 0.875
+    crop_pct: float | None = None
     workers: int = 2
     label_names: list[str] | None = None
+    download: bool = True
+    no_aug: bool = False
+    scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
+    ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
+    hflip: float = 0.5
+    color_jitter: float = 0.0
+    auto_augment: str | None = None
+    reprob: float = 0.0
+    max_unreadable: float = 0.01
 
 
 @dataclass
@@ -138,8 +163,15 @@ class TrainConfig:
         compile: wrap the model in ``torch.compile``.
         grad_accum_steps: micro-batches per optimizer step.
         clip_grad: gradient norm clipping (None: off).
-        seed: random seed.
-        log_interval: steps between progress-bar updates of the loss.
+        seed: random seed (data order, augmentation and initialisation follow from it).
+        log_interval: optimizer steps between progress-bar loss updates; also how often the ranks of a
+            distributed run agree on stopping (preemption signal, non-finite loss).
+        export: weights written to ``model.safetensors``: ``best`` (best validation top-1; the EMA
+            weights when ``model_ema`` is on), ``last`` (the final weights) or ``ema`` (final EMA weights).
+        dist_bn: how BatchNorm statistics are made equal across ranks before each validation:
+            ``reduce`` (average), ``broadcast`` (rank 0's) or ``none``.
+        deterministic: ask PyTorch for deterministic kernels (slower on GPU).
+        tensorboard: write TensorBoard scalars under ``<output>/tensorboard`` when tensorboard is installed.
         distill: knowledge distillation settings.
     """
 
@@ -165,6 +197,10 @@ class TrainConfig:
     clip_grad: float | None = None
     seed: int = 42
     log_interval: int = 50
+    export: str = 'best'
+    dist_bn: str = 'reduce'
+    deterministic: bool = False
+    tensorboard: bool = True
     distill: DistillConfig = field(default_factory=DistillConfig)
 
 
@@ -211,6 +247,10 @@ class RunConfig:
         _choice('model.pool', self.model.pool, ('asap', 'flc', 'none'))
         _choice('model.mode', self.model.mode, ('centered', 'reference'))
         _choice('train.amp_dtype', self.train.amp_dtype, ('bfloat16', 'float16', 'float32'))
+        _choice('train.export', self.train.export, ('best', 'last', 'ema'))
+        _choice('train.dist_bn', self.train.dist_bn, ('reduce', 'broadcast', 'none'))
+        if self.train.export == 'ema' and not self.train.model_ema:
+            raise ConfigError("train.export: 'ema' needs train.model_ema: true")
         for key, value, low in (
                 ('model.num_classes', self.model.num_classes, 1), ('model.in_chans', self.model.in_chans, 1),
                 ('model.img_size', self.model.img_size, 1), ('train.epochs', self.train.epochs, 0),
@@ -226,8 +266,21 @@ class RunConfig:
                 raise ConfigError(f"{key}: must be >= 0, got {value}")
         if not 0.0 <= self.train.distill.alpha <= 1.0:
             raise ConfigError(f"train.distill.alpha: must be in [0, 1], got {self.train.distill.alpha}")
-        if not 0.0 < self.data.crop_pct <= 1.0:
+        if self.data.crop_pct is not None and not 0.0 < self.data.crop_pct <= 1.0:
             raise ConfigError(f"data.crop_pct: must be in (0, 1], got {self.data.crop_pct}")
+        for key, value in (('data.hflip', self.data.hflip), ('data.reprob', self.data.reprob),
+                           ('data.max_unreadable', self.data.max_unreadable),
+                           ('train.model_ema_decay', self.train.model_ema_decay)):
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"{key}: must be in [0, 1], got {value}")
+        if self.data.color_jitter < 0:
+            raise ConfigError(f"data.color_jitter: must be >= 0, got {self.data.color_jitter}")
+        for key, value, top in (('data.scale', self.data.scale, 1.0), ('data.ratio', self.data.ratio, None)):
+            if len(value) != 2 or not 0.0 < value[0] <= value[1] or (top is not None and value[1] > top):
+                limit = f" and at most {top}" if top is not None else ''
+                raise ConfigError(f"{key}: must be [min, max] with 0 < min <= max{limit}, got {value}")
+        if self.train.clip_grad is not None and self.train.clip_grad <= 0:
+            raise ConfigError(f"train.clip_grad: must be > 0 or null, got {self.train.clip_grad}")
         for key, value in (('data.train_subset', self.data.train_subset), ('data.val_subset', self.data.val_subset)):
             if value is not None and value < 1:
                 raise ConfigError(f"{key}: must be >= 1 or null, got {value}")
