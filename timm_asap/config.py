@@ -74,8 +74,8 @@ class DataConfig:
             Debian package's ``/usr/share/datasets/fashion-mnist``, else torchvision downloads them).
         train_split: split (sub-folder) used for training.
         val_split: split used for validation and evaluation.
-        train_subset: use only the first N training images (None: all).
-        val_subset: use only the first N validation images (None: all).
+        train_subset: use a fixed random subset of N training images, the same in every run (None: all).
+        val_subset: use a fixed random subset of N validation images, the same in every run (None: all).
         mean: normalisation mean (None: the model's pretrained_cfg).
         std: normalisation std (None: the model's pretrained_cfg).
         interpolation: resize interpolation.
@@ -149,7 +149,11 @@ class TrainConfig:
         lr: peak learning rate.
         momentum: SGD momentum.
         weight_decay: weight decay.
-        sched: ``timm.scheduler`` name (``cosine``, ``step``, ``plateau``, ...).
+        sched: ``timm.scheduler`` name (``cosine``, ``step``, ``multistep``, ``plateau``, ``poly``, ...),
+            stepped after every optimizer update.
+        decay_epochs: epochs between decays for ``step``, patience for ``plateau`` (None: a third of
+            ``epochs``).
+        decay_rate: learning-rate factor at each decay (``step``, ``multistep``, ``plateau``).
         warmup_epochs: linear warm-up epochs.
         warmup_lr: learning rate at the start of warm-up.
         min_lr: final learning rate.
@@ -182,6 +186,8 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-5
     sched: str = 'cosine'
+    decay_epochs: float | None = None
+    decay_rate: float = 0.1
     warmup_epochs: int = 1
     warmup_lr: float = 1e-5
     min_lr: float = 0.0
@@ -279,6 +285,12 @@ class RunConfig:
             if len(value) != 2 or not 0.0 < value[0] <= value[1] or (top is not None and value[1] > top):
                 limit = f" and at most {top}" if top is not None else ''
                 raise ConfigError(f"{key}: must be [min, max] with 0 < min <= max{limit}, got {value}")
+        if self.train.decay_epochs is not None and self.train.decay_epochs <= 0:
+            raise ConfigError(f"train.decay_epochs: must be > 0 or null, got {self.train.decay_epochs}")
+        if not 0.0 < self.train.decay_rate <= 1.0:
+            raise ConfigError(f"train.decay_rate: must be in (0, 1], got {self.train.decay_rate}")
+        if (self.train.mixup > 0 or self.train.cutmix > 0) and self.train.batch_size % 2:
+            raise ConfigError(f"train.batch_size: mixup/cutmix need an even batch size, got {self.train.batch_size}")
         if self.train.clip_grad is not None and self.train.clip_grad <= 0:
             raise ConfigError(f"train.clip_grad: must be > 0 or null, got {self.train.clip_grad}")
         for key, value in (('data.train_subset', self.data.train_subset), ('data.val_subset', self.data.val_subset)):
