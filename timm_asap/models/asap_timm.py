@@ -1,0 +1,70 @@
+"""ASAP and FLC variants of timm's ImageNet CNNs, registered in timm: ``<base>_asap`` and ``<base>_flc``.
+
+Each variant is the base architecture built by its own timm entrypoint (``build_model_with_cfg``)
+and converted by :func:`timm_asap.models.asapify`. Weight tags: ``<base_tag>_base`` for every base
+checkpoint (zero-shot conversion, e.g. ``resnet50_asap.tv_in1k_base`` loads ``timm/resnet50.tv_in1k``)
+and one tag per ``hub_configs/<name>.<tag>.yaml`` (our fine-tuned weights).
+
+Example:
+    >>> import timm, timm_asap
+    >>> model = timm.create_model('resnet50_asap.tv_in1k_base', pretrained=True)
+"""
+from __future__ import annotations
+
+import functools
+
+from timm.models import model_entrypoint, register_model
+
+from ._builder import (
+    VARIANTS, Variant, base_tag_cfgs, create_variant, hub_tag_cfgs, make_default_cfg, make_entrypoint,
+)
+
+__all__ = ['BASE_ARCHITECTURES', 'POOLS']
+
+BASE_ARCHITECTURES = (
+    'resnet18', 'resnet26', 'resnet34', 'resnet50', 'resnet101', 'resnet152', 'resnet50d',
+    'wide_resnet50_2', 'wide_resnet101_2', 'resnext50_32x4d', 'seresnet50',
+    'regnety_008', 'regnety_032',
+    'efficientnet_b0', 'efficientnet_b3', 'mobilenetv3_large_100',
+    'convnext_atto', 'convnext_tiny',
+    'densenet121', 'vgg16_bn',
+)
+POOLS = ('asap', 'flc')
+
+_POOL_TEXT = {
+    'asap': 'ASAP (aliasing- and spectral-artifact-free pooling, arXiv:2307.09804)',
+    'flc': 'FLC (FrequencyLowCut pooling, arXiv:2204.00491)',
+}
+
+
+def _build_default_cfgs() -> dict:
+    cfgs = {}
+    for base in BASE_ARCHITECTURES:
+        for pool in POOLS:
+            variant = f"{base}_{pool}"
+            base_entries = base_tag_cfgs(variant, base, pool)
+            defaults = base_entries[0][1]
+            published, unpublished = hub_tag_cfgs(variant, pool, defaults)
+            cfgs[variant] = make_default_cfg(published + base_entries + unpublished)
+    return cfgs
+
+
+default_cfgs = _build_default_cfgs()
+
+
+def _register_all() -> None:
+    for base in BASE_ARCHITECTURES:
+        base_fn = model_entrypoint(base)
+        for pool in POOLS:
+            variant = f"{base}_{pool}"
+            create = functools.partial(create_variant, variant, base_fn, pool)
+            doc = (f"{base} with every stride-2 downsampling replaced by {_POOL_TEXT[pool]} followed by the "
+                   f"same op at stride 1. State dict identical to {base}'s; tags '<base_tag>_base' load "
+                   f"{base}'s timm checkpoints.")
+            fn = make_entrypoint(variant, __name__, create, doc)
+            globals()[variant] = fn
+            register_model(fn)
+            VARIANTS[variant] = Variant(variant, base, pool, __name__.rsplit('.', 1)[-1])
+
+
+_register_all()
