@@ -1,0 +1,86 @@
+"""``timm-asap-publish``: write a model's Hub folder and upload it to the Hugging Face Hub.
+
+Examples::
+
+    # write the folder only (no network), e.g. to inspect the model card
+    timm-asap-publish resnet18_cifar_asap.ft_fmnist --checkpoint output/train/r18 \\
+        --eval-dir output/eval/r18 --dry-run
+
+    # write and upload (token from HF_TOKEN or `hf auth login`)
+    timm-asap-publish hub_configs/resnet50_asap.ft_in1k.yaml --checkpoint output/train/r50/model.safetensors \\
+        --eval-dir output/eval/r50
+
+The config (a ``hub_configs/*.yaml`` path or shipped name) gives the repository id, licence, datasets and
+tags; the checkpoint folder's ``config.yaml`` (written by fine-tuning) gives the recipe actually used.
+``--set section.key=value`` overrides config values. The resolved config is written into the folder as
+``run_config.yaml``. Publishing refuses to go ahead without evaluation results unless ``--allow-no-eval``.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from ..config import ConfigError, apply_overrides, load_config
+
+__all__ = ['build_parser', 'main']
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog='timm-asap-publish',
+        description='Write a Hub folder (model.safetensors, config.json, README.md model card, recipe, results, '
+                    'plots) for a trained model and upload it with huggingface_hub.')
+    p.add_argument('config', help="hub_configs YAML file or shipped config name (e.g. 'resnet50_asap.ft_in1k')")
+    p.add_argument('--checkpoint', required=True,
+                   help='model.safetensors (or a timm .pth.tar), or the fine-tuning output folder holding it')
+    p.add_argument('--eval-dir', default=None,
+                   help='evaluation output folder with results.json, table and plots (default: <checkpoint '
+                        'folder>/eval or the checkpoint folder, whichever holds results.json)')
+    p.add_argument('--output', default=None,
+                   help='Hub folder to write (default: <checkpoint folder>/hub/<repo name>); replaced as a whole')
+    p.add_argument('--repo-id', default=None, help='Hub repository <org>/<name> (default: hub.repo_id of the config)')
+    p.add_argument('--dry-run', action='store_true', help='write the folder only; no network access')
+    p.add_argument('--private', action='store_true', default=None,
+                   help='create the repository private (default: hub.private of the config)')
+    p.add_argument('--allow-no-eval', action='store_true', help='publish without evaluation results')
+    p.add_argument('--commit-message', default=None, help='commit message (default: "Publish <folder>")')
+    p.add_argument('--set', dest='overrides', action='append', default=[], metavar='SECTION.KEY=VALUE',
+                   help='override a config value, e.g. --set hub.license=mit (repeatable)')
+    p.add_argument('-v', '--verbose', action='store_true', help='log progress')
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format='%(levelname)s %(message)s')
+    from ..hub import HubPublishError, IntegrityError, UnregisteredArchitectureError, publish
+    try:
+        cfg = load_config(args.config)
+        if args.overrides:
+            cfg = apply_overrides(cfg, args.overrides)
+        repo_id = args.repo_id or cfg.hub.repo_id
+        if not repo_id:
+            raise ConfigError(f"{args.config}: hub.repo_id is empty; set it in the config or pass --repo-id")
+        ckpt = Path(args.checkpoint)
+        ckpt_dir = ckpt if ckpt.is_dir() else ckpt.parent
+        output = Path(args.output) if args.output else ckpt_dir / 'hub' / repo_id.split('/')[-1]
+        folder, result = publish(ckpt, output, config=cfg, eval_dir=args.eval_dir, allow_no_eval=args.allow_no_eval,
+                                 repo_id=repo_id, dry_run=args.dry_run, private=args.private,
+                                 commit_message=args.commit_message)
+    except (ConfigError, HubPublishError, IntegrityError, UnregisteredArchitectureError, FileNotFoundError) as e:
+        print(f"timm-asap-publish: error: {e}", file=sys.stderr)
+        return 1
+    files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob('*') if p.is_file())
+    print(f"Hub folder: {folder}")
+    print(f"files: {', '.join(files)}")
+    if result is None:
+        print(f"dry run: nothing uploaded (repository would be {repo_id})")
+    else:
+        print(f"uploaded to {result.repo_url} (commit {result.commit_sha[:12]})")
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())

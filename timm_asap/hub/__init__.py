@@ -1,0 +1,66 @@
+"""Publishing to and loading from the Hugging Face Hub, and the transformers integration.
+
+Publishing: :func:`build_hub_folder` / :func:`export_output_dir` write a complete, checked Hub folder
+(``model.safetensors``, timm's ``config.json``, ``README.md`` model card, recipe, results, plots);
+:func:`upload_hub_folder` uploads it (``create_repo`` + ``upload_folder``); :func:`publish` does both.
+
+Loading: :func:`load_model` (timm names, ``hf-hub:``, ``local-dir:``), :func:`load_hub_folder`,
+:func:`load_transformers_model` and :func:`transformers_pipeline` check the files first and give clear
+errors. Importing this package installs the transformers integration (see :mod:`.integration`).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import (HubAuthError, HubPublishError, IntegrityError, MissingEvaluationError,
+                     UnregisteredArchitectureError)
+from .integration import (check_architecture, install_transformers_integration, registered_plugin_models,
+                          transformers_integration_installed)
+from .integrity import (read_safetensors_header, save_safetensors, verify_hub_folder, verify_safetensors,
+                        check_weights_match_config)
+from .results import EvalResults, Metric, load_eval_results
+from .export import build_hub_folder, export_output_dir, load_trained_model, resolve_run_config
+from .upload import UploadResult, upload_hub_folder
+from .load import download_hub_files, load_hub_folder, load_model, load_transformers_model, transformers_pipeline
+
+__all__ = [
+    'HubAuthError', 'HubPublishError', 'IntegrityError', 'MissingEvaluationError', 'UnregisteredArchitectureError',
+    'check_architecture', 'install_transformers_integration', 'registered_plugin_models',
+    'transformers_integration_installed', 'read_safetensors_header', 'save_safetensors', 'verify_hub_folder',
+    'verify_safetensors', 'check_weights_match_config', 'EvalResults', 'Metric', 'load_eval_results',
+    'build_hub_folder', 'export_output_dir', 'load_trained_model', 'resolve_run_config', 'UploadResult',
+    'upload_hub_folder', 'publish', 'download_hub_files', 'load_hub_folder', 'load_model',
+    'load_transformers_model', 'transformers_pipeline',
+]
+
+install_transformers_integration()
+
+
+def publish(checkpoint: str | Path, output_dir: str | Path, *, config=None, eval_dir: str | Path | None = None,
+            allow_no_eval: bool = False, repo_id: str | None = None, dry_run: bool = False,
+            private: bool | None = None, commit_message: str | None = None) -> tuple[Path, UploadResult | None]:
+    """Write the Hub folder of a trained checkpoint and, unless ``dry_run``, upload it.
+
+    Args:
+        checkpoint: ``model.safetensors`` or the fine-tuning output folder.
+        output_dir: Hub folder to write.
+        config: hub_configs YAML (path or shipped name) or RunConfig (default: the checkpoint folder's config.yaml).
+        eval_dir: evaluation output folder with results.json.
+        allow_no_eval: publish without evaluation results.
+        repo_id: override ``hub.repo_id``.
+        dry_run: write the folder only (no network).
+        private: create the repository private (default: ``hub.private``).
+        commit_message: commit message of the upload.
+
+    Returns:
+        ``(folder, upload result or None for a dry run)``.
+    """
+    cfg = resolve_run_config(config, checkpoint)
+    repo_id = repo_id or cfg.hub.repo_id
+    folder = export_output_dir(checkpoint, output_dir, config=cfg, eval_dir=eval_dir, allow_no_eval=allow_no_eval,
+                               repo_id=repo_id)
+    if dry_run:
+        return folder, None
+    result = upload_hub_folder(folder, repo_id, private=cfg.hub.private if private is None else private,
+                               commit_message=commit_message)
+    return folder, result

@@ -1,0 +1,281 @@
+"""The model card (README.md) of a published model: Hub metadata, results, usage, recipe and citation."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import timm
+from huggingface_hub import EvalResult, ModelCardData
+
+from ..config import RunConfig
+from ..version import __version__
+from .integration import is_plugin_name
+from .results import EvalResults
+
+__all__ = ['CITATIONS', 'DATASET_NAMES', 'base_model_repo', 'card_metadata', 'build_model_card']
+
+DATASET_NAMES = {
+    'fashion_mnist': 'Fashion-MNIST', 'fashion-mnist': 'Fashion-MNIST', 'zalando-datasets/fashion_mnist': 'Fashion-MNIST',
+    'imagenet': 'ImageNet-1k', 'imagenet-1k': 'ImageNet-1k', 'ilsvrc/imagenet-1k': 'ImageNet-1k',
+    'imagenet_1k': 'ImageNet-1k', 'timm/imagenet-1k-wds': 'ImageNet-1k',
+}
+# metric ids of results.json -> Hub metric types
+_METRIC_TYPES = {'top1': 'accuracy', 'acc': 'accuracy', 'acc1': 'accuracy', 'accuracy': 'accuracy',
+                 'top5': 'top_5_accuracy', 'acc5': 'top_5_accuracy'}
+
+CITATIONS = {
+    'asap': """@article{grabinski2023asap,
+  title   = {Fix your downsampling ASAP! Be natively more robust via Aliasing and Spectral Artifact free Pooling},
+  author  = {Grabinski, Julia and Keuper, Janis and Keuper, Margret},
+  journal = {arXiv preprint arXiv:2307.09804},
+  year    = {2023}
+}""",
+    'flc': """@inproceedings{grabinski2022flc,
+  title     = {FrequencyLowCut Pooling -- Plug \\& Play against Catastrophic Overfitting},
+  author    = {Grabinski, Julia and Jung, Steffen and Keuper, Janis and Keuper, Margret},
+  booktitle = {European Conference on Computer Vision (ECCV)},
+  year      = {2022},
+  note      = {arXiv:2204.00491}
+}""",
+    'timm': """@misc{rw2019timm,
+  author       = {Ross Wightman},
+  title        = {PyTorch Image Models},
+  year         = {2019},
+  publisher    = {GitHub},
+  journal      = {GitHub repository},
+  doi          = {10.5281/zenodo.4414861},
+  howpublished = {\\url{https://github.com/huggingface/pytorch-image-models}}
+}""",
+}
+
+_POOL_TEXT = {
+    'asap': ("ASAP pooling (Aliasing and Spectral Artifact free Pooling; Grabinski, Keuper & Keuper, "
+             "arXiv:2307.09804): every stride-2 downsampling first pools in the frequency domain (zero padding, "
+             "a separable sqrt-Hamming window and a low-frequency crop), then applies the same operation at stride 1"),
+    'flc': ("FLC pooling (FrequencyLowCut; Grabinski et al., ECCV 2022): every stride-2 downsampling first keeps "
+            "only the low-frequency band of the input's spectrum, then applies the same operation at stride 1"),
+    'none': "the unmodified base architecture (baseline without spectral pooling)",
+}
+
+
+def _dataset_name(name: str | None) -> str:
+    if not name:
+        return 'unknown'
+    return DATASET_NAMES.get(name.lower(), name)
+
+
+def base_model_repo(base: str) -> str | None:
+    """The Hub repo id of a base timm checkpoint (e.g. ``resnet50.tv_in1k`` -> ``timm/resnet50.tv_in1k``)."""
+    if not base:
+        return None
+    if base.startswith('hf-hub:'):
+        return base[len('hf-hub:'):]
+    if '/' in base:
+        return base
+    try:
+        cfg = timm.models.get_pretrained_cfg(base, allow_unregistered=False)
+    except (RuntimeError, ValueError, KeyError):
+        return None
+    return getattr(cfg, 'hf_hub_id', None) or None
+
+
+def _eval_results(cfg: RunConfig, results: EvalResults) -> list[EvalResult]:
+    hub_datasets = list(cfg.hub.datasets)
+    out = []
+    for m in results.metrics:
+        dataset = m.dataset or results.dataset or cfg.data.dataset
+        dataset_type = hub_datasets[0] if hub_datasets and dataset in (results.dataset, cfg.data.dataset) else dataset
+        out.append(EvalResult(
+            task_type='image-classification', task_name='Image Classification',
+            dataset_type=dataset_type or 'unknown', dataset_name=_dataset_name(dataset),
+            dataset_split=m.split or results.split or cfg.data.val_split or None,
+            metric_type=_METRIC_TYPES.get(m.metric.lower(), m.metric), metric_value=m.value,
+            metric_name=m.label))
+    return out
+
+
+def card_metadata(cfg: RunConfig, results: EvalResults | None) -> ModelCardData:
+    """The card's YAML metadata (library, licence, tags, datasets, base model, pipeline, model-index)."""
+    tags = ['image-classification', 'timm', 'timm-asap', 'transformers']
+    tags += [t for t in (cfg.model.pool if cfg.model.pool != 'none' else None, 'anti-aliasing', 'robustness')
+             if t]
+    tags += [t for t in cfg.hub.tags if t not in tags]
+    return ModelCardData(
+        library_name='timm',
+        license=cfg.hub.license or None,
+        tags=tags,
+        datasets=list(cfg.hub.datasets) or None,
+        base_model=base_model_repo(cfg.model.base),
+        pipeline_tag='image-classification',
+        model_name=cfg.name,
+        eval_results=_eval_results(cfg, results) if results is not None else None,
+    )
+
+
+def _usage(cfg: RunConfig, repo_id: str, input_size: tuple[int, ...]) -> str:
+    registry_line = (f"# or through the registry's Hub id: timm.create_model('{cfg.name}', pretrained=True)\n"
+                     if cfg.model.tag else '')
+    return f"""### timm
+
+```python
+import timm_asap  # registers the ASAP/FLC architectures in timm: import it first
+import timm
+import torch
+from PIL import Image
+
+model = timm.create_model('hf-hub:{repo_id}', pretrained=True).eval()
+{registry_line}data_config = timm.data.resolve_model_data_config(model)  # input size {tuple(input_size)}
+transform = timm.data.create_transform(**data_config, is_training=False)
+
+img = Image.open('image.png').convert('{'L' if input_size[0] == 1 else 'RGB'}')
+with torch.inference_mode():
+    probs = model(transform(img).unsqueeze(0)).softmax(dim=-1)
+top5_prob, top5_idx = probs.topk(5)
+```
+
+{_transformers_usage(repo_id, input_size)}
+
+{_import_note(cfg.model.architecture)}
+
+### Offline use
+
+Once the files are in the Hugging Face cache (any load above fills it), set `HF_HUB_OFFLINE=1` and load
+with the same calls: nothing is downloaded. `timm.create_model('local-dir:/path/to/folder', pretrained=True)`
+loads a copy of this repository from a local folder."""
+
+
+def _import_note(arch: str) -> str:
+    if is_plugin_name(arch):
+        return (f"Without `import timm_asap`, timm does not know the architecture `{arch}` and loading fails "
+                "(transformers then wrongly suggests upgrading timm).")
+    return f"`{arch}` is a plain timm architecture; `import timm_asap` is harmless and keeps the snippets uniform."
+
+
+def _transformers_usage(repo_id: str, input_size: tuple[int, ...]) -> str:
+    if input_size[0] == 1:
+        return f"""### transformers
+
+```python
+import timm_asap  # registers the architecture in timm before transformers builds the model
+import timm
+import torch
+from PIL import Image
+from transformers import AutoModelForImageClassification
+
+model = AutoModelForImageClassification.from_pretrained('{repo_id}').eval()
+data_config = timm.data.resolve_data_config(model.config.pretrained_cfg)
+transform = timm.data.create_transform(**data_config, is_training=False)
+with torch.inference_mode():
+    logits = model(transform(Image.open('image.png').convert('L')).unsqueeze(0)).logits
+print(model.config.id2label[logits.argmax(-1).item()])
+```
+
+This model takes one-channel (grey) images. transformers' `image-classification` pipeline converts every
+image to RGB, so it cannot feed this model; use the model directly as above."""
+    return f"""### transformers
+
+```python
+import timm_asap  # registers the architecture in timm before transformers builds the model
+from transformers import AutoModelForImageClassification, pipeline
+
+classifier = pipeline('image-classification', model='{repo_id}')
+print(classifier('image.png'))
+
+model = AutoModelForImageClassification.from_pretrained('{repo_id}').eval()
+```"""
+
+
+def _fmt(value: Any) -> str:
+    if value is None or value == '' or value == []:
+        return '-'
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return ', '.join(_fmt(v) for v in value)
+    return str(value)
+
+
+def _recipe(cfg: RunConfig, recipe_file: str, pcfg: dict[str, Any]) -> str:
+    t, d = cfg.train, cfg.data
+    rows = [
+        ('Base checkpoint', f"`{cfg.model.base}` (zero-shot conversion, then fine-tuning)" if cfg.model.base
+         else 'random initialisation'),
+        ('Pooling', f"{cfg.model.pool} (mode `{cfg.model.mode}`)"),
+        ('Dataset', f"{_dataset_name(d.dataset)} (train split `{d.train_split}`"
+                    f"{f', first {d.train_subset} images' if d.train_subset else ''}; "
+                    f"evaluation split `{d.val_split}`{f', first {d.val_subset} images' if d.val_subset else ''})"),
+        ('Input', f"{cfg.model.in_chans} x {cfg.model.img_size} x {cfg.model.img_size}, interpolation "
+                  f"{pcfg.get('interpolation', d.interpolation)}, crop_pct {_fmt(pcfg.get('crop_pct', d.crop_pct))}"),
+        ('Normalisation', f"mean {_fmt(pcfg.get('mean', d.mean))}, std {_fmt(pcfg.get('std', d.std))}"),
+        ('Epochs', t.epochs), ('Batch size', f"{t.batch_size} x {t.grad_accum_steps} accumulation steps"),
+        ('Optimizer', f"{t.opt}, lr {t.lr:g}, momentum {t.momentum:g}, weight decay {t.weight_decay:g}"),
+        ('Schedule', f"{t.sched}, {t.warmup_epochs} warm-up epochs from {t.warmup_lr:g}, min lr {t.min_lr:g}"),
+        ('Regularisation', f"label smoothing {t.label_smoothing:g}, mixup {t.mixup:g}, cutmix {t.cutmix:g}"
+                           f"{f', gradient clipping {t.clip_grad:g}' if t.clip_grad else ''}"),
+        ('EMA', f"decay {t.model_ema_decay:g}" if t.model_ema else 'off'),
+        ('Distillation', f"from `{t.distill.teacher or cfg.model.base}`, alpha {t.distill.alpha:g}, "
+                         f"temperature {t.distill.temperature:g}" if t.distill.enabled else 'off'),
+        ('Precision', f"{t.amp_dtype} autocast on CUDA"), ('Seed', t.seed),
+    ]
+    table = '\n'.join(['| Setting | Value |', '|---|---|'] + [f"| {k} | {_fmt(v)} |" for k, v in rows])
+    return f"{table}\n\nThe complete resolved configuration is [`{recipe_file}`]({recipe_file})."
+
+
+def build_model_card(cfg: RunConfig, repo_id: str, config_json: dict[str, Any], results: EvalResults | None,
+                     plots: list[str], num_params: int, recipe_file: str = 'run_config.yaml') -> str:
+    """The README.md text of a Hub folder.
+
+    Args:
+        cfg: the run configuration (model, data, recipe, hub sections).
+        repo_id: Hub repository the card is written for.
+        config_json: the folder's timm config.json (input size, labels, licence).
+        results: evaluation results (None: the card says the model is unevaluated).
+        plots: plot paths relative to the folder, embedded in the results section.
+        num_params: parameter count of the published model.
+        recipe_file: name of the resolved run configuration file in the folder.
+
+    Returns:
+        Markdown with a YAML metadata header.
+    """
+    meta = card_metadata(cfg, results)
+    pcfg = config_json.get('pretrained_cfg', {})
+    input_size = tuple(pcfg.get('input_size', (cfg.model.in_chans, cfg.model.img_size, cfg.model.img_size)))
+    pool = cfg.model.pool
+    base = f" from `{cfg.model.base}`" if cfg.model.base else ''
+    label_names = config_json.get('label_names')
+    details = [
+        ('Model type', 'image classification / feature backbone'),
+        ('Architecture', f"`{cfg.model.architecture}`" + (" (registered in timm by `import timm_asap`)"
+                                                         if is_plugin_name(cfg.model.architecture) else '')),
+        ('Pooling', _POOL_TEXT[pool] + (f"; band mode `{cfg.model.mode}`" if pool != 'none' else '')),
+        ('Base checkpoint', f"`{cfg.model.base}`" if cfg.model.base else 'none (trained from scratch)'),
+        ('Dataset', _dataset_name(cfg.data.dataset)),
+        ('Classes', f"{config_json.get('num_classes')}"
+                    + (f" ({', '.join(map(str, label_names[:10]))}{', ...' if len(label_names) > 10 else ''})"
+                       if label_names else '')),
+        ('Params (M)', f"{num_params / 1e6:.2f}"),
+        ('Image size', f"{input_size[0]} x {input_size[1]} x {input_size[2]}"),
+        ('Licence', cfg.hub.license or 'not given'),
+        ('Papers', 'Fix your downsampling ASAP! (arXiv:2307.09804); FrequencyLowCut Pooling (arXiv:2204.00491)'),
+        ('Software', f"timm-asap {__version__}, timm {timm.__version__}"),
+    ]
+    body = [f"# Model card for {cfg.name}", '',
+            f"`{cfg.model.architecture}` is a timm {cfg.model.architecture.split('_')[0]} with {_POOL_TEXT[pool]}"
+            f". The weights were converted{base} without retraining (the pooling changes no weight shape) "
+            "and then fine-tuned with the recipe below.", '',
+            '## Model details', '']
+    body += [f"- **{k}:** {v}" for k, v in details]
+    body += ['', '## Evaluation results', '']
+    if results is None:
+        body += ['This model was published without evaluation results.']
+    else:
+        body += [f"Evaluated model: `{results.model}`.", '', results.markdown_table()]
+        for p in plots:
+            body += ['', f"![{Path(p).stem.replace('_', ' ')}]({p})"]
+        body += ['', 'The raw numbers are in [`results.json`](results.json).']
+    body += ['', '## Usage', '', _usage(cfg, repo_id, input_size), '', '## Training recipe', '',
+             _recipe(cfg, recipe_file, pcfg), '', '## Citation', '']
+    keys = ['asap', 'flc', 'timm'] if pool != 'flc' else ['flc', 'asap', 'timm']
+    for key in keys:
+        body += ['```bibtex', CITATIONS[key], '```', '']
+    return f"---\n{meta.to_yaml()}\n---\n\n" + '\n'.join(body).rstrip() + '\n'

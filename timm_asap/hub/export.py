@@ -1,0 +1,337 @@
+"""Building a complete Hub folder from a trained model: weights, config.json, model card, recipe, results.
+
+A Hub folder holds::
+
+    model.safetensors     weights (safetensors only, sha256 of the tensor data in the header)
+    config.json           timm's Hub config: architecture, num_classes, num_features, global_pool,
+                          label_names, model_args (JSON-safe), pretrained_cfg (mean, std, input_size,
+                          crop_pct, interpolation, license, ...)
+    README.md             model card with YAML metadata and model-index
+    run_config.yaml       the resolved run configuration (model, data, recipe, hub)
+    results.json          evaluation results (when given)
+    plots/*.png           evaluation plots (when given)
+
+It is written into a temp folder beside the destination, checked, and moved into place in one rename.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+from ..config import RunConfig, ConfigError, load_config, save_config
+from ..version import __version__
+from ._io import atomic_write_text, replace_dir, staging_dir
+from .card import build_model_card
+from .errors import HubPublishError, IntegrityError, MissingEvaluationError
+from .integration import check_architecture
+from .integrity import (CONFIG_NAME, PICKLE_SUFFIXES, WEIGHTS_NAME, load_safetensors, save_safetensors,
+                        verify_hub_folder)
+from .results import EvalResults, find_eval_results, load_eval_results
+
+__all__ = ['RUN_CONFIG_NAME', 'TRAIN_CONFIG_NAME', 'resolve_label_names', 'create_model_from_config',
+           'load_checkpoint_state_dict', 'load_trained_model', 'hub_config_json', 'build_hub_folder',
+           'resolve_run_config', 'export_output_dir']
+
+RUN_CONFIG_NAME = 'run_config.yaml'
+TRAIN_CONFIG_NAME = 'config.yaml'  # the resolved config the fine-tuning tool writes beside model.safetensors
+
+
+def resolve_label_names(cfg: RunConfig, num_classes: int) -> list[str] | None:
+    """Class names for config.json.
+
+    ``data.label_names`` when given (one per class), else the Fashion-MNIST class names for that dataset.
+    For 1000 classes without names, None: timm and transformers both resolve the ImageNet-1k names
+    themselves (as for timm's own ImageNet-1k weights).
+
+    Raises:
+        ConfigError: names of the wrong count, or none for a dataset that is not ImageNet-1k.
+    """
+    names = cfg.data.label_names
+    if names is None:
+        from ..data import FASHION_MNIST_CLASSES, is_fashion_mnist
+        if is_fashion_mnist(cfg.data.dataset) and num_classes == len(FASHION_MNIST_CLASSES):
+            names = FASHION_MNIST_CLASSES
+    if names is not None:
+        if len(names) != num_classes:
+            raise ConfigError(f"data.label_names: expected {num_classes} names (model.num_classes), got {len(names)}")
+        if len(set(names)) != len(names):
+            raise ConfigError(f"data.label_names: names must be unique, got {names}")
+        return list(names)
+    if num_classes == 1000:
+        return None
+    raise ConfigError(f"data.label_names: required for a {num_classes}-class model (config.json and the "
+                      f"transformers pipeline name the classes), got none")
+
+
+def create_model_from_config(cfg: RunConfig, **kwargs) -> nn.Module:
+    """Build the (untrained) model a run config describes, with its registered pretrained_cfg when tagged.
+
+    Raises:
+        UnregisteredArchitectureError: the architecture is not registered (``import timm_asap``).
+    """
+    arch = check_architecture(cfg.model.architecture, 'model.architecture')
+    name = arch
+    if cfg.model.tag and f"{arch}.{cfg.model.tag}" in timm.models.get_arch_pretrained_cfgs(arch):
+        name = f"{arch}.{cfg.model.tag}"
+    args = dict(cfg.model.model_args)
+    args.setdefault('num_classes', cfg.model.num_classes)
+    args.setdefault('in_chans', cfg.model.in_chans)
+    args.update(kwargs)
+    return timm.create_model(name, pretrained=False, **args)
+
+
+def load_checkpoint_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read model weights from a ``.safetensors`` file (checked) or a timm ``.pth``/``.pth.tar`` checkpoint.
+
+    Torch checkpoints are read with ``weights_only=True`` (no arbitrary unpickling); EMA weights are
+    preferred when present, as timm's loader does.
+
+    Raises:
+        IntegrityError: naming the file when it is missing, truncated, corrupted or unreadable.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise IntegrityError(path, 'checkpoint not found')
+    if path.suffix == '.safetensors':
+        state_dict = load_safetensors(path)
+    else:
+        try:
+            state_dict = timm.models.load_state_dict(str(path), use_ema=True, weights_only=True)
+        except Exception as e:
+            raise IntegrityError(path, f"cannot read the checkpoint ({type(e).__name__}: {e}); "
+                                       "it is truncated, corrupted or not a torch checkpoint") from e
+    return timm.models.clean_state_dict(state_dict)
+
+
+def _state_mismatch(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> str | None:
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in state_dict.items()}
+    missing, unexpected = sorted(expected.keys() - got.keys()), sorted(got.keys() - expected.keys())
+    wrong = [f"{k} (checkpoint {list(got[k])}, model {list(expected[k])})"
+             for k in sorted(expected.keys() & got.keys()) if got[k] != expected[k]]
+    if not (missing or unexpected or wrong):
+        return None
+    parts = []
+    if missing:
+        parts.append(f"missing: {', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}")
+    if unexpected:
+        parts.append(f"unexpected: {', '.join(unexpected[:6])}{' ...' if len(unexpected) > 6 else ''}")
+    if wrong:
+        parts.append(f"wrong shape: {'; '.join(wrong[:6])}{' ...' if len(wrong) > 6 else ''}")
+    return '; '.join(parts)
+
+
+def load_trained_model(cfg: RunConfig, checkpoint: str | Path) -> nn.Module:
+    """Build the model of ``cfg`` and load ``checkpoint`` into it (strict), in eval mode on the CPU.
+
+    Raises:
+        IntegrityError: the checkpoint is unreadable or its tensors do not fit the architecture.
+    """
+    model = create_model_from_config(cfg)
+    state_dict = load_checkpoint_state_dict(checkpoint)
+    problem = _state_mismatch(model, state_dict)
+    if problem:
+        raise IntegrityError(checkpoint, f"does not fit {cfg.model.architecture!r} with num_classes="
+                                         f"{cfg.model.num_classes}, in_chans={cfg.model.in_chans}: {problem}")
+    model.load_state_dict(state_dict, strict=True)
+    return model.eval()
+
+
+def _json_safe(value: Any, key: str) -> Any:
+    try:
+        return json.loads(json.dumps(value))
+    except (TypeError, ValueError):
+        raise HubPublishError(f"config.json: {key}={value!r} is not JSON-serialisable; give a JSON-safe "
+                              "replacement in model.model_args") from None
+
+
+def hub_config_json(model: nn.Module, cfg: RunConfig, path: str | Path,
+                    label_names: list[str] | None) -> dict[str, Any]:
+    """Write timm's config.json for ``model`` (via timm's own exporter) and return it.
+
+    ``model_args`` drops ``num_classes`` (stored at the top level; transformers passes it separately and a
+    second copy fails there) and must be JSON-safe; ``pretrained_cfg`` gets the run's normalisation, input
+    size, crop, interpolation, licence and the paper; ``timm_asap`` records the pooling and package version.
+    """
+    from timm.models._hub import save_config_for_hf
+
+    from ..data import resolve_data_config
+    resolved = resolve_data_config(cfg, model)
+    data_config = {k: resolved[k] for k in ('input_size', 'mean', 'std', 'crop_pct', 'interpolation', 'crop_mode')
+                   if resolved.get(k) is not None}
+    model_config = {}
+    if label_names is not None:
+        model_config['label_names'] = list(label_names)
+    try:
+        save_config_for_hf(model, str(path), model_config=model_config, data_config=data_config)
+    except ValueError as e:
+        raise HubPublishError(f"config.json for {cfg.name}: {e}") from e
+    config = json.loads(Path(path).read_text())
+    model_args = {k: v for k, v in (config.get('model_args') or {}).items() if k not in ('num_classes', 'pretrained')}
+    config['model_args'] = _json_safe(model_args, 'model_args')
+    pcfg = config['pretrained_cfg']
+    pcfg['architecture'] = cfg.model.architecture
+    pcfg['tag'] = cfg.model.tag or pcfg.get('tag')
+    if cfg.hub.license:
+        pcfg['license'] = cfg.hub.license
+    pcfg['paper_ids'] = 'arXiv:2307.09804' if cfg.model.pool != 'flc' else 'arXiv:2204.00491'
+    pcfg['paper_name'] = ('Fix your downsampling ASAP! Be natively more robust via Aliasing and Spectral '
+                          'Artifact free Pooling') if cfg.model.pool != 'flc' else \
+        'FrequencyLowCut Pooling - Plug & Play against Catastrophic Overfitting'
+    pooling = 'without spectral pooling (baseline)' if cfg.model.pool == 'none' else f"with {cfg.model.pool.upper()} pooling"
+    pcfg['description'] = f"{cfg.model.architecture} {pooling}" + (f", fine-tuned from {cfg.model.base}"
+                                                                  if cfg.model.base else '')
+    pcfg.pop('origin_url', None)  # the base checkpoint's origin, not this model's
+    config['pretrained_cfg'] = {k: v for k, v in pcfg.items() if v is not None or k in ('pool_size', 'first_conv',
+                                                                                          'classifier')}
+    config['timm_asap'] = {'version': __version__, 'pool': cfg.model.pool, 'mode': cfg.model.mode,
+                           'base': cfg.model.base or None}
+    if config['architecture'] != cfg.model.architecture:
+        raise HubPublishError(f"config.json architecture {config['architecture']!r} differs from "
+                              f"model.architecture {cfg.model.architecture!r}")
+    atomic_write_text(path, json.dumps(config, indent=2) + '\n')
+    return config
+
+
+def build_hub_folder(model: nn.Module, cfg: RunConfig, output_dir: str | Path, *,
+                     results: EvalResults | str | Path | None = None, allow_no_eval: bool = False,
+                     repo_id: str | None = None) -> Path:
+    """Write a complete, checked Hub folder for a trained model (atomically: all or nothing).
+
+    Args:
+        model: the trained model (its state dict is saved; it must match ``cfg.model``).
+        cfg: the run configuration (model, data, recipe, hub).
+        output_dir: the folder to write; an existing folder there is replaced as a whole.
+        results: evaluation results (an :class:`EvalResults`, or a results.json / evaluation folder).
+        allow_no_eval: publish without evaluation results.
+        repo_id: Hub repository id for the card (default ``cfg.hub.repo_id``).
+
+    Returns:
+        ``output_dir``.
+
+    Raises:
+        MissingEvaluationError: no results and ``allow_no_eval`` not set.
+        ConfigError: missing repo id or label names.
+        IntegrityError: the written folder failed its checks (nothing is left behind).
+    """
+    repo_id = repo_id or cfg.hub.repo_id
+    if not repo_id or repo_id.count('/') != 1:
+        raise ConfigError(f"hub.repo_id: must look like '<org>/<name>', got {repo_id!r}")
+    if results is not None and not isinstance(results, EvalResults):
+        results = load_eval_results(results)
+    if results is None and not allow_no_eval:
+        raise MissingEvaluationError(
+            f"refusing to publish {cfg.name} without evaluation results: evaluate it (timm-asap-evaluate) and "
+            "pass its output folder, or allow publishing without results (--allow-no-eval)")
+    if results is not None:
+        _check_results_model(results, cfg)
+    num_classes = getattr(model, 'num_classes', cfg.model.num_classes)
+    if num_classes != cfg.model.num_classes:
+        raise ConfigError(f"model.num_classes: the model has {num_classes} classes, the config says "
+                          f"{cfg.model.num_classes}")
+    label_names = resolve_label_names(cfg, num_classes)
+    output_dir = Path(output_dir)
+    with staging_dir(output_dir) as tmp:
+        save_safetensors(model.state_dict(), tmp / WEIGHTS_NAME,
+                         metadata={'architecture': cfg.model.architecture, 'timm_asap': __version__})
+        config = hub_config_json(model, cfg, tmp / CONFIG_NAME, label_names)
+        save_config(cfg, tmp / RUN_CONFIG_NAME)
+        plots = []
+        if results is not None:
+            shutil.copyfile(results.path, tmp / 'results.json')
+            for p in results.plots:
+                dest = Path('plots') / p.name
+                (tmp / 'plots').mkdir(exist_ok=True)
+                shutil.copyfile(p, tmp / dest)
+                plots.append(dest.as_posix())
+        num_params = sum(p.numel() for p in model.parameters())
+        card = build_model_card(cfg, repo_id, config, results, plots, num_params, RUN_CONFIG_NAME)
+        atomic_write_text(tmp / 'README.md', card)
+        verify_hub_folder(tmp)
+        replace_dir(tmp, output_dir)
+    return output_dir
+
+
+def _check_results_model(results: EvalResults, cfg: RunConfig) -> None:
+    name = results.model
+    if ':' in name or '/' in name:  # a path or hub id: nothing to compare by name
+        return
+    if name.split('.')[0] != cfg.model.architecture:
+        raise HubPublishError(f"{results.path}: results are for model {name!r}, but the model published is "
+                              f"{cfg.name!r}; pass the evaluation of this model")
+
+
+def resolve_run_config(config: RunConfig | str | Path | None, checkpoint: str | Path) -> RunConfig:
+    """The run config to publish with.
+
+    The fine-tuning tool saves the resolved config (``config.yaml``) beside ``model.safetensors``: it
+    describes what was trained, so its model, data and train sections are used. The hub section comes from
+    ``config`` when given (where to publish), else from the saved config. Both must name the same
+    architecture, class count and input channels.
+
+    Raises:
+        ConfigError: no config anywhere, or the two disagree.
+    """
+    ckpt = Path(checkpoint)
+    folder = ckpt if ckpt.is_dir() else ckpt.parent
+    saved = load_config(folder / TRAIN_CONFIG_NAME) if (folder / TRAIN_CONFIG_NAME).is_file() else None
+    given = config if isinstance(config, RunConfig) or config is None else load_config(config)
+    if saved is None and given is None:
+        raise ConfigError(f"no run config: pass a hub_configs YAML, or a checkpoint folder holding "
+                          f"{TRAIN_CONFIG_NAME} (looked in {folder})")
+    if saved is None:
+        return given
+    if given is None:
+        return saved
+    for key in ('architecture', 'num_classes', 'in_chans'):
+        a, b = getattr(saved.model, key), getattr(given.model, key)
+        if a != b:
+            raise ConfigError(f"model.{key}: the checkpoint's {folder / TRAIN_CONFIG_NAME} says {a!r}, the "
+                              f"given config says {b!r}")
+    saved.hub = given.hub
+    return saved
+
+
+def _checkpoint_file(checkpoint: str | Path) -> Path:
+    ckpt = Path(checkpoint)
+    if ckpt.is_dir():
+        if (ckpt / WEIGHTS_NAME).is_file():
+            return ckpt / WEIGHTS_NAME
+        candidates = sorted(p.name for p in ckpt.iterdir() if p.name.endswith(('.safetensors',) + PICKLE_SUFFIXES))
+        raise IntegrityError(ckpt / WEIGHTS_NAME, f"checkpoint not found in the folder (it holds {candidates})")
+    return ckpt
+
+
+def export_output_dir(checkpoint: str | Path, output_dir: str | Path, *, config: RunConfig | str | Path | None = None,
+                      eval_dir: str | Path | None = None, allow_no_eval: bool = False,
+                      repo_id: str | None = None) -> Path:
+    """Write the Hub folder of a trained checkpoint (no network): a dry-run publish.
+
+    Args:
+        checkpoint: ``model.safetensors`` (or a timm ``.pth.tar``), or the fine-tuning output folder holding
+            ``model.safetensors`` and ``config.yaml``.
+        output_dir: Hub folder to write (replaced as a whole if it exists).
+        config: hub_configs YAML (path or shipped name) or RunConfig; default: the checkpoint folder's
+            ``config.yaml``.
+        eval_dir: evaluation output folder (``results.json``, table, plots); default: ``<checkpoint
+            folder>/eval`` or the checkpoint folder itself, whichever holds a results.json.
+        allow_no_eval: write the folder without evaluation results.
+        repo_id: override ``hub.repo_id``.
+
+    Returns:
+        ``output_dir``.
+    """
+    cfg = resolve_run_config(config, checkpoint)
+    ckpt_file = _checkpoint_file(checkpoint)
+    if eval_dir is not None:
+        results = load_eval_results(eval_dir)
+    else:
+        results = find_eval_results(ckpt_file.parent / 'eval', ckpt_file.parent)
+    model = load_trained_model(cfg, ckpt_file)
+    return build_hub_folder(model, cfg, output_dir, results=results, allow_no_eval=allow_no_eval, repo_id=repo_id)

@@ -1,0 +1,286 @@
+"""Writing and checking the files of a Hub folder: safetensors weights and timm's config.json.
+
+Weights are written with a sha256 of their tensor data in the safetensors header metadata
+(``timm_asap.data_sha256``), so a file can be checked on its own wherever it lies (output folder,
+``local-dir:`` folder, Hub cache). The checks read only the header (and hash the data), never unpickle
+anything, and name the offending file in every error.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+
+from ._io import atomic_write_bytes
+from .errors import IntegrityError
+from .integration import check_architecture
+
+__all__ = ['WEIGHTS_NAME', 'CONFIG_NAME', 'DIGEST_KEY', 'PICKLE_SUFFIXES', 'save_safetensors', 'read_safetensors_header',
+           'verify_safetensors', 'load_safetensors', 'read_config_json', 'expected_state_shapes',
+           'check_weights_match_config', 'verify_hub_folder']
+
+WEIGHTS_NAME = 'model.safetensors'
+CONFIG_NAME = 'config.json'
+DIGEST_KEY = 'timm_asap.data_sha256'
+PICKLE_SUFFIXES = ('.bin', '.pt', '.pth', '.pkl', '.pickle', '.ckpt', '.tar')
+_MAX_HEADER = 100 * 1024 * 1024
+_DTYPE_SIZES = {'F64': 8, 'F32': 4, 'F16': 2, 'BF16': 2, 'I64': 8, 'I32': 4, 'I16': 2, 'I8': 1, 'U64': 8, 'U32': 4,
+                'U16': 2, 'U8': 1, 'BOOL': 1, 'F8_E4M3': 1, 'F8_E5M2': 1, 'F8_E8M0': 1, 'C64': 8, 'C128': 16}
+
+
+def _cpu_tensors(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out, seen = {}, set()
+    for k, v in state_dict.items():
+        if not isinstance(v, torch.Tensor):
+            raise TypeError(f"state_dict[{k!r}] is a {type(v).__name__}, only tensors can be saved")
+        t = v.detach().to('cpu').contiguous()
+        if t.numel():
+            storage = t.untyped_storage().data_ptr()
+            if storage in seen:
+                t = t.clone()  # safetensors refuses tensors sharing storage
+            else:
+                seen.add(storage)
+        out[k] = t
+    return out
+
+
+def _data_section(blob: bytes) -> memoryview:
+    n = int.from_bytes(blob[:8], 'little')
+    return memoryview(blob)[8 + n:]
+
+
+def save_safetensors(state_dict: dict[str, torch.Tensor], path: str | Path,
+                     metadata: dict[str, str] | None = None) -> str:
+    """Write ``state_dict`` as safetensors, atomically, with the sha256 of its tensor data in the header.
+
+    Args:
+        state_dict: name -> tensor (any device; saved from CPU copies).
+        path: destination file.
+        metadata: extra string metadata for the header.
+
+    Returns:
+        The hex sha256 of the tensor data section.
+    """
+    tensors = _cpu_tensors(state_dict)
+    meta = {'format': 'pt', **{str(k): str(v) for k, v in (metadata or {}).items()}}
+    meta.pop(DIGEST_KEY, None)
+    first = safetensors.torch.save(tensors, metadata=meta)
+    digest = hashlib.sha256(_data_section(first)).hexdigest()
+    blob = safetensors.torch.save(tensors, metadata={**meta, DIGEST_KEY: digest})
+    if _data_section(blob) != _data_section(first):  # serialisation must be deterministic for the digest to hold
+        raise RuntimeError(f"safetensors serialisation of {path} was not reproducible; refusing to write it")
+    atomic_write_bytes(path, blob)
+    return digest
+
+
+def read_safetensors_header(path: str | Path) -> tuple[dict[str, dict[str, Any]], dict[str, str], int]:
+    """Parse and check a safetensors header against the file size.
+
+    Returns:
+        ``(tensors, metadata, data_start)``: tensor name -> ``{'dtype', 'shape', 'data_offsets'}``,
+        the ``__metadata__`` strings, and the byte offset of the data section.
+
+    Raises:
+        IntegrityError: the file is missing, too short, truncated, has trailing bytes, or its header is
+            not valid safetensors.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise IntegrityError(path, 'weights file not found')
+    size = path.stat().st_size
+    if size < 8:
+        raise IntegrityError(path, f"only {size} bytes: too short to be a safetensors file (truncated?)")
+    with open(path, 'rb') as f:
+        n = int.from_bytes(f.read(8), 'little')
+        if n > size - 8 or n > _MAX_HEADER:
+            raise IntegrityError(path, f"header length {n} does not fit in the file's {size} bytes "
+                                       "(truncated, corrupted or not a safetensors file)")
+        raw = f.read(n)
+    try:
+        header = json.loads(raw.decode('utf-8'))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise IntegrityError(path, f"safetensors header is not valid JSON ({e}); the file is corrupted") from None
+    if not isinstance(header, dict):
+        raise IntegrityError(path, f"safetensors header must be a JSON object, got {type(header).__name__}")
+    metadata = header.pop('__metadata__', None) or {}
+    spans = []
+    for name, entry in header.items():
+        try:
+            dtype, shape, (begin, end) = entry['dtype'], entry['shape'], entry['data_offsets']
+            nbytes = _DTYPE_SIZES[dtype] * math.prod(int(s) for s in shape)
+        except (KeyError, TypeError, ValueError):
+            raise IntegrityError(path, f"tensor {name!r} has a malformed header entry {entry!r}") from None
+        if end - begin != nbytes or begin < 0:
+            raise IntegrityError(path, f"tensor {name!r} ({dtype}, shape {list(shape)}) needs {nbytes} bytes but its "
+                                       f"offsets {begin}..{end} span {end - begin} (corrupted header)")
+        spans.append((begin, end, name))
+    position = 0
+    for begin, end, name in sorted(spans):
+        if begin != position:
+            raise IntegrityError(path, f"tensor {name!r} starts at data offset {begin}, expected {position} "
+                                       "(overlapping or missing data; corrupted header)")
+        position = end
+    expected = 8 + n + position
+    if size < expected:
+        raise IntegrityError(path, f"file has {size} bytes but its header describes {expected}: the file is truncated")
+    if size > expected:
+        raise IntegrityError(path, f"file has {size} bytes but its header describes {expected}: "
+                                   f"{size - expected} unexpected trailing bytes (corrupted)")
+    return header, metadata, 8 + n
+
+
+def verify_safetensors(path: str | Path) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """Check a safetensors file: header, size and, when recorded, the sha256 of the tensor data.
+
+    Returns:
+        Tensor name -> ``(dtype, shape)``.
+
+    Raises:
+        IntegrityError: naming the file, for truncation, a malformed header or changed tensor bytes.
+    """
+    path = Path(path)
+    header, metadata, start = read_safetensors_header(path)
+    digest = metadata.get(DIGEST_KEY)
+    if digest:
+        h = hashlib.sha256()
+        with open(path, 'rb') as f:
+            f.seek(start)
+            for chunk in iter(lambda: f.read(1 << 22), b''):
+                h.update(chunk)
+        if h.hexdigest() != digest:
+            raise IntegrityError(path, f"tensor data sha256 {h.hexdigest()} differs from the {digest} recorded in "
+                                       "its header: the file is corrupted")
+    return {k: (v['dtype'], tuple(v['shape'])) for k, v in header.items()}
+
+
+def load_safetensors(path: str | Path, device: str | torch.device = 'cpu') -> dict[str, torch.Tensor]:
+    """:func:`verify_safetensors`, then load the tensors (no pickle involved)."""
+    verify_safetensors(path)
+    try:
+        return safetensors.torch.load_file(str(path), device=str(device))
+    except Exception as e:  # safetensors' own errors do not name the file
+        raise IntegrityError(path, f"cannot load safetensors: {e}") from e
+
+
+def read_config_json(path: str | Path) -> dict[str, Any]:
+    """Read a timm config.json and check the keys the loaders need.
+
+    Raises:
+        IntegrityError: missing file, invalid JSON, or a missing/ill-typed ``architecture``,
+            ``num_classes``, ``model_args`` or ``pretrained_cfg``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise IntegrityError(path, 'config file not found')
+    try:
+        cfg = json.loads(path.read_text(encoding='utf-8'))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise IntegrityError(path, f"not valid JSON ({e}); the file is corrupted or truncated") from None
+    if not isinstance(cfg, dict):
+        raise IntegrityError(path, f"expected a JSON object, got {type(cfg).__name__}")
+    if not isinstance(cfg.get('architecture'), str) or not cfg['architecture']:
+        raise IntegrityError(path, f"'architecture' must be a non-empty string, got {cfg.get('architecture')!r}")
+    if 'num_classes' in cfg and (isinstance(cfg['num_classes'], bool) or not isinstance(cfg['num_classes'], int)):
+        raise IntegrityError(path, f"'num_classes' must be an integer, got {cfg['num_classes']!r}")
+    if not isinstance(cfg.get('model_args', {}), dict):
+        raise IntegrityError(path, f"'model_args' must be an object, got {cfg['model_args']!r}")
+    if not isinstance(cfg.get('pretrained_cfg'), dict):
+        raise IntegrityError(path, "'pretrained_cfg' must be an object (timm's Hub config format)")
+    return cfg
+
+
+def expected_state_shapes(config: dict[str, Any], source: str | None = None) -> dict[str, tuple[int, ...]]:
+    """State-dict shapes of the model a config.json describes (built on the meta device: no memory, no init).
+
+    Raises:
+        UnregisteredArchitectureError: the architecture is not registered (the message says ``import timm_asap``).
+    """
+    import timm
+    arch = check_architecture(config['architecture'], source)
+    kwargs = dict(config.get('model_args') or {})
+    kwargs.pop('pretrained', None)
+    if config.get('num_classes') is not None:
+        kwargs['num_classes'] = config['num_classes']
+    try:
+        with torch.device('meta'):
+            model = timm.create_model(arch, pretrained=False, **kwargs)
+    except (RuntimeError, NotImplementedError):  # a model whose init needs real tensors
+        model = timm.create_model(arch, pretrained=False, **kwargs)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def _preview(names, limit: int = 6) -> str:
+    names = sorted(names)
+    more = f" (+{len(names) - limit} more)" if len(names) > limit else ''
+    return ', '.join(names[:limit]) + more
+
+
+def check_weights_match_config(weights_path: str | Path, config_path: str | Path,
+                               tensors: dict[str, tuple[str, tuple[int, ...]]] | None = None) -> None:
+    """Check that the weights file holds exactly the tensors (names and shapes) the config's model has.
+
+    Args:
+        weights_path: model.safetensors.
+        config_path: config.json describing the architecture.
+        tensors: the weights' header as returned by :func:`verify_safetensors` (read when None).
+
+    Raises:
+        IntegrityError: naming the weights file, listing missing, unexpected and wrong-shaped tensors.
+        UnregisteredArchitectureError: the config's architecture is not registered.
+    """
+    config = read_config_json(config_path)
+    if tensors is None:
+        tensors = verify_safetensors(weights_path)
+    expected = expected_state_shapes(config, str(config_path))
+    got = {k: shape for k, (_, shape) in tensors.items()}
+    missing = expected.keys() - got.keys()
+    unexpected = got.keys() - expected.keys()
+    wrong = [f"{k} (file {list(got[k])}, architecture {list(expected[k])})"
+             for k in sorted(expected.keys() & got.keys()) if tuple(got[k]) != tuple(expected[k])]
+    if missing or unexpected or wrong:
+        parts = [f"does not fit {config_path}: architecture {config['architecture']!r} with "
+                 f"num_classes={config.get('num_classes')} and model_args={config.get('model_args') or {}} "
+                 f"expects {len(expected)} tensors, the file has {len(got)}"]
+        if missing:
+            parts.append(f"missing from the file: {_preview(missing)}")
+        if unexpected:
+            parts.append(f"not in the architecture: {_preview(unexpected)}")
+        if wrong:
+            parts.append(f"wrong shape: {'; '.join(wrong[:6])}{' ...' if len(wrong) > 6 else ''}")
+        raise IntegrityError(weights_path, '; '.join(parts))
+
+
+def verify_hub_folder(folder: str | Path, allow_pickle: bool = False) -> dict[str, Any]:
+    """Check a Hub folder (or a downloaded snapshot): config.json, model.safetensors and that they agree.
+
+    Args:
+        folder: the folder.
+        allow_pickle: accept pickle weight files beside the safetensors (never written by timm-asap).
+
+    Returns:
+        The parsed config.json.
+
+    Raises:
+        IntegrityError: naming the first bad file.
+        UnregisteredArchitectureError: the config's architecture is not registered.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise IntegrityError(folder, 'not a folder')
+    config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
+    for p in (config_path, weights_path):
+        if not p.is_file():
+            present = sorted(x.name for x in folder.iterdir())
+            raise IntegrityError(p, f"missing; the folder holds {present}")
+    if not allow_pickle:
+        pickles = sorted(p.name for p in folder.rglob('*') if p.is_file() and p.name.endswith(PICKLE_SUFFIXES))
+        if pickles:
+            raise IntegrityError(folder, f"pickle weight files are not allowed (safetensors only): {pickles}")
+    config = read_config_json(config_path)
+    check_weights_match_config(weights_path, config_path, verify_safetensors(weights_path))
+    return config

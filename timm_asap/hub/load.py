@@ -1,0 +1,174 @@
+"""Loading published models with timm or transformers, after checking the files.
+
+timm and transformers load our Hub repositories directly once ``import timm_asap`` has registered the
+architectures. These helpers add what they do not: the weights are checked (truncation, corruption,
+architecture/weights disagreement) before any model is built, an unregistered architecture gets an
+error that says ``import timm_asap``, and a bad file or a failed download leaves nothing in the cache.
+Offline use (``HF_HUB_OFFLINE=1`` with a filled cache) works as with plain huggingface_hub.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+
+import timm
+import torch
+from huggingface_hub import constants, hf_hub_download
+from torch import nn
+
+from .errors import IntegrityError
+from .integration import check_architecture, install_transformers_integration
+from .integrity import CONFIG_NAME, WEIGHTS_NAME, read_config_json, verify_hub_folder
+
+__all__ = ['download_hub_files', 'load_hub_folder', 'load_model', 'load_transformers_model',
+           'transformers_pipeline']
+
+_logger = logging.getLogger(__name__)
+
+
+def _repo_cache(repo_id: str, cache_dir: str | Path | None) -> Path:
+    from huggingface_hub.file_download import repo_folder_name
+    return Path(cache_dir or constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id, repo_type='model')
+
+
+def _remove_incomplete(repo_id: str, cache_dir: str | Path | None) -> None:
+    for p in (_repo_cache(repo_id, cache_dir) / 'blobs').glob('*.incomplete'):
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+
+
+def _purge_cached(path: Path) -> None:
+    """Remove a cached snapshot file and the blob it links to."""
+    blob = path.resolve() if path.is_symlink() else None
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    if blob is not None:
+        with contextlib.suppress(FileNotFoundError):
+            blob.unlink()
+
+
+def download_hub_files(repo_id: str, revision: str | None = None, cache_dir: str | Path | None = None,
+                       filename: str = WEIGHTS_NAME) -> Path:
+    """Download (or find in the cache) a repository's config.json and weights, and check them.
+
+    Args:
+        repo_id: ``<org>/<name>``, optionally ``@<revision>``.
+        revision: branch, tag or commit (overrides ``@<revision>``).
+        cache_dir: Hub cache folder (default: huggingface_hub's).
+        filename: weights file name.
+
+    Returns:
+        The snapshot folder holding the two files.
+
+    Raises:
+        IntegrityError: a file is truncated, corrupted or does not fit the config; it is removed from the
+            cache so the next call downloads it again.
+        UnregisteredArchitectureError: the config's architecture is not registered (``import timm_asap``).
+    """
+    repo_id, _, at_revision = repo_id.partition('@')
+    revision = revision or at_revision or None
+    paths = {}
+    for name in (CONFIG_NAME, filename):
+        try:
+            paths[name] = Path(hf_hub_download(repo_id, name, revision=revision, cache_dir=cache_dir,
+                                               library_name='timm-asap'))
+        except BaseException:
+            _remove_incomplete(repo_id, cache_dir)
+            raise
+        if name == CONFIG_NAME:
+            try:
+                config = read_config_json(paths[name])
+            except IntegrityError as e:
+                _purge_cached(paths[name])
+                raise IntegrityError(paths[name], f"{str(e).split(': ', 1)[-1]} (downloaded from {repo_id}; "
+                                                  "removed from the cache)") from None
+            check_architecture(config['architecture'], f"{CONFIG_NAME} of {repo_id}")
+    snapshot = paths[CONFIG_NAME].parent
+    try:
+        if filename == WEIGHTS_NAME and paths[filename].parent == snapshot:
+            verify_hub_folder(snapshot, allow_pickle=True)
+    except IntegrityError as e:
+        bad = Path(e.path)
+        _purge_cached(bad if bad.name in (CONFIG_NAME, filename) else paths[filename])
+        raise IntegrityError(e.path, f"{str(e)[len(e.path) + 2:]} (downloaded from {repo_id}; removed from the "
+                                     "cache)") from None
+    return snapshot
+
+
+def load_hub_folder(folder: str | Path, device: str | torch.device | None = None, **kwargs) -> nn.Module:
+    """Load a model from a local Hub folder (``timm.create_model('local-dir:<folder>', pretrained=True)``).
+
+    The folder is checked first (:func:`timm_asap.hub.verify_hub_folder`). Returns the model in eval mode.
+    """
+    folder = Path(folder).resolve()
+    verify_hub_folder(folder, allow_pickle=True)
+    model = timm.create_model(f"local-dir:{folder}", pretrained=True, **kwargs)
+    return model.to(device).eval() if device is not None else model.eval()
+
+
+def load_model(name: str, pretrained: bool = True, device: str | torch.device | None = None,
+               cache_dir: str | Path | None = None, **kwargs) -> nn.Module:
+    """``timm.create_model`` for published models, with the file checks and errors of this module.
+
+    Args:
+        name: ``hf-hub:<org>/<name>[@rev]``, ``local-dir:<folder>``, or a registry name
+            ``<architecture>.<tag>`` whose pretrained cfg points at the Hub.
+        pretrained: load the weights.
+        device: move the model there.
+        cache_dir: Hub cache folder.
+        **kwargs: passed to ``timm.create_model``.
+
+    Returns:
+        The model in eval mode.
+    """
+    source, ident = timm.models.parse_model_name(name)
+    if source == 'local-dir':
+        return load_hub_folder(ident, device, **kwargs)
+    if source == 'hf-hub':
+        if pretrained:
+            download_hub_files(ident, cache_dir=cache_dir)
+        else:
+            repo_id, _, revision = ident.partition('@')
+            config = read_config_json(hf_hub_download(repo_id, CONFIG_NAME, revision=revision or None,
+                                                           cache_dir=cache_dir))
+            check_architecture(config['architecture'], f"{CONFIG_NAME} of {repo_id}")
+    else:
+        check_architecture(name)
+        cfg = timm.models.get_pretrained_cfg(name)
+        if pretrained and cfg is not None and cfg.hf_hub_id:
+            download_hub_files(cfg.hf_hub_id, cache_dir=cache_dir, filename=cfg.hf_hub_filename or WEIGHTS_NAME)
+    model = timm.create_model(name, pretrained=pretrained, cache_dir=cache_dir, **kwargs)
+    return model.to(device).eval() if device is not None else model.eval()
+
+
+def _transformers_source(repo_or_path: str | Path, cache_dir) -> str:
+    install_transformers_integration()
+    path = Path(repo_or_path)
+    if path.is_dir():
+        verify_hub_folder(path, allow_pickle=True)
+        return str(path)
+    download_hub_files(str(repo_or_path), cache_dir=cache_dir)
+    return str(repo_or_path)
+
+
+def load_transformers_model(repo_or_path: str | Path, cache_dir: str | Path | None = None, **kwargs):
+    """``AutoModelForImageClassification.from_pretrained`` (TimmWrapper) with the checks of this module.
+
+    Returns:
+        The transformers model in eval mode.
+    """
+    from transformers import AutoModelForImageClassification
+    source = _transformers_source(repo_or_path, cache_dir)
+    return AutoModelForImageClassification.from_pretrained(source, cache_dir=cache_dir, **kwargs).eval()
+
+
+def transformers_pipeline(repo_or_path: str | Path, cache_dir: str | Path | None = None, **kwargs):
+    """``pipeline('image-classification', model=...)`` with the checks of this module."""
+    from transformers import pipeline
+    source = _transformers_source(repo_or_path, cache_dir)
+    model_kwargs = dict(kwargs.pop('model_kwargs', None) or {})
+    if cache_dir is not None:
+        model_kwargs['cache_dir'] = str(cache_dir)
+    return pipeline('image-classification', model=source, model_kwargs=model_kwargs or None, **kwargs)
+
