@@ -1,0 +1,251 @@
+"""One call that evaluates several models side by side and writes every artefact."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from torch import nn
+
+from ._deps import library_versions
+from .attacks import AttackSpec, check_eps, parse_eps
+from .corruptions import SEVERITIES, check_corruptions, check_severities
+from .data import EvalImages, load_images
+from .engine import CORRUPTION_SOURCES, evaluate_clean, evaluate_corruptions, resolve_device
+from .report import (markdown_report, plot_aliasing, plot_attacks, plot_corruptions, plot_shift, read_results,
+                     write_results, write_text_atomic)
+from .shift import SHIFT_MODES, aliasing_view, evaluate_shift_consistency
+from .summary import corruption_summary
+from .wrapper import check_eval_mode
+
+__all__ = ['EvalOptions', 'evaluate_models', 'build_attack_specs']
+
+_logger = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalOptions:
+    """What :func:`evaluate_models` runs.
+
+    Attributes:
+        count: images evaluated (a seeded random subset; None: all).
+        seed: seed of the subset, the corruptions, the attacks and the shifts.
+        subset_order: ``'random'`` or ``'first'``.
+        batch_size: images per forward pass.
+        workers: DataLoader workers (image loading and corruption generation).
+        device: ``'auto'`` (CUDA when present), ``'cpu'``, ``'cuda'``, ...
+        amp: AMP for clean/corruption/shift passes: ``'auto'`` (bf16 on CUDA), ``'bf16'``, ``'fp16'``, ``'none'``.
+            Attacks always run in float32.
+        clean: evaluate clean top-1/top-5.
+        corruptions: corruption names, ``'benchmark'`` (the 15), ``'all'`` (15 + 4 extra) or empty to skip.
+        severities: severities 1..5.
+        corruption_protocol: ``'auto'``, ``'imagenet'``, ``'cifar'`` parameter tables (generated source).
+        corruption_source: ``'generated'``, ``'imagenet_c'`` or ``'cifar_c'``.
+        corruption_dir: root of pre-generated corruption data.
+        mce_baseline: model name (of this run, or of ``baseline_results``) normalising mCE; None: the
+            first model.
+        baseline_results: a results.json holding the baseline's rows.
+        alexnet_mce: also normalise by AlexNet's published errors; None: when the source is ImageNet-C.
+        fgsm_eps: FGSM eps list (L-inf), e.g. ``[1/255, 2/255, 4/255]``.
+        pgd_linf_eps: PGD L-inf eps list.
+        pgd_l2_eps: PGD L2 eps list.
+        pgd_steps: PGD iterations.
+        pgd_step_size: PGD step (None: 2.5 eps / steps).
+        pgd_restarts: PGD random starts.
+        autoattack_eps: eps list of the AutoAttack-style suite (empty: skip; it is slow).
+        autoattack_norm: ``'linf'`` or ``'l2'``.
+        autoattack_steps: APGD iterations (100 in the standard suite).
+        square_queries: Square attack queries (5000 in the standard suite).
+        attack_count: images attacked (the first ones of the evaluated subset; None: all).
+        shift_trials: random shift pairs per image (0: skip shift consistency).
+        max_shift: largest shift in pixels (None: a quarter of the image size).
+        shift_mode: ``'circular'`` or ``'crop'``.
+        shift_curve: also the agreement-against-diagonal-shift curve.
+        aliasing_count: images for the aliasing view (0: skip).
+        plots: write PNG plots.
+        progress: progress bars.
+    """
+
+    count: int | None = 500
+    seed: int = 0
+    subset_order: str = 'random'
+    batch_size: int = 128
+    workers: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))
+    device: str = 'auto'
+    amp: str = 'auto'
+    clean: bool = True
+    corruptions: list[str] | str = 'benchmark'
+    severities: list[int] = field(default_factory=lambda: list(SEVERITIES))
+    corruption_protocol: str = 'auto'
+    corruption_source: str = 'generated'
+    corruption_dir: str | None = None
+    mce_baseline: str | None = None
+    baseline_results: str | None = None
+    alexnet_mce: bool | None = None
+    fgsm_eps: list[float] = field(default_factory=lambda: [1 / 255, 2 / 255, 4 / 255])
+    pgd_linf_eps: list[float] = field(default_factory=lambda: [1 / 255, 2 / 255, 4 / 255])
+    pgd_l2_eps: list[float] = field(default_factory=list)
+    pgd_steps: int = 10
+    pgd_step_size: float | None = None
+    pgd_restarts: int = 1
+    autoattack_eps: list[float] = field(default_factory=list)
+    autoattack_norm: str = 'linf'
+    autoattack_steps: int = 100
+    square_queries: int = 5000
+    attack_count: int | None = None
+    shift_trials: int = 5
+    max_shift: int | None = None
+    shift_mode: str = 'circular'
+    shift_curve: bool = True
+    aliasing_count: int = 16
+    plots: bool = True
+    progress: bool = True
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> 'EvalOptions':
+        """Build options from a mapping (e.g. YAML); unknown keys are errors naming the allowed ones."""
+        data = dict(data or {})
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"unknown evaluation option {unknown[0]!r}; allowed: {sorted(names)}")
+        return cls(**data)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def validate(self, image_shape: Sequence[int] | None = None) -> 'EvalOptions':
+        """Check choices and ranges (eps ranges need the image shape).
+
+        Raises:
+            ValueError: naming the option, the value and what is allowed.
+        """
+        if self.count is not None and self.count < 1:
+            raise ValueError(f"count must be >= 1 or None, got {self.count}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers}")
+        if self.corruption_source not in CORRUPTION_SOURCES:
+            raise ValueError(f"corruption_source must be one of {list(CORRUPTION_SOURCES)}, got {self.corruption_source!r}")
+        if self.corruptions:
+            check_corruptions(self.corruptions)
+            check_severities(self.severities)
+        if self.shift_mode not in SHIFT_MODES:
+            raise ValueError(f"shift_mode must be one of {list(SHIFT_MODES)}, got {self.shift_mode!r}")
+        if self.shift_trials < 0 or self.aliasing_count < 0:
+            raise ValueError("shift_trials and aliasing_count must be >= 0")
+        if self.autoattack_norm not in ('linf', 'l2'):
+            raise ValueError(f"autoattack_norm must be 'linf' or 'l2', got {self.autoattack_norm!r}")
+        if self.attack_count is not None and self.attack_count < 1:
+            raise ValueError(f"attack_count must be >= 1 or None, got {self.attack_count}")
+        if image_shape is not None:
+            build_attack_specs(self, image_shape)
+        return self
+
+
+def build_attack_specs(opts: EvalOptions, image_shape: Sequence[int]) -> list[AttackSpec]:
+    """The attack configurations the options ask for, eps checked against the image shape."""
+    specs = []
+    for attack, norm, eps_list in (('fgsm', 'linf', opts.fgsm_eps), ('pgd', 'linf', opts.pgd_linf_eps),
+                                   ('pgd', 'l2', opts.pgd_l2_eps),
+                                   ('autoattack', opts.autoattack_norm, opts.autoattack_eps)):
+        for eps in eps_list or []:
+            eps = check_eps(parse_eps(eps), norm, image_shape)
+            if attack == 'autoattack':
+                spec = AttackSpec(attack, norm, eps, steps=opts.autoattack_steps, restarts=1,
+                                  square_queries=opts.square_queries)
+            elif attack == 'fgsm':
+                spec = AttackSpec(attack, norm, eps, steps=1, restarts=0)
+            else:
+                spec = AttackSpec(attack, norm, eps, steps=opts.pgd_steps, step_size=opts.pgd_step_size,
+                                  restarts=opts.pgd_restarts)
+            if spec.steps < 1 or spec.restarts < 0 or (spec.step_size is not None and spec.step_size <= 0):
+                raise ValueError(f"invalid attack settings {spec}")
+            specs.append(spec)
+    return specs
+
+
+def evaluate_models(
+        models: Sequence[tuple[str, nn.Module]],
+        data,
+        options: EvalOptions | dict | None = None,
+        out_dir: str | os.PathLike | None = None,
+        dataset_name: str | None = None,
+) -> list[dict]:
+    """Evaluate models side by side on the same images and write ``results.json``, ``results.md`` and plots.
+
+    Args:
+        models: (name, model) pairs; each model takes [0, 1] inputs (wrap with
+            :func:`timm_asap.evaluation.wrap_model`) and must be in eval mode.
+        data: a dataset / DataLoader of (image, label) with uint8 or [0, 1] images of one size, or
+            :class:`EvalImages`.
+        options: :class:`EvalOptions` or a mapping of its fields.
+        out_dir: folder for the artefacts (None: return the rows only).
+        dataset_name: recorded in every row (default: the data's class name).
+
+    Returns:
+        The flat result rows (each with ``model``, ``dataset``, ``count``, ``seed`` and library versions).
+
+    Raises:
+        ValueError: invalid options or inputs (checked before the long passes start), a model in
+            training mode, empty data.
+    """
+    opts = options if isinstance(options, EvalOptions) else EvalOptions.from_dict(options)
+    opts.validate()
+    if not models:
+        raise ValueError("no models to evaluate")
+    for name, model in models:
+        check_eval_mode(model, f"model {name!r}")
+    images = load_images(data, opts.count, opts.seed, opts.subset_order, workers=opts.workers,
+                         batch_size=opts.batch_size, name=dataset_name, progress=opts.progress)
+    specs = build_attack_specs(opts, images.shape)
+    device = resolve_device(opts.device)
+    common = dict(device=device, progress=opts.progress)
+    rows: list[dict] = []
+    if opts.clean:
+        rows += evaluate_clean(models, images, opts.batch_size, amp=opts.amp, **common)
+    if opts.corruptions:
+        rows += evaluate_corruptions(models, images, opts.corruptions, opts.severities, opts.seed,
+                                     opts.corruption_protocol, opts.corruption_source, opts.corruption_dir,
+                                     count=opts.count, subset_order=opts.subset_order,
+                                     img_size=images.shape[-1] if opts.corruption_source == 'imagenet_c' else None,
+                                     batch_size=opts.batch_size, workers=opts.workers, amp=opts.amp, **common)
+        baseline = opts.mce_baseline or models[0][0]
+        baseline_rows = read_results(opts.baseline_results)[0] if opts.baseline_results else None
+        alexnet = opts.alexnet_mce
+        if alexnet is None:
+            alexnet = opts.corruption_source == 'imagenet_c' and tuple(check_severities(opts.severities)) == SEVERITIES
+        rows += corruption_summary(rows, baseline, baseline_rows, alexnet=alexnet)
+    if specs:
+        from .attacks import evaluate_attacks
+        rows += evaluate_attacks(models, images, specs, opts.attack_count, opts.batch_size, opts.seed, **common)
+    if opts.shift_trials:
+        rows += evaluate_shift_consistency(models, images, opts.shift_trials, opts.max_shift, opts.shift_mode,
+                                           opts.shift_curve, opts.seed, opts.batch_size, amp=opts.amp, **common)
+    if opts.aliasing_count:
+        rows += aliasing_view(models, images, opts.aliasing_count, **common)
+    meta = {'dataset': dataset_name or images.name, 'seed': opts.seed, 'device': str(device), **library_versions()}
+    rows = [{**r, **{k: v for k, v in meta.items() if k not in r}} for r in rows]
+    if out_dir is not None:
+        write_artefacts(rows, out_dir, {'options': opts.to_dict(), 'models': [n for n, _ in models], **meta},
+                        plots=opts.plots)
+    return rows
+
+
+def write_artefacts(rows: Sequence[dict], out_dir, config: dict | None = None, plots: bool = True) -> dict[str, Path]:
+    """Write ``results.json``, ``results.md`` and (with ``plots``) the PNG figures into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = {'results.json': write_results(out / 'results.json', rows, config),
+               'results.md': write_text_atomic(out / 'results.md', markdown_report(rows))}
+    if plots:
+        for name, fn in (('corruptions.png', plot_corruptions), ('attacks.png', plot_attacks),
+                         ('shift_consistency.png', plot_shift), ('aliasing.png', plot_aliasing)):
+            path = fn(rows, out / name)
+            if path is not None:
+                written[name] = path
+    return written
