@@ -76,3 +76,56 @@ def hub_env(hub, tmp_path, monkeypatch) -> HubEnv:
     patch_hub_constants(monkeypatch, hub.endpoint, cache, home)
     monkeypatch.setenv('HF_TOKEN', GOOD_TOKEN)
     return HubEnv(hub, hub.endpoint, cache, GOOD_TOKEN, ORG, monkeypatch)
+
+
+# ---------------------------------------------------------------------------------------------------
+# tiny trained-model and evaluation folders, as fine-tuning and evaluation write them
+# ---------------------------------------------------------------------------------------------------
+
+HUB_CONFIG = 'resnet18_cifar_asap.fmnist'  # shipped hub config: 1 grey channel, 32x32, 10 classes
+
+
+def make_train_dir(path: Path, config: str = HUB_CONFIG, seed: int = 0, overrides: list[str] | None = None) -> Path:
+    """A fine-tuning output folder: ``model.safetensors`` (random weights, perturbed BN statistics) and the
+    resolved ``config.yaml``."""
+    import safetensors.torch
+    import torch
+
+    import timm_asap.models  # noqa: F401  (registers the architectures)
+    from timm_asap.config import apply_overrides, load_config, save_config
+    from timm_asap.hub.export import create_model_from_config
+
+    cfg = load_config(config)
+    if overrides:
+        cfg = apply_overrides(cfg, overrides)
+    torch.manual_seed(seed)
+    model = create_model_from_config(cfg)
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if name.endswith('running_mean'):
+                t.normal_(0, 0.1)
+            elif name.endswith('running_var'):
+                t.uniform_(0.5, 1.5)
+    path.mkdir(parents=True, exist_ok=True)
+    safetensors.torch.save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+                                str(path / 'model.safetensors'))
+    save_config(cfg, path / 'config.yaml')
+    return path
+
+
+def make_eval_dir(path: Path, models: dict[str, float], plots: bool = True) -> Path:
+    """An evaluation output folder (results.json, results.md, plots) with made-up numbers per model:
+    ``models`` maps model name -> clean top-1."""
+    from timm_asap.evaluation import write_artefacts
+
+    rows = []
+    for i, (name, top1) in enumerate(models.items()):
+        common = {'model': name, 'count': 64, 'dataset': 'fashion_mnist', 'seed': 0}
+        rows.append({'task': 'clean', 'num_classes': 10, 'top1': top1, 'top5': 99.0 - i, **common})
+        rows.append({'task': 'shift', 'trials': 2, 'max_shift': 4, 'mode': 'circular',
+                     'consistency': 90.0 - 5 * i, 'shifted_top1': top1 - 1, **common})
+        for d in (1, 2, 3):
+            rows.append({'task': 'shift_curve', 'shift': d, 'mode': 'circular', 'agreement': 95.0 - 3 * d - i,
+                         **common})
+    write_artefacts(rows, path, {'models': list(models), 'dataset': 'fashion_mnist'}, plots=plots)
+    return path

@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--eval-dir', default=None,
                    help='evaluation output folder with results.json, table and plots (default: <checkpoint '
                         'folder>/eval or the checkpoint folder, whichever holds results.json)')
+    p.add_argument('--eval-model', default=None,
+                   help="this model's name in the evaluation results when it cannot be found by name")
     p.add_argument('--output', default=None,
                    help='Hub folder to write (default: <checkpoint folder>/hub/<repo name>); replaced as a whole')
     p.add_argument('--repo-id', default=None, help='Hub repository <org>/<name> (default: hub.repo_id of the config)')
@@ -68,7 +70,7 @@ def main(argv=None) -> int:
         output = Path(args.output) if args.output else ckpt_dir / 'hub' / repo_id.split('/')[-1]
         folder, result = publish(ckpt, output, config=cfg, eval_dir=args.eval_dir, allow_no_eval=args.allow_no_eval,
                                  repo_id=repo_id, dry_run=args.dry_run, private=args.private,
-                                 commit_message=args.commit_message)
+                                 commit_message=args.commit_message, eval_model=args.eval_model)
     except (ConfigError, HubPublishError, IntegrityError, UnregisteredArchitectureError, FileNotFoundError) as e:
         print(f"timm-asap-publish: error: {e}", file=sys.stderr)
         return 1

@@ -19,7 +19,7 @@ from .integration import (check_architecture, install_transformers_integration, 
 from .integrity import (read_safetensors_header, save_safetensors, verify_hub_folder, verify_safetensors,
                         check_weights_match_config)
 from .results import EvalResults, Metric, load_eval_results
-from .export import build_hub_folder, export_output_dir, load_trained_model, resolve_run_config
+from .export import build_hub_folder, check_publishable, export_output_dir, load_trained_model, resolve_run_config
 from .upload import UploadResult, upload_hub_folder
 from .load import download_hub_files, load_hub_folder, load_model, load_transformers_model, transformers_pipeline
 
@@ -28,7 +28,7 @@ __all__ = [
     'check_architecture', 'install_transformers_integration', 'registered_plugin_models',
     'transformers_integration_installed', 'read_safetensors_header', 'save_safetensors', 'verify_hub_folder',
     'verify_safetensors', 'check_weights_match_config', 'EvalResults', 'Metric', 'load_eval_results',
-    'build_hub_folder', 'export_output_dir', 'load_trained_model', 'resolve_run_config', 'UploadResult',
+    'build_hub_folder', 'check_publishable', 'export_output_dir', 'load_trained_model', 'resolve_run_config', 'UploadResult',
     'upload_hub_folder', 'publish', 'download_hub_files', 'load_hub_folder', 'load_model',
     'load_transformers_model', 'transformers_pipeline',
 ]
@@ -38,7 +38,8 @@ install_transformers_integration()
 
 def publish(checkpoint: str | Path, output_dir: str | Path, *, config=None, eval_dir: str | Path | None = None,
             allow_no_eval: bool = False, repo_id: str | None = None, dry_run: bool = False,
-            private: bool | None = None, commit_message: str | None = None) -> tuple[Path, UploadResult | None]:
+            private: bool | None = None, commit_message: str | None = None,
+            eval_model: str | None = None) -> tuple[Path, UploadResult | None]:
     """Write the Hub folder of a trained checkpoint and, unless ``dry_run``, upload it.
 
     Args:
@@ -51,6 +52,7 @@ def publish(checkpoint: str | Path, output_dir: str | Path, *, config=None, eval
         dry_run: write the folder only (no network).
         private: create the repository private (default: ``hub.private``).
         commit_message: commit message of the upload.
+        eval_model: the model's name in the evaluation results (default: found by name).
 
     Returns:
         ``(folder, upload result or None for a dry run)``.
@@ -58,7 +60,7 @@ def publish(checkpoint: str | Path, output_dir: str | Path, *, config=None, eval
     cfg = resolve_run_config(config, checkpoint)
     repo_id = repo_id or cfg.hub.repo_id
     folder = export_output_dir(checkpoint, output_dir, config=cfg, eval_dir=eval_dir, allow_no_eval=allow_no_eval,
-                               repo_id=repo_id)
+                               repo_id=repo_id, eval_model=eval_model)
     if dry_run:
         return folder, None
     result = upload_hub_folder(folder, repo_id, private=cfg.hub.private if private is None else private,

@@ -12,7 +12,7 @@ from ..version import __version__
 from .integration import is_plugin_name
 from .results import EvalResults
 
-__all__ = ['CITATIONS', 'DATASET_NAMES', 'base_model_repo', 'card_metadata', 'build_model_card']
+__all__ = ['CITATIONS', 'DATASET_NAMES', 'dataset_label', 'base_model_repo', 'card_metadata', 'build_model_card']
 
 DATASET_NAMES = {
     'fashion_mnist': 'Fashion-MNIST', 'fashion-mnist': 'Fashion-MNIST', 'zalando-datasets/fashion_mnist': 'Fashion-MNIST',
@@ -20,8 +20,7 @@ DATASET_NAMES = {
     'imagenet_1k': 'ImageNet-1k', 'timm/imagenet-1k-wds': 'ImageNet-1k',
 }
 # metric ids of results.json -> Hub metric types
-_METRIC_TYPES = {'top1': 'accuracy', 'acc': 'accuracy', 'acc1': 'accuracy', 'accuracy': 'accuracy',
-                 'top5': 'top_5_accuracy', 'acc5': 'top_5_accuracy'}
+_METRIC_TYPES = {'top1': 'accuracy', 'top5': 'top_5_accuracy'}
 
 CITATIONS = {
     'asap': """@article{grabinski2023asap,
@@ -49,12 +48,12 @@ CITATIONS = {
 }
 
 _POOL_TEXT = {
-    'asap': ("ASAP pooling (Aliasing and Spectral Artifact free Pooling; Grabinski, Keuper & Keuper, "
+    'asap': ("a timm CNN with ASAP pooling (Aliasing and Spectral Artifact free Pooling; Grabinski, Keuper & Keuper, "
              "arXiv:2307.09804): every stride-2 downsampling first pools in the frequency domain (zero padding, "
              "a separable sqrt-Hamming window and a low-frequency crop), then applies the same operation at stride 1"),
-    'flc': ("FLC pooling (FrequencyLowCut; Grabinski et al., ECCV 2022): every stride-2 downsampling first keeps "
+    'flc': ("a timm CNN with FLC pooling (FrequencyLowCut; Grabinski et al., ECCV 2022): every stride-2 downsampling first keeps "
             "only the low-frequency band of the input's spectrum, then applies the same operation at stride 1"),
-    'none': "the unmodified base architecture (baseline without spectral pooling)",
+    'none': "the unmodified architecture (the baseline without spectral pooling)",
 }
 
 
@@ -62,6 +61,11 @@ def _dataset_name(name: str | None) -> str:
     if not name:
         return 'unknown'
     return DATASET_NAMES.get(name.lower(), name)
+
+
+def dataset_label(cfg: RunConfig) -> str:
+    """A readable name of the run's dataset (``data.dataset``, else the first Hub dataset id)."""
+    return _dataset_name(cfg.data.dataset or (cfg.hub.datasets[0] if cfg.hub.datasets else ''))
 
 
 def base_model_repo(base: str) -> str | None:
@@ -79,27 +83,34 @@ def base_model_repo(base: str) -> str | None:
     return getattr(cfg, 'hf_hub_id', None) or None
 
 
-def _eval_results(cfg: RunConfig, results: EvalResults) -> list[EvalResult]:
-    hub_datasets = list(cfg.hub.datasets)
+def _eval_results(cfg: RunConfig, results: EvalResults, eval_model: str) -> list[EvalResult]:
+    dataset_id = cfg.hub.datasets[0] if cfg.hub.datasets else (results.dataset or cfg.data.dataset or 'unknown')
     out = []
-    for m in results.metrics:
-        dataset = m.dataset or results.dataset or cfg.data.dataset
-        dataset_type = hub_datasets[0] if hub_datasets and dataset in (results.dataset, cfg.data.dataset) else dataset
+    for m in results.metrics(eval_model):
         out.append(EvalResult(
             task_type='image-classification', task_name='Image Classification',
-            dataset_type=dataset_type or 'unknown', dataset_name=_dataset_name(dataset),
-            dataset_split=m.split or results.split or cfg.data.val_split or None,
-            metric_type=_METRIC_TYPES.get(m.metric.lower(), m.metric), metric_value=m.value,
-            metric_name=m.label))
+            dataset_type=dataset_id, dataset_name=_dataset_name(m.dataset or results.dataset or dataset_id),
+            dataset_split=cfg.data.val_split or None,
+            metric_type=_METRIC_TYPES.get(m.metric, m.metric), metric_value=round(float(m.value), 4),
+            metric_name=m.name))
     return out
 
 
-def card_metadata(cfg: RunConfig, results: EvalResults | None) -> ModelCardData:
-    """The card's YAML metadata (library, licence, tags, datasets, base model, pipeline, model-index)."""
+def card_metadata(cfg: RunConfig, results: EvalResults | None, eval_model: str | None = None) -> ModelCardData:
+    """The card's YAML metadata (library, licence, tags, datasets, base model, pipeline, model-index).
+
+    Args:
+        cfg: the run configuration.
+        results: evaluation results (None: no model-index).
+        eval_model: the published model's name in ``results`` (see :meth:`EvalResults.select_model`).
+    """
     tags = ['image-classification', 'timm', 'timm-asap', 'transformers']
     tags += [t for t in (cfg.model.pool if cfg.model.pool != 'none' else None, 'anti-aliasing', 'robustness')
              if t]
     tags += [t for t in cfg.hub.tags if t not in tags]
+    eval_results = None
+    if results is not None:
+        eval_results = _eval_results(cfg, results, eval_model or results.select_model(cfg.model.architecture, cfg.name))
     return ModelCardData(
         library_name='timm',
         license=cfg.hub.license or None,
@@ -108,7 +119,7 @@ def card_metadata(cfg: RunConfig, results: EvalResults | None) -> ModelCardData:
         base_model=base_model_repo(cfg.model.base),
         pipeline_tag='image-classification',
         model_name=cfg.name,
-        eval_results=_eval_results(cfg, results) if results is not None else None,
+        eval_results=eval_results or None,
     )
 
 
@@ -152,26 +163,11 @@ def _import_note(arch: str) -> str:
 
 
 def _transformers_usage(repo_id: str, input_size: tuple[int, ...]) -> str:
+    grey = ''
     if input_size[0] == 1:
-        return f"""### transformers
-
-```python
-import timm_asap  # registers the architecture in timm before transformers builds the model
-import timm
-import torch
-from PIL import Image
-from transformers import AutoModelForImageClassification
-
-model = AutoModelForImageClassification.from_pretrained('{repo_id}').eval()
-data_config = timm.data.resolve_data_config(model.config.pretrained_cfg)
-transform = timm.data.create_transform(**data_config, is_training=False)
-with torch.inference_mode():
-    logits = model(transform(Image.open('image.png').convert('L')).unsqueeze(0)).logits
-print(model.config.id2label[logits.argmax(-1).item()])
-```
-
-This model takes one-channel (grey) images. transformers' `image-classification` pipeline converts every
-image to RGB, so it cannot feed this model; use the model directly as above."""
+        grey = ("\n\nThis model takes one-channel (grey) images. transformers' pipeline hands every image over as "
+                "RGB; its config names the `TimmAsapImageProcessor` that `import timm_asap` registers, which "
+                "converts them back to grey first (without `import timm_asap` the pipeline cannot feed the model).")
     return f"""### transformers
 
 ```python
@@ -182,7 +178,7 @@ classifier = pipeline('image-classification', model='{repo_id}')
 print(classifier('image.png'))
 
 model = AutoModelForImageClassification.from_pretrained('{repo_id}').eval()
-```"""
+```{grey}"""
 
 
 def _fmt(value: Any) -> str:
@@ -201,7 +197,7 @@ def _recipe(cfg: RunConfig, recipe_file: str, pcfg: dict[str, Any]) -> str:
         ('Base checkpoint', f"`{cfg.model.base}` (zero-shot conversion, then fine-tuning)" if cfg.model.base
          else 'random initialisation'),
         ('Pooling', f"{cfg.model.pool} (mode `{cfg.model.mode}`)"),
-        ('Dataset', f"{_dataset_name(d.dataset)} (train split `{d.train_split}`"
+        ('Dataset', f"{dataset_label(cfg)} (train split `{d.train_split}`"
                     f"{f', first {d.train_subset} images' if d.train_subset else ''}; "
                     f"evaluation split `{d.val_split}`{f', first {d.val_subset} images' if d.val_subset else ''})"),
         ('Input', f"{cfg.model.in_chans} x {cfg.model.img_size} x {cfg.model.img_size}, interpolation "
@@ -222,7 +218,8 @@ def _recipe(cfg: RunConfig, recipe_file: str, pcfg: dict[str, Any]) -> str:
 
 
 def build_model_card(cfg: RunConfig, repo_id: str, config_json: dict[str, Any], results: EvalResults | None,
-                     plots: list[str], num_params: int, recipe_file: str = 'run_config.yaml') -> str:
+                     plots: list[str], num_params: int, recipe_file: str = 'run_config.yaml',
+                     eval_model: str | None = None) -> str:
     """The README.md text of a Hub folder.
 
     Args:
@@ -233,23 +230,26 @@ def build_model_card(cfg: RunConfig, repo_id: str, config_json: dict[str, Any], 
         plots: plot paths relative to the folder, embedded in the results section.
         num_params: parameter count of the published model.
         recipe_file: name of the resolved run configuration file in the folder.
+        eval_model: the published model's name in ``results``.
 
     Returns:
         Markdown with a YAML metadata header.
     """
-    meta = card_metadata(cfg, results)
+    if results is not None and eval_model is None:
+        eval_model = results.select_model(cfg.model.architecture, cfg.name)
+    meta = card_metadata(cfg, results, eval_model)
     pcfg = config_json.get('pretrained_cfg', {})
     input_size = tuple(pcfg.get('input_size', (cfg.model.in_chans, cfg.model.img_size, cfg.model.img_size)))
     pool = cfg.model.pool
-    base = f" from `{cfg.model.base}`" if cfg.model.base else ''
+    dataset = dataset_label(cfg)
     label_names = config_json.get('label_names')
     details = [
         ('Model type', 'image classification / feature backbone'),
         ('Architecture', f"`{cfg.model.architecture}`" + (" (registered in timm by `import timm_asap`)"
                                                          if is_plugin_name(cfg.model.architecture) else '')),
-        ('Pooling', _POOL_TEXT[pool] + (f"; band mode `{cfg.model.mode}`" if pool != 'none' else '')),
+        ('Pooling', f"{pool.upper()}, band mode `{cfg.model.mode}`" if pool != 'none' else 'none (baseline)'),
         ('Base checkpoint', f"`{cfg.model.base}`" if cfg.model.base else 'none (trained from scratch)'),
-        ('Dataset', _dataset_name(cfg.data.dataset)),
+        ('Dataset', dataset),
         ('Classes', f"{config_json.get('num_classes')}"
                     + (f" ({', '.join(map(str, label_names[:10]))}{', ...' if len(label_names) > 10 else ''})"
                        if label_names else '')),
@@ -259,17 +259,23 @@ def build_model_card(cfg: RunConfig, repo_id: str, config_json: dict[str, Any], 
         ('Papers', 'Fix your downsampling ASAP! (arXiv:2307.09804); FrequencyLowCut Pooling (arXiv:2204.00491)'),
         ('Software', f"timm-asap {__version__}, timm {timm.__version__}"),
     ]
+    if cfg.model.base:
+        origin = (f"The weights of `{cfg.model.base}` were converted without retraining (the pooling changes no "
+                  f"weight shape) and then fine-tuned on {dataset} with the recipe below.")
+    else:
+        origin = f"It was trained from random initialisation on {dataset} with the recipe below."
     body = [f"# Model card for {cfg.name}", '',
-            f"`{cfg.model.architecture}` is a timm {cfg.model.architecture.split('_')[0]} with {_POOL_TEXT[pool]}"
-            f". The weights were converted{base} without retraining (the pooling changes no weight shape) "
-            "and then fine-tuned with the recipe below.", '',
+            f"`{cfg.model.architecture}`: {_POOL_TEXT[pool]}. {origin}", '',
             '## Model details', '']
     body += [f"- **{k}:** {v}" for k, v in details]
     body += ['', '## Evaluation results', '']
     if results is None:
         body += ['This model was published without evaluation results.']
     else:
-        body += [f"Evaluated model: `{results.model}`.", '', results.markdown_table()]
+        others = [m for m in results.models if m != eval_model]
+        body += [f"This model is `{eval_model}` in the tables"
+                 + (f"; also evaluated on the same images: {', '.join(f'`{m}`' for m in others)}." if others else '.'),
+                 '', results.markdown_table()]
         for p in plots:
             body += ['', f"![{Path(p).stem.replace('_', ' ')}]({p})"]
         body += ['', 'The raw numbers are in [`results.json`](results.json).']

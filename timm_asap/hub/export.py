@@ -29,12 +29,12 @@ from ..version import __version__
 from ._io import atomic_write_text, replace_dir, staging_dir
 from .card import build_model_card
 from .errors import HubPublishError, IntegrityError, MissingEvaluationError
-from .integration import check_architecture
+from .integration import IMAGE_PROCESSOR_NAME, check_architecture
 from .integrity import (CONFIG_NAME, PICKLE_SUFFIXES, WEIGHTS_NAME, load_safetensors, save_safetensors,
                         verify_hub_folder)
 from .results import EvalResults, find_eval_results, load_eval_results
 
-__all__ = ['RUN_CONFIG_NAME', 'TRAIN_CONFIG_NAME', 'resolve_label_names', 'create_model_from_config',
+__all__ = ['RUN_CONFIG_NAME', 'TRAIN_CONFIG_NAME', 'resolve_label_names', 'check_publishable', 'create_model_from_config',
            'load_checkpoint_state_dict', 'load_trained_model', 'hub_config_json', 'build_hub_folder',
            'resolve_run_config', 'export_output_dir']
 
@@ -69,6 +69,42 @@ def resolve_label_names(cfg: RunConfig, num_classes: int) -> list[str] | None:
                       f"transformers pipeline name the classes), got none")
 
 
+def check_publishable(cfg: RunConfig, repo_id: str | None = None) -> None:
+    """Check that a run config carries what publishing needs.
+
+    Needed: ``model.architecture`` and ``model.tag``; ``hub.repo_id`` (``<org>/<name>``), ``hub.license``
+    and ``hub.datasets`` (card metadata); class names (``data.label_names``, implied for Fashion-MNIST
+    and ImageNet-1k); ``data.mean``/``data.std`` for a model that is not 3-channel; a ``model.base`` that
+    names a timm checkpoint, when given (card ``base_model``).
+
+    Raises:
+        ConfigError: listing every missing or wrong item.
+    """
+    from .card import base_model_repo
+    problems = []
+    repo_id = repo_id or cfg.hub.repo_id
+    if not cfg.model.architecture:
+        problems.append('model.architecture: empty')
+    if not cfg.model.tag:
+        problems.append('model.tag: empty (the weights are registered as <architecture>.<tag>)')
+    if not repo_id or repo_id.count('/') != 1:
+        problems.append(f"hub.repo_id: must look like '<org>/<name>', got {repo_id!r}")
+    if not cfg.hub.license:
+        problems.append('hub.license: empty (the card and pretrained_cfg need a licence)')
+    if not cfg.hub.datasets:
+        problems.append('hub.datasets: empty (the card metadata names the training data by Hub dataset id)')
+    try:
+        resolve_label_names(cfg, cfg.model.num_classes)
+    except ConfigError as e:
+        problems.append(str(e))
+    if cfg.model.in_chans != 3 and (cfg.data.mean is None or cfg.data.std is None):
+        problems.append(f"data.mean/data.std: required for in_chans={cfg.model.in_chans}")
+    if cfg.model.base and base_model_repo(cfg.model.base) is None:
+        problems.append(f"model.base: {cfg.model.base!r} is not a timm checkpoint with a Hub id (card base_model)")
+    if problems:
+        raise ConfigError(f"{cfg.name or 'config'} cannot be published: " + '; '.join(problems))
+
+
 def create_model_from_config(cfg: RunConfig, **kwargs) -> nn.Module:
     """Build the (untrained) model a run config describes, with its registered pretrained_cfg when tagged.
 
@@ -82,6 +118,8 @@ def create_model_from_config(cfg: RunConfig, **kwargs) -> nn.Module:
     args = dict(cfg.model.model_args)
     args.setdefault('num_classes', cfg.model.num_classes)
     args.setdefault('in_chans', cfg.model.in_chans)
+    if cfg.model.pool != 'none':  # recorded in config.json's model_args, so loaders build the same band mode
+        args.setdefault('pool_mode', cfg.model.mode)
     args.update(kwargs)
     return timm.create_model(name, pretrained=False, **args)
 
@@ -188,8 +226,12 @@ def hub_config_json(model: nn.Module, cfg: RunConfig, path: str | Path,
     pcfg['description'] = f"{cfg.model.architecture} {pooling}" + (f", fine-tuned from {cfg.model.base}"
                                                                   if cfg.model.base else '')
     pcfg.pop('origin_url', None)  # the base checkpoint's origin, not this model's
+    pcfg['notes'] = [f"pool={cfg.model.pool} mode={cfg.model.mode}"] + (
+        [f"initialised from {cfg.model.base}"] if cfg.model.base else ['trained from random initialisation'])
     config['pretrained_cfg'] = {k: v for k, v in pcfg.items() if v is not None or k in ('pool_size', 'first_conv',
                                                                                           'classifier')}
+    if cfg.model.in_chans == 1:  # transformers' pipeline hands over RGB: name our grey-converting processor
+        config['image_processor_type'] = IMAGE_PROCESSOR_NAME
     config['timm_asap'] = {'version': __version__, 'pool': cfg.model.pool, 'mode': cfg.model.mode,
                            'base': cfg.model.base or None}
     if config['architecture'] != cfg.model.architecture:
@@ -201,7 +243,7 @@ def hub_config_json(model: nn.Module, cfg: RunConfig, path: str | Path,
 
 def build_hub_folder(model: nn.Module, cfg: RunConfig, output_dir: str | Path, *,
                      results: EvalResults | str | Path | None = None, allow_no_eval: bool = False,
-                     repo_id: str | None = None) -> Path:
+                     repo_id: str | None = None, eval_model: str | None = None) -> Path:
     """Write a complete, checked Hub folder for a trained model (atomically: all or nothing).
 
     Args:
@@ -211,6 +253,8 @@ def build_hub_folder(model: nn.Module, cfg: RunConfig, output_dir: str | Path, *
         results: evaluation results (an :class:`EvalResults`, or a results.json / evaluation folder).
         allow_no_eval: publish without evaluation results.
         repo_id: Hub repository id for the card (default ``cfg.hub.repo_id``).
+        eval_model: the model's name in the results (default: found by name, see
+            :meth:`EvalResults.select_model`).
 
     Returns:
         ``output_dir``.
@@ -221,16 +265,14 @@ def build_hub_folder(model: nn.Module, cfg: RunConfig, output_dir: str | Path, *
         IntegrityError: the written folder failed its checks (nothing is left behind).
     """
     repo_id = repo_id or cfg.hub.repo_id
-    if not repo_id or repo_id.count('/') != 1:
-        raise ConfigError(f"hub.repo_id: must look like '<org>/<name>', got {repo_id!r}")
+    check_publishable(cfg, repo_id)
     if results is not None and not isinstance(results, EvalResults):
         results = load_eval_results(results)
     if results is None and not allow_no_eval:
         raise MissingEvaluationError(
             f"refusing to publish {cfg.name} without evaluation results: evaluate it (timm-asap-evaluate) and "
             "pass its output folder, or allow publishing without results (--allow-no-eval)")
-    if results is not None:
-        _check_results_model(results, cfg)
+    eval_model = results.select_model(cfg.model.architecture, cfg.name, eval_model) if results is not None else None
     num_classes = getattr(model, 'num_classes', cfg.model.num_classes)
     if num_classes != cfg.model.num_classes:
         raise ConfigError(f"model.num_classes: the model has {num_classes} classes, the config says "
@@ -245,26 +287,19 @@ def build_hub_folder(model: nn.Module, cfg: RunConfig, output_dir: str | Path, *
         plots = []
         if results is not None:
             shutil.copyfile(results.path, tmp / 'results.json')
+            if results.table is not None:
+                shutil.copyfile(results.table, tmp / 'results.md')
             for p in results.plots:
                 dest = Path('plots') / p.name
                 (tmp / 'plots').mkdir(exist_ok=True)
                 shutil.copyfile(p, tmp / dest)
                 plots.append(dest.as_posix())
         num_params = sum(p.numel() for p in model.parameters())
-        card = build_model_card(cfg, repo_id, config, results, plots, num_params, RUN_CONFIG_NAME)
+        card = build_model_card(cfg, repo_id, config, results, plots, num_params, RUN_CONFIG_NAME, eval_model)
         atomic_write_text(tmp / 'README.md', card)
         verify_hub_folder(tmp)
         replace_dir(tmp, output_dir)
     return output_dir
-
-
-def _check_results_model(results: EvalResults, cfg: RunConfig) -> None:
-    name = results.model
-    if ':' in name or '/' in name:  # a path or hub id: nothing to compare by name
-        return
-    if name.split('.')[0] != cfg.model.architecture:
-        raise HubPublishError(f"{results.path}: results are for model {name!r}, but the model published is "
-                              f"{cfg.name!r}; pass the evaluation of this model")
 
 
 def resolve_run_config(config: RunConfig | str | Path | None, checkpoint: str | Path) -> RunConfig:
@@ -310,7 +345,7 @@ def _checkpoint_file(checkpoint: str | Path) -> Path:
 
 def export_output_dir(checkpoint: str | Path, output_dir: str | Path, *, config: RunConfig | str | Path | None = None,
                       eval_dir: str | Path | None = None, allow_no_eval: bool = False,
-                      repo_id: str | None = None) -> Path:
+                      repo_id: str | None = None, eval_model: str | None = None) -> Path:
     """Write the Hub folder of a trained checkpoint (no network): a dry-run publish.
 
     Args:
@@ -323,6 +358,7 @@ def export_output_dir(checkpoint: str | Path, output_dir: str | Path, *, config:
             folder>/eval`` or the checkpoint folder itself, whichever holds a results.json.
         allow_no_eval: write the folder without evaluation results.
         repo_id: override ``hub.repo_id``.
+        eval_model: the model's name in the evaluation results (default: found by name).
 
     Returns:
         ``output_dir``.
@@ -334,4 +370,5 @@ def export_output_dir(checkpoint: str | Path, output_dir: str | Path, *, config:
     else:
         results = find_eval_results(ckpt_file.parent / 'eval', ckpt_file.parent)
     model = load_trained_model(cfg, ckpt_file)
-    return build_hub_folder(model, cfg, output_dir, results=results, allow_no_eval=allow_no_eval, repo_id=repo_id)
+    return build_hub_folder(model, cfg, output_dir, results=results, allow_no_eval=allow_no_eval, repo_id=repo_id,
+                            eval_model=eval_model)

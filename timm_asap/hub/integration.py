@@ -4,10 +4,17 @@ transformers loads a timm config.json (one with a ``pretrained_cfg`` key) throug
 which calls ``timm.create_model(config.architecture, ...)`` and, for a name timm's registry does not
 hold, advises upgrading timm. For an ASAP/FLC architecture that advice is wrong: the name is registered
 by ``import timm_asap``. :func:`install_transformers_integration` wraps TimmWrapper's model-creation
-helper with :func:`check_architecture`, which raises :class:`UnregisteredArchitectureError` naming
-``import timm_asap``, the registered ASAP/FLC names and the closest matches; every other call goes
-through unchanged. The wrapper is applied when transformers' TimmWrapper module is imported (a
-post-import hook on ``sys.meta_path``), so importing timm_asap does not import transformers.
+helper with a check that raises :class:`UnregisteredArchitectureError` naming ``import timm_asap``, the
+registered ASAP/FLC names and the closest matches; every other call goes through unchanged.
+
+It also registers :data:`IMAGE_PROCESSOR_NAME` with ``AutoImageProcessor`` (transformers' extension
+point for image processors). Our one-channel models name it in their config.json
+(``image_processor_type``): it is TimmWrapper's image processor, which first converts the images to
+grey, since transformers' image-classification pipeline hands every image over as RGB. Configs that do
+not name it (every other timm model) keep transformers' own processor.
+
+Both take effect when the transformers modules concerned are imported (post-import hooks on
+``sys.meta_path``), so importing timm_asap does not import transformers.
 """
 from __future__ import annotations
 
@@ -23,13 +30,16 @@ import timm
 
 from .errors import UnregisteredArchitectureError
 
-__all__ = ['is_plugin_name', 'registered_plugin_models', 'check_architecture', 'unregistered_message',
+__all__ = ['IMAGE_PROCESSOR_NAME', 'is_plugin_name', 'image_processor_class', 'registered_plugin_models', 'check_architecture', 'unregistered_message',
            'install_transformers_integration', 'transformers_integration_installed']
 
 _logger = logging.getLogger(__name__)
 
 _TIMM_WRAPPER_MODULE = 'transformers.models.timm_wrapper.modeling_timm_wrapper'
 _TIMM_WRAPPER_FN = '_create_timm_model_with_error_handling'
+_IMAGE_PROCESSING_AUTO = 'transformers.models.auto.image_processing_auto'
+IMAGE_PROCESSOR_NAME = 'TimmAsapImageProcessor'
+_image_processor_class = None
 _PLUGIN_TOKEN = re.compile(r'(^|_)(asap|flc)(_|$)')
 
 
@@ -123,28 +133,84 @@ def _patch_timm_wrapper(module) -> bool:
     return True
 
 
-class _PatchingLoader(importlib.abc.Loader):
-    """Runs the original loader, then wraps TimmWrapper's creation helper; delegates everything else."""
+def image_processor_class():
+    """The grey-aware TimmWrapper image processor class (built on first use; imports transformers)."""
+    global _image_processor_class
+    if _image_processor_class is not None:
+        return _image_processor_class
+    import torch
+    from transformers.image_transforms import to_pil_image
+    from transformers.image_utils import make_flat_list_of_images
+    from transformers.models.timm_wrapper.image_processing_timm_wrapper import TimmWrapperImageProcessor
 
-    def __init__(self, loader):
+    class TimmAsapImageProcessor(TimmWrapperImageProcessor):
+        """TimmWrapper's image processor for one-channel timm models: images are converted to grey ('L') first.
+
+        transformers' image-classification pipeline converts every input image to RGB; a grey image
+        converted back with PIL's luma transform gives its original values, so the model sees exactly
+        what timm's own transform would give it. Models with more channels are processed unchanged.
+        """
+
+        def preprocess(self, images, return_tensors='pt'):
+            if self.data_config['input_size'][0] == 1 and not isinstance(images, torch.Tensor):
+                images = [to_pil_image(image).convert('L') for image in make_flat_list_of_images(images)]
+            return super().preprocess(images, return_tensors=return_tensors)
+
+    TimmAsapImageProcessor.__module__ = __name__
+    TimmAsapImageProcessor.__qualname__ = IMAGE_PROCESSOR_NAME
+    _image_processor_class = TimmAsapImageProcessor
+    return TimmAsapImageProcessor
+
+
+def _register_image_processor(module) -> bool:
+    try:
+        from transformers.models.timm_wrapper.configuration_timm_wrapper import TimmWrapperConfig
+        cls = image_processor_class()
+
+        class TimmAsapWrapperConfig(TimmWrapperConfig):
+            """Registration key of :data:`IMAGE_PROCESSOR_NAME` (configs name the processor by class name)."""
+
+        module.AutoImageProcessor.register(TimmAsapWrapperConfig, image_processor_classes={'pil': cls},
+                                           exist_ok=True)
+    except (ImportError, AttributeError, TypeError, ValueError) as e:
+        _logger.debug('could not register %s with transformers: %s', IMAGE_PROCESSOR_NAME, e)
+        return False
+    return True
+
+
+def _image_processor_registered(module) -> bool:
+    mapping = getattr(module, 'IMAGE_PROCESSOR_MAPPING', None)
+    extra = getattr(mapping, '_extra_content', {}) or {}
+    return any(getattr(v, '__name__', None) == IMAGE_PROCESSOR_NAME for m in extra.values() for v in m.values())
+
+
+_PATCHES = {_TIMM_WRAPPER_MODULE: _patch_timm_wrapper, _IMAGE_PROCESSING_AUTO: _register_image_processor}
+
+
+class _PatchingLoader(importlib.abc.Loader):
+    """Runs the original loader, then applies our patch to the module; delegates everything else."""
+
+    def __init__(self, loader, patch):
         self._loader = loader
+        self._patch = patch
 
     def create_module(self, spec):
         return self._loader.create_module(spec)
 
     def exec_module(self, module):
         self._loader.exec_module(module)
-        _patch_timm_wrapper(module)
+        self._patch(module)
 
     def __getattr__(self, name):
         return getattr(self._loader, name)
 
 
-class _TimmWrapperImportHook(importlib.abc.MetaPathFinder):
-    """Post-import hook for transformers' TimmWrapper modeling module."""
+class _TransformersImportHook(importlib.abc.MetaPathFinder):
+    """Post-import hook for the transformers modules in :data:`_PATCHES`."""
 
     def find_spec(self, fullname, path, target=None):
-        if fullname != _TIMM_WRAPPER_MODULE:
+        patch = _PATCHES.get(fullname)
+        if patch is None:
             return None
         for finder in sys.meta_path:
             if finder is self or not hasattr(finder, 'find_spec'):
@@ -152,23 +218,24 @@ class _TimmWrapperImportHook(importlib.abc.MetaPathFinder):
             spec = finder.find_spec(fullname, path, target)
             if spec is not None:
                 if spec.loader is not None and hasattr(spec.loader, 'exec_module'):
-                    spec.loader = _PatchingLoader(spec.loader)
+                    spec.loader = _PatchingLoader(spec.loader, patch)
                 return spec
         return None
 
 
 def install_transformers_integration() -> None:
-    """Make transformers' TimmWrapper raise :class:`UnregisteredArchitectureError` for unregistered ASAP/FLC names.
+    """Install the TimmWrapper architecture check and the grey-aware image processor (see the module doc).
 
-    Idempotent. If transformers is already imported its TimmWrapper is wrapped now, otherwise when it is
-    imported. Nothing else in transformers changes; all registered architectures load as before.
+    Idempotent. Modules of transformers already imported are patched now, the others when imported.
+    Nothing else in transformers changes; all registered architectures load as before.
     """
-    module = sys.modules.get(_TIMM_WRAPPER_MODULE)
-    if module is not None:
-        _patch_timm_wrapper(module)
-        return
-    if not any(isinstance(f, _TimmWrapperImportHook) for f in sys.meta_path):
-        sys.meta_path.insert(0, _TimmWrapperImportHook())
+    for name, patch in _PATCHES.items():
+        module = sys.modules.get(name)
+        if module is not None:
+            if name != _IMAGE_PROCESSING_AUTO or not _image_processor_registered(module):
+                patch(module)
+    if not any(isinstance(f, _TransformersImportHook) for f in sys.meta_path):
+        sys.meta_path.insert(0, _TransformersImportHook())
 
 
 def transformers_integration_installed() -> bool:
@@ -176,4 +243,4 @@ def transformers_integration_installed() -> bool:
     module = sys.modules.get(_TIMM_WRAPPER_MODULE)
     if module is not None:
         return getattr(getattr(module, _TIMM_WRAPPER_FN, None), '_timm_asap_checked', False)
-    return any(isinstance(f, _TimmWrapperImportHook) for f in sys.meta_path)
+    return any(isinstance(f, _TransformersImportHook) for f in sys.meta_path)

@@ -1,131 +1,150 @@
-"""Reading evaluation results for the model card.
+"""Evaluation results for the model card, read from the evaluation tool's output folder.
 
-The evaluation tool writes ``results.json`` (plus a Markdown table and PNG plots) into its output folder.
-Publishing needs only these fields of ``results.json``::
+The evaluation tool (:mod:`timm_asap.evaluation`) writes ``results.json`` (schema
+``timm-asap-evaluation/1``: ``{'schema', 'config', 'rows'}``, one row per model and measurement),
+``results.md`` (Markdown tables of all evaluated models, e.g. the ASAP model beside its baseline) and PNG
+plots. Publishing puts the whole table and the plots into the card, and the numbers of the published
+model into the card's ``model-index``:
 
-    {
-      "model": "resnet18_cifar_asap.ft_fmnist",      # the evaluated model (architecture or architecture.tag)
-      "dataset": "fashion_mnist",                    # optional: evaluation dataset
-      "split": "test",                               # optional: evaluation split
-      "results": [                                   # one entry per number ("metrics" is accepted too)
-        {"metric": "top1", "value": 91.2, "name": "clean"},
-        {"metric": "top1", "value": 62.0, "name": "corruption mean", "dataset": "fashion_mnist-c"}
-      ]
-    }
+=====================  ==========================================  ====================
+row                    model-index metric                          Hub metric type
+=====================  ==========================================  ====================
+``clean``              clean top-1 and top-5                       accuracy, top_5_accuracy
+``corruption_summary`` mean corruption accuracy (mCA), mCE         mca, mce
+``attack``             robust top-1 per attack and eps             robust_accuracy
+``shift``              shift consistency                           shift_consistency
+=====================  ==========================================  ====================
 
-``metric`` is the metric id (``top1``, ``top5``, ``accuracy``, ``robust_accuracy``, ``consistency``, ...),
-``value`` a number, ``name`` a readable label; ``dataset``/``split`` per entry override the top-level ones.
-A mapping ``{"metrics": {"top1": 91.2}}`` is accepted as a short form. Other keys are kept and ignored.
+Which model of the rows is the published one: the name given explicitly, else ``<architecture>.<tag>``,
+else the architecture, else the only model evaluated with that architecture as the name's first part.
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import MissingEvaluationError
+from .errors import HubPublishError, MissingEvaluationError
 
-__all__ = ['RESULTS_NAME', 'Metric', 'EvalResults', 'load_eval_results', 'find_eval_results']
+__all__ = ['RESULTS_NAME', 'TABLE_NAME', 'Metric', 'EvalResults', 'load_eval_results', 'find_eval_results']
 
 RESULTS_NAME = 'results.json'
+TABLE_NAME = 'results.md'
 
 
 @dataclass
 class Metric:
-    """One evaluated number."""
+    """One evaluated number of the published model (percent)."""
 
     metric: str
     value: float
-    name: str = ''
+    name: str
     dataset: str | None = None
-    split: str | None = None
-
-    @property
-    def label(self) -> str:
-        return self.name or self.metric
 
 
 @dataclass
 class EvalResults:
-    """Evaluation results and the files that go with them.
+    """An evaluation tool output folder.
 
     Attributes:
-        model: the evaluated model's name.
-        dataset: evaluation dataset (default for metrics without one).
-        split: evaluation split.
-        metrics: the numbers.
-        path: the results.json read.
-        table: Markdown results table written by the evaluation tool, if any.
-        plots: PNG plots written by the evaluation tool.
-        raw: the whole parsed results.json.
+        path: the results.json.
+        rows: all result rows.
+        config: the evaluation's recorded configuration.
+        models: evaluated model names, in order.
+        table: the Markdown report (results.md), if written.
+        plots: PNG plots in the folder.
     """
 
-    model: str
-    dataset: str | None
-    split: str | None
-    metrics: list[Metric]
-    path: Path | None = None
+    path: Path
+    rows: list[dict[str, Any]]
+    config: dict[str, Any]
+    models: list[str]
     table: Path | None = None
     plots: list[Path] = field(default_factory=list)
-    raw: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def dataset(self) -> str | None:
+        return self.config.get('dataset') or next((r.get('dataset') for r in self.rows if r.get('dataset')), None)
+
+    def select_model(self, architecture: str, full_name: str = '', explicit: str | None = None) -> str:
+        """The name under which the published model was evaluated.
+
+        Raises:
+            HubPublishError: no (or more than one) row model fits, listing the evaluated models.
+        """
+        if explicit:
+            if explicit not in self.models:
+                raise HubPublishError(f"{self.path}: no results for model {explicit!r}; evaluated: {self.models}")
+            return explicit
+        for name in (full_name, architecture):
+            if name and name in self.models:
+                return name
+        fits = [m for m in self.models if m.split('.')[0] == architecture]
+        if len(fits) == 1:
+            return fits[0]
+        raise HubPublishError(
+            f"{self.path}: cannot tell which evaluated model is {full_name or architecture!r}; evaluated: "
+            f"{self.models}. Name it explicitly (eval_model / --eval-model)")
+
+    def metrics(self, model: str) -> list[Metric]:
+        """The model-index numbers of ``model`` (see the module docstring)."""
+        from ..evaluation.report import format_eps
+        out = []
+        for r in self.rows:
+            if r.get('model') != model:
+                continue
+            ds = r.get('dataset') or self.dataset
+            task = r.get('task')
+            if task == 'clean':
+                out += [Metric('top1', r['top1'], 'Clean top-1 accuracy', ds),
+                        Metric('top5', r['top5'], 'Clean top-5 accuracy', ds)]
+            elif task == 'corruption_summary' and r.get('corruption') == 'mean':
+                out.append(Metric('mca', r.get('mca'), 'Mean corruption accuracy (mCA)', ds))
+                if r.get('mce') is not None:
+                    out.append(Metric('mce', r['mce'], f"mCE (vs {r.get('mce_baseline')})", ds))
+            elif task == 'attack' and r.get('component') is None:
+                norm = 'Linf' if r.get('norm') == 'linf' else 'L2'
+                attack = {'pgd': f"PGD-{r.get('steps')}", 'fgsm': 'FGSM', 'autoattack': 'AutoAttack'}.get(
+                    r.get('attack'), str(r.get('attack')))
+                out.append(Metric('robust_accuracy', r['robust_top1'],
+                                  f"Robust top-1 accuracy, {attack} {norm} eps={format_eps(float(r['eps']))}", ds))
+            elif task == 'shift':
+                out.append(Metric('shift_consistency', r['consistency'], 'Shift consistency', ds))
+        return [m for m in out if isinstance(m.value, (int, float)) and math.isfinite(m.value)]
 
     def markdown_table(self) -> str:
-        """The evaluation tool's table if it wrote one, else a table built from :attr:`metrics`."""
-        if self.table is not None and self.table.is_file():
-            return self.table.read_text(encoding='utf-8').strip()
-        rows = ['| Evaluation | Dataset | Metric | Value |', '|---|---|---|---:|']
-        for m in self.metrics:
-            rows.append(f"| {m.label} | {m.dataset or self.dataset or ''} | {m.metric} | {m.value:.2f} |")
-        return '\n'.join(rows)
-
-
-def _number(path: Path, where: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{path}: {where}: value must be a finite number, got {value!r}")
-    return float(value)
+        """The evaluation tool's Markdown report, headings moved one level down for the card."""
+        if self.table is None or not self.table.is_file():
+            from ..evaluation.report import markdown_report
+            text = markdown_report(self.rows, title=None)
+        else:
+            text = self.table.read_text(encoding='utf-8')
+        lines = [('#' + line) if line.startswith('#') else line for line in text.strip().splitlines()]
+        return '\n'.join(lines)
 
 
 def load_eval_results(path: str | Path) -> EvalResults:
-    """Read a results.json (or the folder holding it, with its ``*.md`` table and ``*.png`` plots).
+    """Read an evaluation output folder (or its results.json) with its results.md and PNG plots.
 
     Raises:
-        MissingEvaluationError: no results.json at ``path``.
-        ValueError: the file is not valid JSON or lacks the fields listed in this module's docstring.
+        MissingEvaluationError: no results.json there.
+        ValueError: the file is not a timm-asap evaluation results file, or holds no rows.
     """
+    from ..evaluation.report import read_results
     path = Path(path)
     folder = path if path.is_dir() else path.parent
     if path.is_dir():
         path = path / RESULTS_NAME
     if not path.is_file():
         raise MissingEvaluationError(f"no evaluation results at {path}")
-    try:
-        raw = json.loads(path.read_text(encoding='utf-8'))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(raw).__name__}")
-    model = raw.get('model') or raw.get('model_name')
-    if not isinstance(model, str) or not model:
-        raise ValueError(f"{path}: 'model' must name the evaluated model, got {model!r}")
-    dataset, split = raw.get('dataset'), raw.get('split')
-    entries = raw.get('results', raw.get('metrics'))
-    metrics = []
-    if isinstance(entries, dict):
-        metrics = [Metric(str(k), _number(path, f"metrics.{k}", v)) for k, v in entries.items()]
-    elif isinstance(entries, list):
-        for i, e in enumerate(entries):
-            if not isinstance(e, dict) or not isinstance(e.get('metric', e.get('type')), str):
-                raise ValueError(f"{path}: results[{i}] must be an object with a 'metric' string, got {e!r}")
-            metrics.append(Metric(e.get('metric', e.get('type')), _number(path, f"results[{i}]", e.get('value')),
-                                  str(e.get('name', '')), e.get('dataset'), e.get('split')))
-    if not metrics:
-        raise ValueError(f"{path}: no results: expected a non-empty 'results' list of "
-                         "{'metric', 'value', 'name'} objects")
-    tables = sorted(p for p in folder.glob('*.md') if p.is_file())
-    plots = sorted(p for p in folder.rglob('*.png') if p.is_file())
-    return EvalResults(model, dataset, split, metrics, path, tables[0] if tables else None, plots, raw)
+    rows, config = read_results(path)
+    models = list(dict.fromkeys(r['model'] for r in rows if isinstance(r, dict) and r.get('model')))
+    if not models:
+        raise ValueError(f"{path}: holds no result rows")
+    table = folder / TABLE_NAME if (folder / TABLE_NAME).is_file() else None
+    plots = sorted(p for p in folder.glob('*.png') if p.is_file())
+    return EvalResults(path, rows, config, models, table, plots)
 
 
 def find_eval_results(*folders: str | Path | None) -> EvalResults | None:

@@ -24,7 +24,7 @@ _logger = logging.getLogger(__name__)
 
 # Remote files removed on each upload unless the folder has them again.
 STALE_PATTERNS = ['plots/*', '*.bin', '*.pt', '*.pth', '*.pth.tar', '*.pkl', '*.ckpt', 'results.json',
-                  'run_config.yaml']
+                  'results.md', 'run_config.yaml']
 
 
 @dataclass

@@ -1,0 +1,318 @@
+"""Hub folder building, integrity checks, model card, publish CLI (dry run) and the transformers
+integration, without any server (see test_hub_server.py for the Hub round trips)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from huggingface_hub import ModelCard, constants
+
+import timm_asap.models  # noqa: F401  (registers the architectures)
+from timm_asap import hub as H
+from timm_asap.cli.publish import main as publish_main
+from timm_asap.config import ConfigError, list_hub_configs, load_config
+from timm_asap.hub import (HubPublishError, IntegrityError, MissingEvaluationError, UnregisteredArchitectureError)
+
+from conftest_hub import HUB_CONFIG, make_eval_dir, make_train_dir
+
+ASAP = 'resnet18_cifar_asap.fmnist'
+BASELINE = 'resnet18_cifar.fmnist'
+REPO = 'timm-asap/resnet18_cifar_asap.fmnist'
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    """Nothing here may reach a Hub: offline mode and an endpoint nobody listens on."""
+    monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', True)
+    monkeypatch.setattr(constants, 'ENDPOINT', 'http://127.0.0.1:9')
+
+
+@pytest.fixture(scope='module')
+def run_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp('run')
+    return make_train_dir(root / 'train'), make_eval_dir(root / 'eval', {ASAP: 91.25, BASELINE: 90.5})
+
+
+@pytest.fixture(scope='module')
+def folder(run_dirs, tmp_path_factory):
+    train, ev = run_dirs
+    return H.export_output_dir(train, tmp_path_factory.mktemp('out') / 'hub', eval_dir=ev)
+
+
+@pytest.fixture(scope='module')
+def reference(run_dirs):
+    train, _ = run_dirs
+    return H.load_trained_model(load_config(train / 'config.yaml'), train / 'model.safetensors')
+
+
+def images(n: int = 3, chans: int = 1) -> torch.Tensor:
+    return torch.rand(n, chans, 32, 32, generator=torch.Generator().manual_seed(n))
+
+
+def copy_folder(folder: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(folder, tmp_path / 'copy'))
+
+
+def leftovers(parent: Path) -> list[str]:
+    return sorted(p.name for p in parent.iterdir() if p.name.startswith('.'))
+
+
+# ---- the folder -------------------------------------------------------------------------------------
+
+def test_folder_holds_safetensors_config_card_recipe_results(folder):
+    files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob('*') if p.is_file())
+    assert files == ['README.md', 'config.json', 'model.safetensors', 'plots/shift_consistency.png', 'results.json',
+                     'results.md', 'run_config.yaml']
+    assert not leftovers(folder.parent)
+    assert load_config(folder / 'run_config.yaml').name == ASAP
+
+
+def test_config_json_is_timm_format(folder, reference):
+    cfg = json.loads((folder / 'config.json').read_text())
+    assert cfg['architecture'] == 'resnet18_cifar_asap'
+    assert cfg['num_classes'] == 10 and cfg['num_features'] == reference.num_features
+    assert cfg['global_pool'] == 'avg'
+    assert cfg['label_names'][0] == 'T-shirt/top' and len(cfg['label_names']) == 10
+    # JSON-safe reconstruction arguments; num_classes only at the top level (transformers passes it itself)
+    assert cfg['model_args'] == json.loads(json.dumps(cfg['model_args']))
+    assert cfg['model_args']['in_chans'] == 1 and cfg['model_args']['pool_mode'] == 'centered'
+    assert 'num_classes' not in cfg['model_args']
+    p = cfg['pretrained_cfg']
+    assert p['input_size'] == [1, 32, 32] and p['mean'] == [0.286] and p['std'] == [0.353]
+    assert p['crop_pct'] == 1.0 and p['interpolation'] == 'bilinear' and p['license'] == 'apache-2.0'
+    assert not any(k in p for k in ('hf_hub_id', 'url', 'file'))
+    assert cfg['image_processor_type'] == 'TimmAsapImageProcessor'  # one grey channel
+
+
+def test_model_card_metadata_and_sections(folder):
+    card = ModelCard.load(folder / 'README.md')
+    d = card.data
+    assert d.library_name == 'timm' and d.license == 'apache-2.0' and d.pipeline_tag == 'image-classification'
+    assert {'timm', 'asap', 'image-classification'} <= set(d.tags)
+    assert d.datasets == ['zalando-datasets/fashion_mnist']
+    assert d.base_model is None  # trained from scratch
+    values = {r.metric_name: r.metric_value for r in d.eval_results}
+    assert values['Clean top-1 accuracy'] == 91.25 and values['Shift consistency'] == 90.0
+    assert all(r.dataset_type == 'zalando-datasets/fashion_mnist' for r in d.eval_results)
+    text = card.text
+    usage = text[text.index('## Usage'):]
+    assert usage.index('import timm_asap') < usage.index('import timm\n')
+    assert "timm.create_model('hf-hub:timm-asap/resnet18_cifar_asap.fmnist', pretrained=True)" in text
+    assert "pipeline('image-classification', model='timm-asap/resnet18_cifar_asap.fmnist')" in text
+    assert '| resnet18_cifar.fmnist | 90.50 |' in text  # the evaluation table, baseline included
+    assert '![shift consistency](plots/shift_consistency.png)' in text
+    recipe = text[text.index('## Training recipe'):text.index('## Citation')]
+    assert 'lr 0.05' in recipe and '20' in recipe and 'run_config.yaml' in recipe
+    assert '@article{grabinski2023asap' in text and 'arXiv:2307.09804' in text
+
+
+def test_card_base_model_for_imagenet_configs():
+    from timm_asap.hub.card import card_metadata
+    meta = card_metadata(load_config('resnet50_asap.ft_in1k'), None)
+    assert meta.base_model == 'timm/resnet50.tv_in1k' and meta.license == 'bsd-3-clause'
+    assert meta.eval_results is None
+
+
+@pytest.mark.parametrize('name', sorted(list_hub_configs()))
+def test_shipped_hub_configs_carry_what_publishing_needs(name):
+    H.check_publishable(load_config(name))
+
+
+def test_publishable_check_lists_problems():
+    cfg = load_config(HUB_CONFIG)
+    cfg.hub.repo_id, cfg.hub.license, cfg.data.label_names, cfg.data.dataset = 'noslash', '', None, 'folder'
+    with pytest.raises(ConfigError) as e:
+        H.check_publishable(cfg)
+    for key in ('hub.repo_id', 'hub.license', 'data.label_names'):
+        assert key in str(e.value)
+
+
+def test_local_dir_round_trip_gives_the_same_logits(folder, reference):
+    x = images()
+    with torch.no_grad():
+        ref = reference(x)
+        assert torch.equal(H.load_hub_folder(folder)(x), ref)
+        assert torch.equal(timm.create_model(f'local-dir:{folder}', pretrained=True).eval()(x), ref)
+
+
+# ---- refusing, atomicity ---------------------------------------------------------------------------
+
+def test_refuses_without_evaluation_unless_allowed(run_dirs, tmp_path):
+    train, _ = run_dirs
+    with pytest.raises(MissingEvaluationError, match='allow-no-eval'):
+        H.export_output_dir(train, tmp_path / 'hub')
+    assert not (tmp_path / 'hub').exists() and not leftovers(tmp_path)
+    out = H.export_output_dir(train, tmp_path / 'hub', allow_no_eval=True)
+    card = ModelCard.load(out / 'README.md')
+    assert card.data.eval_results is None and 'without evaluation results' in card.text
+    assert not (out / 'results.json').exists()
+
+
+def test_results_must_name_this_model(run_dirs, tmp_path):
+    train, _ = run_dirs
+    ev = make_eval_dir(tmp_path / 'eval', {'asap': 91.0, 'baseline': 90.0}, plots=False)
+    with pytest.raises(HubPublishError, match="evaluated: \\['asap', 'baseline'\\]"):
+        H.export_output_dir(train, tmp_path / 'hub', eval_dir=ev)
+    out = H.export_output_dir(train, tmp_path / 'hub', eval_dir=ev, eval_model='asap')
+    values = {r.metric_name: r.metric_value for r in ModelCard.load(out / 'README.md').data.eval_results}
+    assert values['Clean top-1 accuracy'] == 91.0
+
+
+def test_failed_build_keeps_the_previous_folder(folder, run_dirs, tmp_path, monkeypatch):
+    train, ev = run_dirs
+    out = copy_folder(folder, tmp_path)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+
+    def broken(*args, **kwargs):
+        raise RuntimeError('card failure')
+    monkeypatch.setattr('timm_asap.hub.export.build_model_card', broken)
+    with pytest.raises(RuntimeError, match='card failure'):
+        H.export_output_dir(train, out, eval_dir=ev)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert not leftovers(tmp_path)
+
+
+def test_truncated_checkpoint_is_refused_and_nothing_written(run_dirs, tmp_path):
+    train, ev = run_dirs
+    bad = Path(shutil.copytree(train, tmp_path / 'train'))
+    data = (bad / 'model.safetensors').read_bytes()
+    (bad / 'model.safetensors').write_bytes(data[:len(data) // 2])
+    with pytest.raises(IntegrityError, match='truncated') as e:
+        H.export_output_dir(bad, tmp_path / 'hub', eval_dir=ev)
+    assert e.value.path == str(bad / 'model.safetensors') and str(bad / 'model.safetensors') in str(e.value)
+    assert not (tmp_path / 'hub').exists() and not leftovers(tmp_path)
+
+
+# ---- integrity of a folder -------------------------------------------------------------------------
+
+def _truncate(folder):
+    p = folder / 'model.safetensors'
+    p.write_bytes(p.read_bytes()[:-1000])
+
+
+def _flip_data_byte(folder):
+    p = folder / 'model.safetensors'
+    data = bytearray(p.read_bytes())
+    data[-12345] ^= 0x40
+    p.write_bytes(bytes(data))
+
+
+def _garble_header(folder):
+    p = folder / 'model.safetensors'
+    data = bytearray(p.read_bytes())
+    data[12:20] = b'\xff' * 8
+    p.write_bytes(bytes(data))
+
+
+def _edit_config(**changes):
+    def edit(folder):
+        p = folder / 'config.json'
+        cfg = json.loads(p.read_text())
+        cfg.update(changes)
+        p.write_text(json.dumps(cfg))
+    return edit
+
+
+@pytest.mark.parametrize('damage, file, words', [
+    (_truncate, 'model.safetensors', 'truncated'),
+    (_flip_data_byte, 'model.safetensors', 'sha256'),
+    (_garble_header, 'model.safetensors', 'not valid JSON'),
+    (_edit_config(architecture='preactresnet18_asap'), 'model.safetensors', 'does not fit'),
+    (_edit_config(num_classes=100), 'model.safetensors', 'fc.weight (file [10, 512], architecture [100, 512])'),
+], ids=['truncated', 'flipped-byte', 'garbled-header', 'other-architecture', 'wrong-shape'])
+def test_damaged_folder_fails_naming_the_file(folder, tmp_path, damage, file, words):
+    bad = copy_folder(folder, tmp_path)
+    damage(bad)
+    for check in (H.verify_hub_folder, H.load_hub_folder):
+        with pytest.raises(IntegrityError) as e:
+            check(bad)
+        assert e.value.path == str((bad / file).resolve()) or e.value.path == str(bad / file)
+        assert words in str(e.value)
+
+
+def test_pickle_weights_are_refused(folder, tmp_path):
+    bad = copy_folder(folder, tmp_path)
+    torch.save({'x': torch.zeros(1)}, bad / 'pytorch_model.bin')
+    with pytest.raises(IntegrityError, match='pickle'):
+        H.verify_hub_folder(bad)
+
+
+def test_written_weights_carry_a_data_digest(folder):
+    _, metadata, _ = H.read_safetensors_header(folder / 'model.safetensors')
+    assert len(metadata['timm_asap.data_sha256']) == 64 and metadata['architecture'] == 'resnet18_cifar_asap'
+
+
+# ---- unregistered architectures ---------------------------------------------------------------------
+
+def test_unregistered_architecture_says_import_timm_asap(folder, tmp_path):
+    bad = copy_folder(folder, tmp_path)
+    _edit_config(architecture='resnet19_cifar_asap')(bad)
+    with pytest.raises(UnregisteredArchitectureError) as e:
+        H.verify_hub_folder(bad)
+    msg = str(e.value)
+    assert 'import timm_asap' in msg and 'resnet18_cifar_asap' in msg and 'Close matches' in msg
+    assert str(bad / 'config.json') in msg
+
+
+def test_transformers_gets_our_error_for_unregistered_asap_architecture(folder, tmp_path):
+    from transformers import AutoModelForImageClassification
+    bad = copy_folder(folder, tmp_path)
+    _edit_config(architecture='resnet19_cifar_asap')(bad)
+    with pytest.raises(UnregisteredArchitectureError) as e:
+        AutoModelForImageClassification.from_pretrained(str(bad))
+    assert 'import timm_asap' in str(e.value) and 'upgrade timm' not in str(e.value)
+    assert 'resnet18_cifar_asap' in str(e.value)
+    # other unknown names keep transformers' own advice
+    _edit_config(architecture='resnet19_unheard_of')(bad)
+    with pytest.raises(ImportError, match='upgrade timm'):
+        AutoModelForImageClassification.from_pretrained(str(bad))
+
+
+def test_import_timm_asap_installs_the_transformers_integration():
+    code = ("import sys, timm_asap; assert 'transformers' not in sys.modules; "
+            "assert any(type(f).__name__ == '_TransformersImportHook' for f in sys.meta_path)")
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+
+
+# ---- the publish command (dry run) ------------------------------------------------------------------
+
+def test_cli_dry_run_writes_the_folder(run_dirs, tmp_path, capsys):
+    train, ev = run_dirs
+    out = tmp_path / 'hub'
+    assert publish_main([HUB_CONFIG, '--checkpoint', str(train), '--eval-dir', str(ev), '--output', str(out),
+                         '--dry-run']) == 0
+    assert 'dry run' in capsys.readouterr().out
+    H.verify_hub_folder(out)
+    assert (out / 'README.md').is_file() and (out / 'results.json').is_file()
+
+
+def test_cli_refuses_without_evaluation(run_dirs, tmp_path, capsys):
+    train, _ = run_dirs
+    args = [HUB_CONFIG, '--checkpoint', str(train / 'model.safetensors'), '--output', str(tmp_path / 'hub'),
+            '--dry-run']
+    assert publish_main(args) == 1
+    assert '--allow-no-eval' in capsys.readouterr().err and not (tmp_path / 'hub').exists()
+    assert publish_main(args + ['--allow-no-eval', '--set', 'hub.license=mit']) == 0
+    assert json.loads((tmp_path / 'hub' / 'config.json').read_text())['pretrained_cfg']['license'] == 'mit'
+
+
+def test_cli_rejects_a_config_of_another_model(run_dirs, tmp_path, capsys):
+    train, ev = run_dirs
+    assert publish_main(['preactresnet18_asap.fmnist', '--checkpoint', str(train), '--eval-dir', str(ev),
+                         '--output', str(tmp_path / 'hub'), '--dry-run']) == 1
+    assert 'model.architecture' in capsys.readouterr().err
+
+
+def test_publish_script_help():
+    r = subprocess.run([sys.executable, 'scripts/publish.py', '--help'], capture_output=True, text=True, cwd=ROOT,
+                       env={**os.environ, 'HF_HUB_OFFLINE': '1'})
+    assert r.returncode == 0 and '--allow-no-eval' in r.stdout and '--dry-run' in r.stdout
