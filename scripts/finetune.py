@@ -1,0 +1,3 @@
+from timm_asap.cli.finetune import main
+
+raise SystemExit(main())

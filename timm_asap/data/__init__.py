@@ -1,0 +1,18 @@
+"""Data for fine-tuning and evaluation: built-in Fashion-MNIST and timm.data datasets, transforms, loaders."""
+from .dataset import SampleDataset, create_split_dataset, dataset_classes, is_folder_dataset, subset_indices
+from .errors import DataError
+from .fashion_mnist import (
+    DEFAULT_FASHION_MNIST_DIR, FASHION_MNIST_CLASSES, FashionMNIST, fashion_mnist_split, find_fashion_mnist)
+from .idx import IdxError, read_idx, write_idx
+from .loader import ResumableSampler, ShardSampler, create_eval_loader, create_train_loader
+from .pipeline import RunData, create_eval_dataset, create_run_data
+from .transforms import create_transforms, is_fashion_mnist, resolve_data_config
+
+__all__ = [
+    'DataError', 'IdxError', 'read_idx', 'write_idx',
+    'FashionMNIST', 'FASHION_MNIST_CLASSES', 'DEFAULT_FASHION_MNIST_DIR', 'find_fashion_mnist', 'fashion_mnist_split',
+    'SampleDataset', 'create_split_dataset', 'dataset_classes', 'is_folder_dataset', 'subset_indices',
+    'ResumableSampler', 'ShardSampler', 'create_train_loader', 'create_eval_loader',
+    'RunData', 'create_run_data', 'create_eval_dataset',
+    'resolve_data_config', 'create_transforms', 'is_fashion_mnist',
+]

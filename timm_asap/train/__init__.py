@@ -1,0 +1,14 @@
+"""Fine-tuning: base timm checkpoint -> ASAP/FLC model, single process or torchrun DDP."""
+from .checkpoint import load_checkpoint, save_checkpoint, save_weights
+from .distributed import DistEnv, init_distributed
+from .errors import CheckpointError, NonFiniteLossError, RunExistsError, TrainingError, TrainingInterrupted
+from .evaluate import validate
+from .finetune import TrainState, config_differences, ensure_finetuned, finetune, load_results
+from .model import check_pooling, convert_from_base, create_model_from_config, create_teacher, load_base_model
+
+__all__ = [
+    'finetune', 'ensure_finetuned', 'load_results', 'TrainState', 'config_differences',
+    'TrainingError', 'TrainingInterrupted', 'NonFiniteLossError', 'CheckpointError', 'RunExistsError',
+    'create_model_from_config', 'load_base_model', 'convert_from_base', 'create_teacher', 'check_pooling',
+    'validate', 'DistEnv', 'init_distributed', 'load_checkpoint', 'save_checkpoint', 'save_weights',
+]

@@ -1,0 +1,72 @@
+"""Validation during fine-tuning: loss, top-1/top-5 and agreement with the teacher, summed over ranks."""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .distributed import DistEnv
+
+__all__ = ['validate']
+
+
+@torch.no_grad()
+def validate(model: Callable[[torch.Tensor], torch.Tensor], loader, env: DistEnv, *,
+             autocast: Callable[[], object] = nullcontext, channels_last: bool = False,
+             teacher: nn.Module | None = None, labelled: bool = True) -> dict[str, float]:
+    """Evaluate ``model`` on ``loader`` (this rank's shard) and combine the counts of all ranks.
+
+    Args:
+        model: eval-mode callable, images -> logits.
+        loader: yields ``(images, labels[, unreadable])``.
+        env: the process's distributed environment.
+        autocast: context factory for mixed precision.
+        channels_last: feed channels_last inputs.
+        teacher: when given, also report the share of images where student and teacher agree on the top class.
+        labelled: compute loss and accuracy (False: labels are placeholders).
+
+    Returns:
+        ``loss`` (mean cross-entropy), ``top1``, ``top5`` (percent), ``teacher_agree`` (percent, with a
+        teacher), ``images`` and ``unreadable`` (counts).
+    """
+    device = env.device
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct1 = torch.zeros((), dtype=torch.float64, device=device)
+    correct5 = torch.zeros((), dtype=torch.float64, device=device)
+    agree = torch.zeros((), dtype=torch.float64, device=device)
+    count = 0
+    unreadable = 0
+    for batch in loader:
+        x, y = batch[0], batch[1]
+        if len(batch) > 2:
+            unreadable += int(batch[2].sum())
+        x = x.to(device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = y.to(device, non_blocking=True)
+        with autocast():
+            logits = model(x)
+            t_logits = teacher(x) if teacher is not None else None
+        logits = logits.float()
+        count += x.shape[0]
+        if labelled:
+            loss_sum += F.cross_entropy(logits, y, reduction='sum').double()
+            k = min(5, logits.shape[-1])
+            top = logits.topk(k, dim=-1).indices
+            correct1 += (top[:, 0] == y).sum().double()
+            correct5 += (top == y[:, None]).any(dim=-1).sum().double()
+        if t_logits is not None:
+            agree += (logits.argmax(-1) == t_logits.float().argmax(-1)).sum().double()
+    loss_sum, correct1, correct5, agree, count, unreadable = env.all_reduce_sum(
+        [loss_sum.item(), correct1.item(), correct5.item(), agree.item(), count, unreadable])
+    n = max(count, 1.0)
+    out: dict[str, float] = {}
+    if labelled:
+        out.update(loss=loss_sum / n, top1=100.0 * correct1 / n, top5=100.0 * correct5 / n)
+    if teacher is not None:
+        out['teacher_agree'] = 100.0 * agree / n
+    out.update(images=int(count), unreadable=int(unreadable))
+    return out

@@ -1,0 +1,209 @@
+"""Build the model of a run, convert a base timm checkpoint into it, and build the distillation teacher."""
+from __future__ import annotations
+
+import importlib
+import logging
+from dataclasses import dataclass
+
+import timm
+import torch
+import torch.nn as nn
+from timm.models import get_pretrained_cfg, load_state_dict
+
+from ..config import ConfigError, RunConfig
+from ..layers import ASAP2d, ASAP2dFFT, FLC2d, FLC2dFFT
+
+__all__ = ['BaseModel', 'create_model_from_config', 'load_base_model', 'convert_from_base', 'create_teacher',
+           'check_pooling']
+
+_logger = logging.getLogger(__name__)
+
+_POOL_CLASSES = {'asap': (ASAP2d, ASAP2dFFT), 'flc': (FLC2d, FLC2dFFT)}
+
+
+def _register_models() -> None:
+    # registers the ASAP/FLC architectures in timm's registry (present once the model package is built)
+    importlib.import_module('timm_asap.models')
+
+
+def check_pooling(model: nn.Module, pool: str, mode: str, name: str = 'model') -> None:
+    """Check that ``model`` holds the spectral pooling ``model.pool``/``model.mode`` claim.
+
+    Args:
+        model: the built model.
+        pool: ``asap``, ``flc`` or ``none``.
+        mode: ``centered`` or ``reference``.
+        name: how to call the model in errors.
+
+    Raises:
+        ConfigError: the model has no pooling of the configured kind, pooling where ``pool`` is
+            ``none``, or pooling layers of another mode.
+    """
+    found = {kind: [m for m in model.modules() if isinstance(m, classes)] for kind, classes in _POOL_CLASSES.items()}
+    if pool == 'none':
+        present = [k for k, mods in found.items() if mods]
+        if present:
+            raise ConfigError(f"model.pool: 'none', but {name} contains {present} pooling layers; "
+                              f"set model.pool to {present[0]!r}")
+        return
+    mods = found[pool]
+    if not mods:
+        other = [k for k, m in found.items() if m]
+        raise ConfigError(f"model.pool: {pool!r}, but {name} has no {pool.upper()} pooling layers"
+                          + (f" (it has {other})" if other else '') + "; check model.architecture")
+    modes = sorted({m.mode for m in mods})
+    if modes != [mode]:
+        raise ConfigError(f"model.mode: {mode!r}, but {name}'s {pool.upper()} layers use mode {modes}; "
+                          f"set model.mode or pass the mode through model.model_args")
+
+
+def create_model_from_config(cfg: RunConfig, device: torch.device | str | None = None) -> nn.Module:
+    """``timm.create_model(model.architecture)`` with the run's classes, channels and ``model_args``.
+
+    The weights are random; :func:`convert_from_base` loads the base checkpoint.
+
+    Raises:
+        ConfigError: unknown architecture, or pooling layers that differ from ``model.pool``/``model.mode``.
+    """
+    _register_models()
+    m = cfg.model
+    if not m.architecture:
+        raise ConfigError("model.architecture: required (a registered timm name, e.g. resnet18_cifar_asap)")
+    try:
+        model = timm.create_model(m.architecture, pretrained=False, num_classes=m.num_classes,
+                                  in_chans=m.in_chans, **m.model_args)
+    except RuntimeError as e:
+        if 'Unknown model' in str(e):
+            raise ConfigError(f"model.architecture: unknown model {m.architecture!r} "
+                              f"(registered ASAP/FLC models: {timm.list_models('*_asap*') + timm.list_models('*_flc*')})"
+                              ) from None
+        raise
+    except TypeError as e:
+        raise ConfigError(f"model.model_args {m.model_args}: not accepted by {m.architecture!r}: {e}") from None
+    check_pooling(model, m.pool, m.mode, repr(m.architecture))
+    if device is not None:
+        model.to(device)
+    return model
+
+
+@dataclass
+class BaseModel:
+    """The base timm model with its pretrained weights.
+
+    Attributes:
+        model: the model, built with the run's ``num_classes`` and ``in_chans``.
+        name: ``model.base`` (name with tag).
+        pretrained_classes: classes of the pretrained classifier.
+        head_loaded: the pretrained classifier was kept (its class count equals ``model.num_classes``);
+            otherwise timm left the classifier freshly initialised.
+    """
+
+    model: nn.Module
+    name: str
+    pretrained_classes: int | None
+    head_loaded: bool
+
+
+def _file_classes(path: str, classifier: str | None) -> int | None:
+    if not classifier:
+        return None
+    sd = load_state_dict(path)
+    w = sd.get(f'{classifier}.weight')
+    return int(w.shape[0]) if w is not None and w.ndim >= 1 else None
+
+
+def load_base_model(name: str, num_classes: int, in_chans: int, file: str = '',
+                    model_args: dict | None = None) -> BaseModel:
+    """``timm.create_model(name, pretrained=True)`` fitted to ``num_classes``/``in_chans``.
+
+    timm's loader does the fitting: a classifier of another class count is left freshly initialised,
+    and the first convolution is adapted to ``in_chans``.
+
+    Args:
+        name: timm name with optional tag, e.g. ``resnet50.tv_in1k``.
+        num_classes: classifier outputs wanted.
+        in_chans: input channels wanted.
+        file: local weights file to load instead of downloading.
+        model_args: further ``timm.create_model`` arguments (the run's ``model.model_args``, so the base
+            has the same structure as the converted model).
+
+    Raises:
+        ConfigError: unknown model or tag, no pretrained weights, or an unreadable file.
+    """
+    _register_models()
+    overlay = None
+    pcfg = None
+    try:
+        pcfg = get_pretrained_cfg(name)
+    except (RuntimeError, ValueError):
+        pcfg = None
+    pretrained_classes = getattr(pcfg, 'num_classes', None) if pcfg is not None else None
+    if file:
+        try:
+            file_classes = _file_classes(file, getattr(pcfg, 'classifier', None) if pcfg is not None else None)
+        except (OSError, RuntimeError, ValueError) as e:
+            raise ConfigError(f"model.base_file {file!r}: cannot be read: {e}") from None
+        overlay = {'file': file}
+        if file_classes is not None:
+            overlay['num_classes'] = pretrained_classes = file_classes
+    try:
+        model = timm.create_model(name, pretrained=True, num_classes=num_classes, in_chans=in_chans,
+                                  pretrained_cfg_overlay=overlay, **(model_args or {}))
+    except RuntimeError as e:
+        raise ConfigError(f"base model {name!r}: {e}") from None
+    except (OSError, ValueError) as e:
+        where = f"file {file!r}" if file else "download"
+        raise ConfigError(f"base model {name!r}: pretrained weights unavailable ({where}): {e}") from None
+    head_loaded = pretrained_classes is not None and pretrained_classes == num_classes
+    return BaseModel(model, name, pretrained_classes, head_loaded)
+
+
+def convert_from_base(model: nn.Module, base: BaseModel) -> None:
+    """Load the base model's weights into ``model`` (zero-shot conversion: same keys and shapes).
+
+    Raises:
+        ConfigError: the state dicts differ in keys or shapes (the base is not this architecture's base).
+    """
+    src = base.model.state_dict()
+    dst = model.state_dict()
+    missing = sorted(set(dst) - set(src))
+    unexpected = sorted(set(src) - set(dst))
+    shapes = [f"{k}: {tuple(src[k].shape)} vs {tuple(dst[k].shape)}" for k in sorted(set(src) & set(dst))
+              if src[k].shape != dst[k].shape]
+    if missing or unexpected or shapes:
+        raise ConfigError(f"model.base {base.name!r} does not fit {type(model).__name__}: "
+                          f"missing {missing[:5]}, unexpected {unexpected[:5]}, shape mismatches {shapes[:5]}")
+    model.load_state_dict(src, strict=True)
+    _logger.info(f"converted {base.name} into the model: {len(src)} tensors loaded"
+                 + ('' if base.head_loaded else
+                    f" (classifier freshly initialised: base has {base.pretrained_classes} classes)"))
+
+
+def create_teacher(cfg: RunConfig, base: BaseModel | None = None) -> BaseModel:
+    """The distillation teacher: ``train.distill.teacher``, else ``model.base``, with its own classifier.
+
+    Args:
+        cfg: the run configuration.
+        base: the already loaded base model, reused when it is the teacher.
+
+    Raises:
+        ConfigError: no teacher named, or a teacher whose pretrained classifier does not have
+            ``model.num_classes`` outputs (its logits would be meaningless).
+    """
+    name = cfg.train.distill.teacher or cfg.model.base
+    if not name:
+        raise ConfigError("train.distill: distillation needs a teacher; set train.distill.teacher or model.base")
+    if base is not None and base.name == name:
+        teacher = base
+    else:
+        same = name == cfg.model.base
+        teacher = load_base_model(name, cfg.model.num_classes, cfg.model.in_chans,
+                                  cfg.model.base_file if same else '', cfg.model.model_args if same else None)
+    if not teacher.head_loaded:
+        raise ConfigError(f"train.distill: teacher {name!r} was trained for {teacher.pretrained_classes} classes, "
+                          f"model.num_classes is {cfg.model.num_classes}; distillation needs a teacher "
+                          f"for the same classes")
+    teacher.model.eval()
+    for p in teacher.model.parameters():
+        p.requires_grad_(False)
+    return teacher
