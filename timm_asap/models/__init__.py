@@ -4,7 +4,7 @@ Importing this package registers ``<base>_asap``/``<base>_flc`` for the supporte
 (:mod:`timm_asap.models.asap_timm`) and the CIFAR-size families ``resnet18_cifar``,
 ``preactresnet18``, ``wide_resnet28_10`` with their variants (:mod:`timm_asap.models.asap_cifar`).
 """
-from ._builder import PAPER_IDS, TAG_INFO, VARIANTS, TagInfo, Variant, WeightsNotAvailableError, check_hub_configs
+from ._builder import HUB_ORG, PAPER_IDS, TAG_INFO, VARIANTS, TagInfo, Variant, WeightsNotAvailableError, check_hub_configs
 from .asap_cifar import CIFAR_ARCHITECTURES, CifarResNet, PreActBlock, PreActResNet
 from .asap_timm import BASE_ARCHITECTURES
 from .convert import (
@@ -22,7 +22,7 @@ __all__ = [
     'asapify', 'plan_conversion', 'StridedOp', 'ConversionError', 'PooledConvMixin', 'SpectralDownsample',
     'is_converted', 'spectral_pool_modules',
     'BASE_ARCHITECTURES', 'CIFAR_ARCHITECTURES', 'CifarResNet', 'PreActBlock', 'PreActResNet',
-    'PAPER_IDS', 'TAG_INFO', 'VARIANTS', 'TagInfo', 'Variant', 'WeightsNotAvailableError',
+    'HUB_ORG', 'PAPER_IDS', 'TAG_INFO', 'VARIANTS', 'TagInfo', 'Variant', 'WeightsNotAvailableError',
     'UnknownModelError', 'check_model_name', 'create_model', 'list_variants', 'get_variant', 'base_architecture',
     'is_loadable', 'loadable_tags', 'unpublished_tags', 'check_hub_configs',
 ]

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 from timm.models import DefaultCfg, PretrainedCfg, get_arch_pretrained_cfgs, resolve_pretrained_cfg
+from timm.models._features_fx import FeatureGraphNet
 from torch import nn
 
 from timm_asap.config import ConfigError, RunConfig, list_hub_configs, load_config
@@ -272,9 +273,18 @@ def create_variant(
     pool_mode = kwargs.pop('pool_mode', 'centered')
     pool_args = dict(kwargs.pop('pool_args', None) or {})
     patchify = kwargs.pop('patchify', 'after')
+    convert = functools.partial(asapify, pool=pool, mode=pool_mode, patchify=patchify, **pool_args)
+    feature_cls = kwargs.get('feature_cls')
+    traced = bool(kwargs.get('features_only')) and (
+        feature_cls is FeatureGraphNet or (isinstance(feature_cls, str) and feature_cls.lower() == 'fx'))
+    if traced and pool != 'none':
+        # FX tracing must see the converted model: convert inside the builder, before the wrapper traces it
+        def graph_features(model: nn.Module, **feature_cfg) -> nn.Module:
+            return FeatureGraphNet(convert(model), **feature_cfg)
+        kwargs['feature_cls'] = graph_features
     model = build_fn(pretrained=pretrained, pretrained_cfg=cfg, **kwargs)
-    if pool != 'none':
-        asapify(model, pool=pool, mode=pool_mode, patchify=patchify, **pool_args)
+    if pool != 'none' and not traced:
+        convert(model)
     return model
 
 

@@ -124,7 +124,8 @@ class PreActResNet(nn.Module):
     """Pre-activation ResNet for 32x32 inputs (PreActResNet-18, Wide ResNet-28-10).
 
     3x3/1 stem convolution, stages of :class:`PreActBlock` (first stage stride 1, the others 2),
-    final BN-ReLU, global pooling and a linear classifier.
+    the final BN-ReLU of the pre-activation design (He et al.), global pooling and a linear
+    classifier. PreActResNet-18 has 11,172,170 parameters with 10 classes, WRN-28-10 36,479,194.
 
     Args:
         layers: blocks per stage.

@@ -495,9 +495,10 @@ def asapify(
         raise ValueError(f"asapify pool must be one of {sorted(POOL_LAYERS)}, got {pool!r}")
     _check_choice('mode', mode, ('centered', 'reference'))
     _check_choice('patchify', patchify, PATCHIFY_CHOICES)
-    if isinstance(model, torch.fx.GraphModule):
-        raise ValueError("asapify got a torch.fx.GraphModule; convert the model before tracing it "
-                         "(e.g. before timm's feature_cls='fx' wrapping)")
+    traced = [n or '<model>' for n, m in model.named_modules() if isinstance(m, torch.fx.GraphModule)]
+    if traced:
+        raise ValueError(f"asapify got a model holding a traced torch.fx.GraphModule ({', '.join(traced[:3])}); "
+                         f"convert the model before tracing it (e.g. before timm's feature_cls='fx' wrapping)")
     kind = _pool_kind(pool)
     padding = pool_kwargs.get('padding', 'one') if kind == 'asap' else 'none'
     create_pool(pool, mode=mode, **pool_kwargs)  # validate the arguments once, before changing anything
@@ -510,6 +511,11 @@ def asapify(
             raise ConversionError(f"asapify cannot convert {len(bad)} strided layer(s): {listing}. "
                                   f"Pass strict=False to convert the rest and keep these.")
         warnings.warn(f"asapify left {len(bad)} strided layer(s) unconverted: {listing}", stacklevel=2)
+
+    if any(op.name == '' and op.action == 'replace' for op in ops):
+        raise ValueError(f"asapify converts in place and cannot replace the pooling layer it was given "
+                         f"({type(model).__name__}); use timm_asap.layers.create_pool({pool!r}) instead, or "
+                         f"convert a model that contains the layer")
 
     def make_pools(halvings: int) -> list[nn.Module]:
         return [create_pool(pool, mode=mode, **pool_kwargs) for _ in range(halvings)]

@@ -1,0 +1,255 @@
+"""asapify: what each strided layer becomes, exact values, output sizes at every input size, errors."""
+from __future__ import annotations
+
+import copy
+import io
+import warnings
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+from timm.layers import BlurPool2d, Conv2dSame, MixedConv2d, StdConv2dSame
+from timm.layers.conv2d_same import conv2d_same
+from timm.layers.pool2d_same import AvgPool2dSame, MaxPool2dSame
+from torch import nn
+
+import timm_asap.models as M
+from timm_asap.layers import ASAP2d, ASAP2dFFT, FLC2d, asap_pool2d, flc_pool2d
+from timm_asap.models.convert import PooledConvMixin, SpectralDownsample
+
+SIZES = list(range(4, 41))
+
+
+def _convert_wrapped(layer: nn.Module, **kwargs) -> nn.Module:
+    """asapify a copy of ``layer`` inside a container (pooling layers are replaced in their parent)."""
+    model = nn.Sequential(copy.deepcopy(layer))
+    M.asapify(model, **kwargs)
+    return model
+
+
+LAYERS = {
+    'conv3x3s2': lambda: nn.Conv2d(4, 6, 3, 2, 1),
+    'conv7x7s2': lambda: nn.Conv2d(4, 6, 7, 2, 3, bias=False),
+    'conv1x1s2': lambda: nn.Conv2d(4, 6, 1, 2),
+    'conv5x5s2_depthwise': lambda: nn.Conv2d(4, 4, 5, 2, 2, groups=4),
+    'conv3x3s2_grouped_dilated': lambda: nn.Conv2d(4, 6, 3, 2, 2, dilation=2, groups=2),
+    'conv3x3s2_valid': lambda: nn.Conv2d(4, 6, 3, 2, 0),
+    'conv4x4s2_p1': lambda: nn.Conv2d(4, 6, 4, 2, 1),
+    'conv3x3s4': lambda: nn.Conv2d(4, 6, 3, 4, 1),
+    'patchify2': lambda: nn.Conv2d(4, 6, 2, 2),
+    'patchify4': lambda: nn.Conv2d(4, 6, 4, 4),
+    'conv2d_same': lambda: Conv2dSame(4, 6, 3, 2),
+    'conv2d_same_even': lambda: Conv2dSame(4, 6, 4, 2),
+    'std_conv_same': lambda: StdConv2dSame(4, 6, 3, 2),
+    'mixed_conv': lambda: MixedConv2d(4, 6, [3, 5], stride=2),
+    'maxpool3x3s2p1': lambda: nn.MaxPool2d(3, 2, 1),
+    'maxpool3x3s2p0': lambda: nn.MaxPool2d(3, 2),
+    'maxpool2x2': lambda: nn.MaxPool2d(2),
+    'avgpool2x2_ceil': lambda: nn.AvgPool2d(2, 2, ceil_mode=True, count_include_pad=False),
+    'avgpool3x3s2p1': lambda: nn.AvgPool2d(3, 2, 1),
+    'avgpool2d_same': lambda: AvgPool2dSame(3, 2),
+    'maxpool2d_same': lambda: MaxPool2dSame(3, 2),
+    'blurpool': lambda: BlurPool2d(4, filt_size=3, stride=2),
+    'blurpool5': lambda: BlurPool2d(4, filt_size=5, stride=2),
+    'maxpool4x4s4': lambda: nn.MaxPool2d(4, 4),
+}
+
+
+@pytest.mark.parametrize('pool', ['asap', 'flc'])
+@pytest.mark.parametrize('layer', sorted(LAYERS))
+def test_output_size_matches_base_at_every_size(layer, pool):
+    base = LAYERS[layer]()
+    model = _convert_wrapped(base, pool=pool)
+    assert list(model.state_dict()) == ['0.' + k for k in base.state_dict()]
+    assert not any(m.stride != (1, 1) for m in model.modules() if isinstance(m, nn.Conv2d))
+    for size in SIZES:
+        x = torch.randn(1, 4, size, size + 3)
+        try:
+            want = base(x).shape
+        except RuntimeError:  # the base op has no valid output at this size
+            continue
+        assert model(x).shape == want, (layer, size)
+
+
+@pytest.mark.parametrize('pool, fn', [('asap', asap_pool2d), ('flc', flc_pool2d)])
+def test_strided_conv_is_pool_then_conv_at_stride_1(pool, fn):
+    conv = nn.Conv2d(4, 6, 3, 2, 1).double()
+    model = _convert_wrapped(conv, pool=pool)
+    x = torch.randn(2, 4, 15, 22, dtype=torch.float64)
+    want = F.conv2d(fn(x), conv.weight, conv.bias, stride=1, padding=1)
+    torch.testing.assert_close(model(x), want, rtol=1e-10, atol=1e-10)
+    pooled = model[0]
+    assert isinstance(pooled, PooledConvMixin) and pooled.conv_stride == (2, 2) and pooled.pool_position == 'before'
+
+
+def test_depthwise_and_same_padding_convs_values():
+    dw = nn.Conv2d(4, 4, 5, 2, 2, groups=4).double()
+    x = torch.randn(1, 4, 17, 17, dtype=torch.float64)
+    torch.testing.assert_close(_convert_wrapped(dw)(x), F.conv2d(asap_pool2d(x), dw.weight, dw.bias, 1, 2, groups=4))
+    same = Conv2dSame(4, 6, 3, 2).double()
+    torch.testing.assert_close(_convert_wrapped(same)(x), conv2d_same(asap_pool2d(x), same.weight, same.bias, (1, 1)))
+
+
+def test_patchify_conv_runs_at_stride_1_then_pools():
+    conv = nn.Conv2d(4, 6, 4, 4).double()
+    x = torch.randn(1, 4, 32, 32, dtype=torch.float64)
+    model = _convert_wrapped(conv)
+    want = asap_pool2d(asap_pool2d(F.conv2d(x, conv.weight, conv.bias)))
+    torch.testing.assert_close(model(x), want)
+    assert model[0].pool_position == 'after'
+    before = _convert_wrapped(conv, patchify='before')
+    assert before[0].pool_position == 'before'
+    assert before(x).shape == conv(x).shape == (1, 6, 8, 8)
+
+
+@pytest.mark.parametrize('layer', ['maxpool3x3s2p1', 'avgpool2x2_ceil', 'blurpool', 'maxpool2d_same'])
+def test_pooling_layers_become_the_spectral_pool_alone(layer):
+    model = _convert_wrapped(LAYERS[layer]())
+    assert isinstance(model[0], ASAP2d)
+    x = torch.randn(1, 4, 16, 16)
+    torch.testing.assert_close(model(x), asap_pool2d(x))
+
+
+def test_valid_pool_is_fitted_to_base_size():
+    model = _convert_wrapped(nn.MaxPool2d(3, 2))
+    assert isinstance(model[0], SpectralDownsample)
+    x = torch.randn(1, 4, 17, 17)
+    torch.testing.assert_close(model(x), asap_pool2d(x)[..., :8, :8])
+
+
+def test_state_dict_unchanged_and_base_weights_load_strict():
+    base = timm.create_model('resnet26d', num_classes=10)
+    model = M.asapify(copy.deepcopy(base))
+    assert [(k, v.shape) for k, v in model.state_dict().items()] == [(k, v.shape) for k, v in base.state_dict().items()]
+    model.load_state_dict(base.state_dict(), strict=True)
+    for k, v in base.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v)
+
+
+def test_resnet_d_shortcut_avgpool_and_blurpool_models():
+    model = M.asapify(timm.create_model('resnet26d', num_classes=10))
+    assert isinstance(model.layer2[0].downsample[0], ASAP2d)  # the resnet-d AvgPool2d
+    assert model.layer2[0].downsample[1].stride == (1, 1)
+    aa = M.asapify(timm.create_model('resnetaa34d', num_classes=10))
+    assert not any(isinstance(m, BlurPool2d) for m in aa.modules())
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert aa.eval()(x).shape == (1, 10)
+
+
+def test_plan_lists_every_strided_layer():
+    plan = M.plan_conversion(timm.create_model('resnet18', device='meta'))
+    names = {op.name: op.action for op in plan}
+    assert names == {'conv1': 'pool_before', 'maxpool': 'replace', 'layer2.0.conv1': 'pool_before',
+                     'layer2.0.downsample.0': 'pool_before', 'layer3.0.conv1': 'pool_before',
+                     'layer3.0.downsample.0': 'pool_before', 'layer4.0.conv1': 'pool_before',
+                     'layer4.0.downsample.0': 'pool_before'}
+    plan = M.plan_conversion(timm.create_model('convnext_atto', device='meta'))
+    assert {op.action for op in plan} == {'pool_after'} and len(plan) == 4
+
+
+def test_second_call_changes_nothing():
+    model = M.asapify(timm.create_model('resnet18', device='meta'))
+    pools = M.spectral_pool_modules(model)
+    assert M.is_converted(model) and M.plan_conversion(model) == []
+    M.asapify(model)
+    assert len(M.spectral_pool_modules(model)) == len(pools)
+
+
+def test_unsupported_stride_raises_or_warns():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, 3), nn.Conv2d(4, 4, 3, 2, 1))
+    with pytest.raises(M.ConversionError, match=r"0 \(Conv2d, stride \(3, 3\)\).*power of two"):
+        M.asapify(model)
+    assert model[1].stride == (2, 2)  # nothing changed
+    with pytest.warns(UserWarning, match='left 1 strided layer'):
+        M.asapify(model, strict=False)
+    assert model[0].stride == (3, 3) and isinstance(model[1], PooledConvMixin)
+
+
+def test_bad_arguments():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, 2, 1))
+    with pytest.raises(ValueError, match="pool must be one of"):
+        M.asapify(model, pool='blur')
+    with pytest.raises(ValueError, match="mode must be one of"):
+        M.asapify(model, mode='middle')
+    with pytest.raises(ValueError, match="patchify must be one of"):
+        M.asapify(model, patchify='never')
+    with pytest.raises(ValueError, match='padding'):
+        M.asapify(model, padding='huge')
+    with pytest.raises(ValueError, match='cannot replace the pooling layer'):
+        M.asapify(nn.MaxPool2d(2))
+    traced = torch.fx.symbolic_trace(nn.Sequential(nn.Conv2d(3, 4, 3, 2, 1)))
+    with pytest.raises(ValueError, match='before tracing'):
+        M.asapify(traced)
+    assert isinstance(model[0], nn.Conv2d) and model[0].stride == (2, 2)
+
+
+def test_fft_formulation_matches_fast_form():
+    torch.manual_seed(0)
+    base = timm.create_model('resnet18_cifar', num_classes=10).double().eval()
+    fast = M.asapify(copy.deepcopy(base), pool='asap')
+    fft = M.asapify(copy.deepcopy(base), pool='asap_fft')
+    assert any(isinstance(m, ASAP2dFFT) for m in fft.modules())
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), fft(x), rtol=1e-9, atol=1e-9)
+
+
+def test_flc_variant_kwargs():
+    model = M.asapify(nn.Sequential(nn.Conv2d(3, 4, 3, 2, 1)), pool='flc', variant='abs')
+    assert isinstance(model[0].pool, FLC2d) and model[0].pool.variant == 'abs'
+
+
+def test_deepcopy_and_pickle_whole_model():
+    model = timm.create_model('resnet18_cifar_asap', num_classes=10).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        ref = model(x)
+        torch.testing.assert_close(copy.deepcopy(model)(x), ref)
+        buf = io.BytesIO()
+        torch.save(model, buf)
+        buf.seek(0)
+        torch.testing.assert_close(torch.load(buf, weights_only=False)(x), ref)
+
+
+def test_fx_feature_extraction_of_converted_model():
+    torch.manual_seed(0)
+    model = timm.create_model('resnet18_asap', features_only=True, feature_cls='fx').eval()
+    torch.manual_seed(0)
+    ref = timm.create_model('resnet18_asap', features_only=True).eval()  # timm's default FeatureListNet
+    assert sum(isinstance(m, ASAP2d) for m in model.modules()) == 8
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        for out, want in zip(model(x), ref(x)):
+            torch.testing.assert_close(out, want)
+
+
+def test_channels_last_and_bfloat16():
+    model = timm.create_model('resnet18_cifar_asap', num_classes=10).eval().to(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 32, 32).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        ref = model(x)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            out = model(x)
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+    assert (out.float() - ref).abs().max() < 0.1 * ref.abs().max() + 0.1
+
+
+@pytest.mark.slow
+def test_torch_compile_matches_eager():
+    model = timm.create_model('resnet18_cifar_asap', num_classes=10).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.compile(model)(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_onnx_export(tmp_path):
+    onnx = pytest.importorskip('onnx')
+    model = timm.create_model('resnet18_cifar_asap', num_classes=10).eval()
+    path = tmp_path / 'm.onnx'
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        torch.onnx.export(model, (torch.randn(1, 3, 32, 32),), str(path), dynamo=False)
+    onnx.checker.check_model(onnx.load(str(path)))
