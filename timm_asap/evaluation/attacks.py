@@ -132,6 +132,16 @@ def _seeded(seed: int):
             torch.cuda.set_rng_state_all(cuda_states)
 
 
+def _drop_inference_caches() -> None:
+    """Drop the spectral pooling layers' cached matrices before attacks.
+
+    Matrices first built under ``torch.inference_mode()`` (e.g. by a validation pass elsewhere in the
+    process) are inference tensors that autograd refuses to use; rebuilding them costs microseconds.
+    """
+    from timm_asap.layers import clear_cache
+    clear_cache()
+
+
 class _ChannelAdapter(nn.Module):
     """Repeats grey inputs to the model's channel count (so attacks perturb the grey image)."""
 
@@ -202,6 +212,7 @@ def run_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, spe
     evasion = require('art.attacks.evasion', 'adversarial attacks')
     device = resolve_device(device)
     model = model.to(device)
+    _drop_inference_caches()
     x = images.float().div(255) if images.dtype == torch.uint8 else images.float()
     x = x.cpu().numpy().astype(np.float32)
     y = labels.cpu().numpy().astype(np.int64)

@@ -64,7 +64,7 @@ def model_in_chans(model: nn.Module) -> int | None:
     return None
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: tensors a model caches here must stay usable by later attacks
 def predict_logits(model: nn.Module, images: torch.Tensor, device: torch.device, amp: str = 'auto',
                    in_chans: int | None = None) -> torch.Tensor:
     """Logits (float32, on CPU) of one batch of uint8 or [0, 1] float images."""

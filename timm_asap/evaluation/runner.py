@@ -228,7 +228,8 @@ def evaluate_models(
                                            opts.shift_curve, opts.seed, opts.batch_size, amp=opts.amp, **common)
     if opts.aliasing_count:
         rows += aliasing_view(models, images, opts.aliasing_count, **common)
-    meta = {'dataset': dataset_name or images.name, 'seed': opts.seed, 'device': str(device), **library_versions()}
+    meta = {'dataset': dataset_name or images.name, 'count': len(images), 'seed': opts.seed, 'device': str(device),
+            **library_versions()}
     rows = [{**r, **{k: v for k, v in meta.items() if k not in r}} for r in rows]
     if out_dir is not None:
         write_artefacts(rows, out_dir, {'options': opts.to_dict(), 'models': [n for n, _ in models], **meta},

@@ -11,10 +11,13 @@ ASAP/FLC/BlurPool layers), with ``x`` the layer's input, ``x_low`` its ideal low
 frequencies the output grid can hold: ``|k| < n_out / 2`` per axis, with the FFT of ``x``) and
 ``L`` the layer:
 
-* ``input_high_energy`` = ||x - x_low||^2 / ||x||^2, the share of the input's energy above the new
-  Nyquist frequency (what must be removed before subsampling), and
-* ``output_alias_energy`` = ||L(x) - L(x_low)||^2 / ||L(x)||^2, the share of the output's energy
-  produced by those frequencies. For a linear downsampler this is exactly the aliased part (an
+* ``input_high_energy`` = ||x - x_low||^2 / ||x - mean(x)||^2, the share of the input's energy above
+  the new Nyquist frequency (what must be removed before subsampling), and
+* ``output_alias_energy`` = ||L(x) - L(x_low)||^2 / ||L(x) - mean(L(x))||^2, the share of the
+  output's energy produced by those frequencies.
+
+Energies leave out each feature map's mean (its DC term), so the fractions do not depend on
+brightness or biases. For a linear downsampler this is exactly the aliased part (an
   ideal alias-free downsampler gives 0); for max pooling it also contains the non-linear mixing of
   high frequencies into low ones.
 """
@@ -176,6 +179,12 @@ def _energy(t: torch.Tensor) -> float:
     return float(t.double().pow(2).sum())
 
 
+def _ac_energy(t: torch.Tensor) -> float:
+    """Energy without each map's mean (the DC term), so fractions do not depend on brightness or bias."""
+    t = t.double()
+    return float((t - t.mean(dim=(-2, -1), keepdim=True)).pow(2).sum())
+
+
 def _is_downsampling(inp, out) -> bool:
     return (isinstance(inp, torch.Tensor) and isinstance(out, torch.Tensor) and inp.ndim == 4 and out.ndim == 4
             and (out.shape[-2] < inp.shape[-2] or out.shape[-1] < inp.shape[-1])
@@ -193,7 +202,7 @@ def aliasing_view(models: Sequence[tuple[str, nn.Module]], data: EvalImages, cou
     Returns:
         One ``task='aliasing'`` row per (model, layer): ``layer`` (module path), ``layer_type``,
         ``index`` (order of execution), ``in_shape``/``out_shape`` (C x H x W), ``input_high_energy``
-        and ``output_alias_energy`` (fractions in [0, 1]).
+        and ``output_alias_energy`` (energy fractions, normally in [0, 1]).
 
     Raises:
         ValueError: no models, a model in training mode, no images.
@@ -226,8 +235,8 @@ def aliasing_view(models: Sequence[tuple[str, nn.Module]], data: EvalImages, cou
             inp = inp.float()
             low = lowpass(inp, out.shape[-2], out.shape[-1])
             out_low = module(low.to(inp.dtype)).float()
-            in_energy = _energy(inp)
-            out_energy = _energy(out.float())
+            in_energy = _ac_energy(inp)
+            out_energy = _ac_energy(out.float())
             rows.append({
                 'task': 'aliasing', 'model': name, 'count': n, 'index': index, 'layer': path,
                 'layer_type': type(module).__name__,

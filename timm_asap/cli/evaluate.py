@@ -1,0 +1,259 @@
+"""``timm-asap-evaluate``: evaluate one or more models side by side on the same images.
+
+Clean top-1/top-5, the ImageNet-C/CIFAR-10-C common corruptions (generated on the fly or read from
+the pre-generated layouts), FGSM/PGD/AutoAttack-style adversarial robustness (ART) and shift
+consistency with a per-layer aliasing view. Writes ``results.json``, ``results.md``, PNG plots and
+the resolved options (``evaluate_config.yaml``) into ``--output``.
+
+Examples::
+
+    timm-asap-evaluate --model resnet18_cifar@a.pth --model resnet18_cifar_asap@b.pth \\
+        --dataset fashion_mnist --img-size 32 --in-chans 1 --num-classes 10 --count 500 --output out/eval
+    timm-asap-evaluate --model resnet50.tv_in1k --model resnet50_asap --pretrained \\
+        --dataset folder --data-dir /data/imagenet --split validation \\
+        --corruption-source imagenet_c --corruption-dir /data/imagenet-c --output out/in1k
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+from pathlib import Path
+
+import yaml
+
+from timm_asap.evaluation.runner import EvalOptions
+
+__all__ = ['main', 'build_parser', 'parse_model_spec']
+
+_logger = logging.getLogger('timm_asap.evaluate')
+
+# CLI-only keys (the rest are EvalOptions fields)
+_MODEL_DATA_KEYS = ('model', 'pretrained', 'num_classes', 'in_chans', 'img_size', 'mean', 'std', 'dataset', 'data_dir',
+                    'split', 'crop_pct', 'interpolation', 'output', 'run_config')
+_LIST_FLOAT = ('fgsm_eps', 'pgd_linf_eps', 'pgd_l2_eps', 'autoattack_eps')
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(',') if v.strip()]
+
+
+def _opt_int(value: str):
+    return None if value.lower() in ('none', 'all', '') else int(value)
+
+
+def _bool(value) -> bool:
+    if isinstance(value, bool):
+        return value
+    if value.lower() in ('1', 'true', 'yes', 'on'):
+        return True
+    if value.lower() in ('0', 'false', 'no', 'off'):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {value!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = EvalOptions()
+    p = argparse.ArgumentParser(prog='timm-asap-evaluate', description=__doc__.split('\n\n')[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument('--config', default=None, help='YAML file of defaults (keys: the long option names with _)')
+    g = p.add_argument_group('models')
+    g.add_argument('--model', action='append', default=None, metavar='[LABEL=]NAME[@CHECKPOINT]',
+                   help='timm model name (repeat for side-by-side); registered *_asap/*_flc names work')
+    g.add_argument('--pretrained', action='store_true', help='load pretrained weights through timm')
+    g.add_argument('--num-classes', type=int, default=None)
+    g.add_argument('--in-chans', type=int, default=None)
+    g.add_argument('--mean', type=float, nargs='+', default=None, help="normalisation mean (default: pretrained_cfg)")
+    g.add_argument('--std', type=float, nargs='+', default=None)
+    g.add_argument('--run-config', default=None,
+                   help='a hub_configs YAML (or shipped name): model, classes, channels, size and data defaults')
+    g = p.add_argument_group('data')
+    g.add_argument('--dataset', default='fashion_mnist',
+                   help="'fashion_mnist', 'folder' (ImageFolder), or any timm.data name (hfds/..., torch/...)")
+    g.add_argument('--data-dir', default=None)
+    g.add_argument('--split', default='validation')
+    g.add_argument('--img-size', type=int, default=None, help="input size (default: the model's)")
+    g.add_argument('--crop-pct', type=float, default=1.0)
+    g.add_argument('--interpolation', default='bilinear')
+    g.add_argument('--count', type=_opt_int, default=d.count, help="images evaluated ('all' for every one)")
+    g.add_argument('--seed', type=int, default=d.seed)
+    g.add_argument('--subset-order', choices=('random', 'first'), default=d.subset_order)
+    g.add_argument('--batch-size', type=int, default=d.batch_size)
+    g.add_argument('--workers', type=int, default=d.workers)
+    g.add_argument('--device', default=d.device)
+    g.add_argument('--amp', choices=('auto', 'bf16', 'fp16', 'none'), default=d.amp)
+    g.add_argument('--clean', type=_bool, default=d.clean)
+    g = p.add_argument_group('common corruptions')
+    g.add_argument('--corruptions', default='benchmark',
+                   help="comma list, 'benchmark' (15), 'extra' (4), 'all' (19) or 'none'")
+    g.add_argument('--severities', default='1,2,3,4,5')
+    g.add_argument('--corruption-protocol', choices=('auto', 'imagenet', 'cifar'), default=d.corruption_protocol)
+    g.add_argument('--corruption-source', choices=('generated', 'imagenet_c', 'cifar_c'), default=d.corruption_source)
+    g.add_argument('--corruption-dir', default=None)
+    g.add_argument('--mce-baseline', default=None, help='model label normalising mCE (default: the first model)')
+    g.add_argument('--baseline-results', default=None, help="results.json holding the mCE baseline's rows")
+    g.add_argument('--alexnet-mce', type=_bool, default=None,
+                   help='normalise by AlexNet too (default: when the source is imagenet_c)')
+    g = p.add_argument_group('adversarial attacks (ART); eps in [0, 1] pixel units, fractions like 8/255 allowed')
+    g.add_argument('--fgsm-eps', default='1/255,2/255,4/255', help="comma list or 'none'")
+    g.add_argument('--pgd-linf-eps', default='1/255,2/255,4/255')
+    g.add_argument('--pgd-l2-eps', default='none')
+    g.add_argument('--pgd-steps', type=int, default=d.pgd_steps)
+    g.add_argument('--pgd-step-size', type=float, default=None, help='default 2.5 eps / steps')
+    g.add_argument('--pgd-restarts', type=int, default=d.pgd_restarts)
+    g.add_argument('--autoattack-eps', default='none', help='eps list of the AutoAttack-style suite (slow)')
+    g.add_argument('--autoattack-norm', choices=('linf', 'l2'), default=d.autoattack_norm)
+    g.add_argument('--autoattack-steps', type=int, default=d.autoattack_steps)
+    g.add_argument('--square-queries', type=int, default=d.square_queries)
+    g.add_argument('--attack-count', type=_opt_int, default=d.attack_count,
+                   help='images attacked (the first ones of the evaluated subset)')
+    g = p.add_argument_group('shift consistency and aliasing')
+    g.add_argument('--shift-trials', type=int, default=d.shift_trials, help='0 skips shift consistency')
+    g.add_argument('--max-shift', type=int, default=None)
+    g.add_argument('--shift-mode', choices=('circular', 'crop'), default=d.shift_mode)
+    g.add_argument('--shift-curve', type=_bool, default=d.shift_curve)
+    g.add_argument('--aliasing-count', type=int, default=d.aliasing_count, help='0 skips the aliasing view')
+    g = p.add_argument_group('output')
+    g.add_argument('--output', default='output/evaluation')
+    g.add_argument('--plots', type=_bool, default=d.plots)
+    g.add_argument('--progress', type=_bool, default=d.progress)
+    return p
+
+
+def parse_model_spec(spec: str) -> tuple[str, str, str]:
+    """``[LABEL=]NAME[@CHECKPOINT]`` -> (label, name, checkpoint).
+
+    Raises:
+        ValueError: an empty name.
+    """
+    label, rest = spec.split('=', 1) if '=' in spec else (None, spec)
+    name, ckpt = rest.split('@', 1) if '@' in rest else (rest, '')
+    name = name.strip()
+    if not name:
+        raise ValueError(f"--model {spec!r}: empty model name; expected [LABEL=]NAME[@CHECKPOINT]")
+    return (label or name).strip(), name, ckpt.strip()
+
+
+def _eps_list(value) -> list[float]:
+    from timm_asap.evaluation.attacks import parse_eps
+    if value is None:
+        return []
+    items = value if isinstance(value, (list, tuple)) else ([] if str(value).lower() in ('none', '') else _csv(str(value)))
+    return [parse_eps(v) for v in items]
+
+
+def _apply_yaml_defaults(parser: argparse.ArgumentParser, path: str) -> dict:
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of option names to values")
+    dests = {a.dest for a in parser._actions}
+    unknown = sorted(set(data) - dests)
+    if unknown:
+        raise ValueError(f"{path}: unknown option {unknown[0]!r}; allowed: {sorted(dests - {'help', 'config'})}")
+    for key in ('corruptions', 'severities', *_LIST_FLOAT):
+        if isinstance(data.get(key), list):
+            data[key] = ','.join(str(v) for v in data[key]) if data[key] else 'none'
+    if isinstance(data.get('model'), str):
+        data['model'] = [data['model']]
+    parser.set_defaults(**data)
+    return data
+
+
+def _resolve(args) -> tuple[EvalOptions, dict]:
+    """Options for the library and the model/data settings of the CLI."""
+    corruptions = [] if str(args.corruptions).lower() in ('none', '') else args.corruptions
+    opts = EvalOptions(
+        count=args.count, seed=args.seed, subset_order=args.subset_order, batch_size=args.batch_size,
+        workers=args.workers, device=args.device, amp=args.amp, clean=args.clean, corruptions=corruptions,
+        severities=[int(s) for s in _csv(str(args.severities))] if corruptions else list(EvalOptions().severities),
+        corruption_protocol=args.corruption_protocol, corruption_source=args.corruption_source,
+        corruption_dir=args.corruption_dir, mce_baseline=args.mce_baseline, baseline_results=args.baseline_results,
+        alexnet_mce=args.alexnet_mce, fgsm_eps=_eps_list(args.fgsm_eps), pgd_linf_eps=_eps_list(args.pgd_linf_eps),
+        pgd_l2_eps=_eps_list(args.pgd_l2_eps), pgd_steps=args.pgd_steps, pgd_step_size=args.pgd_step_size,
+        pgd_restarts=args.pgd_restarts, autoattack_eps=_eps_list(args.autoattack_eps),
+        autoattack_norm=args.autoattack_norm, autoattack_steps=args.autoattack_steps,
+        square_queries=args.square_queries, attack_count=args.attack_count, shift_trials=args.shift_trials,
+        max_shift=args.max_shift, shift_mode=args.shift_mode, shift_curve=args.shift_curve,
+        aliasing_count=args.aliasing_count, plots=args.plots, progress=args.progress)
+    opts.validate()
+    setup = {k: getattr(args, k) for k in _MODEL_DATA_KEYS}
+    return opts, setup
+
+
+def _apply_run_config(args) -> None:
+    """Fill model/data settings not given on the command line from a hub_configs YAML."""
+    from timm_asap.config import load_config
+    cfg = load_config(args.run_config)
+    if not args.model:
+        args.model = [cfg.name]
+    args.num_classes = args.num_classes or cfg.model.num_classes
+    args.in_chans = args.in_chans or cfg.model.in_chans
+    args.img_size = args.img_size or cfg.model.img_size
+    if args.mean is None and cfg.data.mean:
+        args.mean = list(cfg.data.mean)
+    if args.std is None and cfg.data.std:
+        args.std = list(cfg.data.std)
+    if cfg.data.dataset:
+        args.dataset = cfg.data.dataset
+    args.data_dir = args.data_dir or cfg.data.data_dir
+    if args.split == 'validation':
+        args.split = cfg.data.val_split
+
+
+def _build_models(args):
+    from timm_asap.evaluation.wrapper import create_eval_model
+    models, labels = [], set()
+    for spec in args.model:
+        label, name, ckpt = parse_model_spec(spec)
+        if label in labels:
+            raise ValueError(f"two models share the label {label!r}; give labels with LABEL=NAME")
+        labels.add(label)
+        model = create_eval_model(name, pretrained=args.pretrained, checkpoint_path=ckpt, num_classes=args.num_classes,
+                                  in_chans=args.in_chans, mean=args.mean, std=args.std)
+        models.append((label, model))
+    return models
+
+
+def main(argv=None) -> int:
+    """Run the evaluation; returns 0 on success, 2 on invalid arguments or inputs."""
+    logging.basicConfig(level=logging.INFO, format='%(message)s')
+    logging.getLogger('art').setLevel(logging.WARNING)  # ART logs every attack call at INFO
+    parser = build_parser()
+    pre, _ = parser.parse_known_args(argv)
+    try:
+        if pre.config:
+            _apply_yaml_defaults(parser, pre.config)
+        args = parser.parse_args(argv)
+        if args.run_config:
+            _apply_run_config(args)
+        if not args.model:
+            raise ValueError("give at least one --model (or --run-config)")
+        opts, setup = _resolve(args)
+        models = _build_models(args)
+        from timm_asap.evaluation.data import create_eval_dataset
+        from timm_asap.evaluation.wrapper import model_input_info
+        info = model_input_info(models[0][1])
+        img_size = args.img_size or (info['input_size'][-1] if info['input_size'] else 224)
+        in_chans = args.in_chans or info['in_chans'] or 3
+        dataset = create_eval_dataset(args.dataset, args.data_dir, args.split, img_size, args.crop_pct,
+                                      args.interpolation, in_chans)
+        out = Path(args.output)
+        out.mkdir(parents=True, exist_ok=True)
+        from timm_asap.evaluation.report import write_text_atomic
+        write_text_atomic(out / 'evaluate_config.yaml', yaml.safe_dump(
+            {**{k: v for k, v in setup.items()}, 'img_size': img_size, 'in_chans': in_chans,
+             **dataclasses.asdict(opts)}, sort_keys=False))
+        from timm_asap.evaluation.runner import evaluate_models
+        rows = evaluate_models(models, dataset, opts, out, dataset_name=f'{args.dataset or "folder"}:{args.split}')
+    except (ValueError, ImportError, FileNotFoundError) as e:
+        print(f"timm-asap-evaluate: error: {e}", file=sys.stderr)
+        return 2
+    from timm_asap.evaluation.report import markdown_report
+    print(markdown_report(rows))
+    _logger.info(f"wrote {out / 'results.json'}, {out / 'results.md'} and plots")
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())
