@@ -201,7 +201,8 @@ def create_eval_dataset(name: str, root: str | None = None, split: str = 'valida
         in_chans: 1 (grey) or 3 channels.
 
     Raises:
-        ValueError: Fashion-MNIST requested but ``timm_asap.data`` does not provide it.
+        ValueError: Fashion-MNIST requested but ``timm_asap.data`` does not provide it; an empty or
+            unreadable dataset.
     """
     transform = eval_transform(img_size, crop_pct, interpolation)
     if name.replace('-', '_').lower() in ('fashion_mnist', 'fashionmnist'):
@@ -212,8 +213,14 @@ def create_eval_dataset(name: str, root: str | None = None, split: str = 'valida
         return FashionMNIST(root, split=split, in_chans=in_chans, transform=transform, download=False)
     from timm.data import create_dataset
     name = '' if name == 'folder' else name
-    return create_dataset(name, root=root, split=split, is_training=False, transform=transform,
-                          input_img_mode='L' if in_chans == 1 else 'RGB')
+    try:
+        dataset = create_dataset(name, root=root, split=split, is_training=False, transform=transform,
+                                 input_img_mode='L' if in_chans == 1 else 'RGB')
+    except RuntimeError as e:  # timm reports an empty or unreadable folder as RuntimeError
+        raise ValueError(f"dataset {name or 'folder'!r} (root {root}, split {split!r}) cannot be read: {e}") from None
+    if hasattr(dataset, '__len__') and len(dataset) == 0:
+        raise ValueError(f"dataset {name or 'folder'!r} (root {root}, split {split!r}) is empty")
+    return dataset
 
 
 # ----------------------------------------------------------------------------------------------
