@@ -155,7 +155,8 @@ class HubServer:
 
     # ---- fault injection and inspection
     def tamper(self, repo_id: str, path: str, fn: Callable[[bytes], bytes] | None) -> None:
-        """Serve ``fn(data)`` instead of the stored bytes of ``path`` (None: stop tampering)."""
+        """Serve ``fn(data)`` (with matching size headers) instead of the stored bytes of ``path``, as if the
+        Hub held a damaged file (None: stop tampering)."""
         with self.lock:
             if fn is None:
                 self._tamper.pop((repo_id, path), None)
@@ -507,7 +508,7 @@ class _Handler(BaseHTTPRequestHandler):
         headers = {'X-Repo-Commit': commit.sha, 'ETag': f'"{stored.etag}"', 'Accept-Ranges': 'bytes'}
         if stored.lfs:
             headers['X-Linked-Etag'] = f'"{stored.sha256}"'
-            headers['X-Linked-Size'] = str(len(stored.data))
+            headers['X-Linked-Size'] = str(len(data))
         status, start, end = 200, 0, len(data)
         rng = self.headers.get('Range')
         if rng and (m := re.fullmatch(r'bytes=(\d*)-(\d*)', rng.strip())):

@@ -316,3 +316,45 @@ def test_publish_script_help():
     r = subprocess.run([sys.executable, 'scripts/publish.py', '--help'], capture_output=True, text=True, cwd=ROOT,
                        env={**os.environ, 'HF_HUB_OFFLINE': '1'})
     assert r.returncode == 0 and '--allow-no-eval' in r.stdout and '--dry-run' in r.stdout
+
+
+# ---- offline cache from a folder --------------------------------------------------------------------
+
+def test_seeded_cache_loads_offline_with_timm_and_transformers(folder, reference, tmp_path, monkeypatch):
+    from transformers import AutoModelForImageClassification
+    monkeypatch.setattr(constants, 'HF_HUB_CACHE', str(tmp_path / 'cache'))
+    repo = 'timm-asap/offline-copy'
+    snapshot = H.seed_hub_cache(folder, repo)
+    assert (tmp_path / 'cache' / 'models--timm-asap--offline-copy' / 'refs' / 'main').read_text() == snapshot.name
+    x = images()
+    with torch.no_grad():
+        ref = reference(x)
+        assert torch.equal(timm.create_model(f'hf-hub:{repo}', pretrained=True).eval()(x), ref)
+        assert torch.equal(H.load_model(f'hf-hub:{repo}')(x), ref)
+        assert torch.equal(AutoModelForImageClassification.from_pretrained(repo).eval()(x).logits, ref)
+
+
+# ---- a real fine-tuning output folder, end to end ----------------------------------------------------
+
+def test_finetune_output_publishes_and_reloads(tmp_path):
+    """The fine-tuning tool's output (shrunk CIFAR ResNet via model_args) -> Hub folder -> timm and
+    transformers give the trained model's logits; the model_args travel through config.json."""
+    from transformers import AutoModelForImageClassification
+
+    from finetune_helpers import tiny_config, write_fake_fashion_mnist
+    from timm_asap.train import finetune
+
+    data = write_fake_fashion_mnist(tmp_path / 'data', n_train=32, n_test=16)
+    cfg = tiny_config(data, train={'epochs': 1})
+    cfg.hub.repo_id, cfg.hub.datasets = 'timm-asap/tiny', ['zalando-datasets/fashion_mnist']
+    out = tmp_path / 'train'
+    finetune(cfg, out, device='cpu', progress=False, handle_signals=False)
+    folder = H.export_output_dir(out, tmp_path / 'hub', allow_no_eval=True)
+    config = json.loads((folder / 'config.json').read_text())
+    assert config['model_args']['layers'] == [1, 1, 1, 1] and config['model_args']['channels'] == [8, 16, 32, 64]
+    trained = H.load_trained_model(load_config(out / 'config.yaml'), out / 'model.safetensors')
+    x = torch.rand(4, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = trained(x)
+        assert torch.equal(H.load_hub_folder(folder)(x), ref)
+        assert torch.equal(AutoModelForImageClassification.from_pretrained(str(folder)).eval()(x).logits, ref)

@@ -81,6 +81,9 @@ def main(argv=None) -> int:
         print(f"dry run: nothing uploaded (repository would be {repo_id})")
     else:
         print(f"uploaded to {result.repo_url} (commit {result.commit_sha[:12]})")
+        if not cfg.hub.published:
+            print(f"next: set hub.published: true in the config of {cfg.name} so that "
+                  f"timm.create_model('{cfg.name}', pretrained=True) loads these weights")
     return 0
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import (HubAuthError, HubPublishError, IntegrityError, MissingEvaluationError,
+from .errors import (HubAuthError, HubDownloadError, HubPublishError, IntegrityError, MissingEvaluationError,
                      UnregisteredArchitectureError)
 from .integration import (check_architecture, install_transformers_integration, registered_plugin_models,
                           transformers_integration_installed)
@@ -21,16 +21,17 @@ from .integrity import (read_safetensors_header, save_safetensors, verify_hub_fo
 from .results import EvalResults, Metric, load_eval_results
 from .export import build_hub_folder, check_publishable, export_output_dir, load_trained_model, resolve_run_config
 from .upload import UploadResult, upload_hub_folder
-from .load import download_hub_files, load_hub_folder, load_model, load_transformers_model, transformers_pipeline
+from .load import (download_hub_files, load_hub_folder, load_model, load_transformers_model, seed_hub_cache,
+                   transformers_pipeline)
 
 __all__ = [
-    'HubAuthError', 'HubPublishError', 'IntegrityError', 'MissingEvaluationError', 'UnregisteredArchitectureError',
+    'HubAuthError', 'HubDownloadError', 'HubPublishError', 'IntegrityError', 'MissingEvaluationError', 'UnregisteredArchitectureError',
     'check_architecture', 'install_transformers_integration', 'registered_plugin_models',
     'transformers_integration_installed', 'read_safetensors_header', 'save_safetensors', 'verify_hub_folder',
     'verify_safetensors', 'check_weights_match_config', 'EvalResults', 'Metric', 'load_eval_results',
     'build_hub_folder', 'check_publishable', 'export_output_dir', 'load_trained_model', 'resolve_run_config', 'UploadResult',
     'upload_hub_folder', 'publish', 'download_hub_files', 'load_hub_folder', 'load_model',
-    'load_transformers_model', 'transformers_pipeline',
+    'load_transformers_model', 'transformers_pipeline', 'seed_hub_cache',
 ]
 
 install_transformers_integration()

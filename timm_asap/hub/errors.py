@@ -1,7 +1,7 @@
 """Errors raised by the Hub publishing and loading helpers."""
 from __future__ import annotations
 
-__all__ = ['HubPublishError', 'HubAuthError', 'MissingEvaluationError', 'IntegrityError',
+__all__ = ['HubPublishError', 'HubAuthError', 'MissingEvaluationError', 'IntegrityError', 'HubDownloadError',
            'UnregisteredArchitectureError']
 
 
@@ -27,6 +27,10 @@ class IntegrityError(ValueError):
     def __init__(self, path, message: str):
         self.path = str(path)
         super().__init__(f"{path}: {message}")
+
+
+class HubDownloadError(OSError):
+    """A download from the Hub broke off (connection lost, incomplete transfer); nothing partial is kept."""
 
 
 class UnregisteredArchitectureError(ImportError):

@@ -10,19 +10,21 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from pathlib import Path
 
 import timm
 import torch
 from huggingface_hub import constants, hf_hub_download
+from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 from torch import nn
 
-from .errors import IntegrityError
+from .errors import HubDownloadError, IntegrityError
 from .integration import check_architecture, install_transformers_integration
 from .integrity import CONFIG_NAME, WEIGHTS_NAME, read_config_json, verify_hub_folder
 
 __all__ = ['download_hub_files', 'load_hub_folder', 'load_model', 'load_transformers_model',
-           'transformers_pipeline']
+           'transformers_pipeline', 'seed_hub_cache']
 
 _logger = logging.getLogger(__name__)
 
@@ -64,6 +66,7 @@ def download_hub_files(repo_id: str, revision: str | None = None, cache_dir: str
     Raises:
         IntegrityError: a file is truncated, corrupted or does not fit the config; it is removed from the
             cache so the next call downloads it again.
+        HubDownloadError: the transfer broke off (the partial file is removed).
         UnregisteredArchitectureError: the config's architecture is not registered (``import timm_asap``).
     """
     repo_id, _, at_revision = repo_id.partition('@')
@@ -73,6 +76,13 @@ def download_hub_files(repo_id: str, revision: str | None = None, cache_dir: str
         try:
             paths[name] = Path(hf_hub_download(repo_id, name, revision=revision, cache_dir=cache_dir,
                                                library_name='timm-asap'))
+        except (HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled, ValueError):
+            _remove_incomplete(repo_id, cache_dir)
+            raise  # huggingface_hub's own errors say what is wrong (no such repo or file, offline, ...)
+        except Exception as e:
+            _remove_incomplete(repo_id, cache_dir)
+            raise HubDownloadError(f"download of {name} from {repo_id} failed ({type(e).__name__}: {e}); "
+                                   "the partial file was removed from the cache") from e
         except BaseException:
             _remove_incomplete(repo_id, cache_dir)
             raise
@@ -93,6 +103,54 @@ def download_hub_files(repo_id: str, revision: str | None = None, cache_dir: str
         _purge_cached(bad if bad.name in (CONFIG_NAME, filename) else paths[filename])
         raise IntegrityError(e.path, f"{str(e)[len(e.path) + 2:]} (downloaded from {repo_id}; removed from the "
                                      "cache)") from None
+    return snapshot
+
+
+def seed_hub_cache(folder: str | Path, repo_id: str, cache_dir: str | Path | None = None) -> Path:
+    """Put a local Hub folder into the Hugging Face cache as ``repo_id`` (``main``), without any network.
+
+    The files are written in huggingface_hub's cache layout (``blobs/`` named by content hash,
+    ``snapshots/<commit>/`` links, ``refs/main``), so with ``HF_HUB_OFFLINE=1``
+    ``timm.create_model('hf-hub:<repo_id>', pretrained=True)`` and transformers' ``from_pretrained`` load
+    it as if it had been downloaded. The commit id is derived from the files' hashes.
+
+    Args:
+        folder: a checked Hub folder.
+        repo_id: ``<org>/<name>`` to file it under.
+        cache_dir: Hub cache (default: huggingface_hub's ``HF_HUB_CACHE``).
+
+    Returns:
+        The snapshot folder.
+    """
+    import hashlib
+    import shutil
+    folder = Path(folder)
+    verify_hub_folder(folder)
+    files = sorted(p for p in folder.rglob('*') if p.is_file())
+    digests = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+    commit = hashlib.sha1(''.join(f"{p.relative_to(folder).as_posix()}:{d}\n" for p, d in digests.items())
+                          .encode()).hexdigest()
+    repo = _repo_cache(repo_id, cache_dir)
+    snapshot = repo / 'snapshots' / commit
+    for p, digest in digests.items():
+        blob = repo / 'blobs' / digest
+        if not blob.exists():
+            blob.parent.mkdir(parents=True, exist_ok=True)
+            tmp = blob.with_name(blob.name + '.incomplete')
+            shutil.copyfile(p, tmp)
+            os.replace(tmp, blob)
+        link = snapshot / p.relative_to(folder)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        try:
+            link.symlink_to(os.path.relpath(blob, link.parent))
+        except OSError:  # no symlinks (e.g. some Windows setups): copy, as huggingface_hub does
+            shutil.copyfile(blob, link)
+    (repo / 'refs').mkdir(parents=True, exist_ok=True)
+    tmp = repo / 'refs' / '.main.tmp'
+    tmp.write_text(commit)
+    os.replace(tmp, repo / 'refs' / 'main')
     return snapshot
 
 
