@@ -5,7 +5,7 @@ Examples::
     timm-asap-finetune --config resnet18_cifar_asap.fmnist --set train.epochs=2 data.train_subset=5000
     torchrun --nproc_per_node 8 -m timm_asap.cli.finetune --config hub_configs/resnet50_asap.ft_in1k.yaml \\
         --data-dir /data/imagenet --output output/r50_asap
-    timm-asap-finetune --config resnet50_asap.ft_in1k --output output/r50_asap --resume   # after preemption
+    timm-asap-finetune --output output/r50_asap --resume   # after preemption: the run's own config.yaml
 
 The config is a ``hub_configs/*.yaml`` file or a shipped config's name; ``--set section.key=value``
 overrides any key (values are YAML: ``--set train.lr=0.1 model.model_args='{drop_rate: 0.1}'``), and
@@ -50,8 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog='Exit status: 0 done, 2 bad config/arguments, 1 failed run, 128+N stopped by signal N '
                '(a resumable checkpoint was written).')
-    p.add_argument('--config', '-c', required=True,
-                   help='hub_configs/<name>.yaml, or the name of a shipped config (e.g. resnet18_cifar_asap.fmnist)')
+    p.add_argument('--config', '-c', default=None,
+                   help='hub_configs/<name>.yaml, or the name of a shipped config (e.g. resnet18_cifar_asap.fmnist); '
+                        'may be left out with --resume and --output: the run\'s saved <output>/config.yaml is used')
     p.add_argument('--set', '-s', dest='overrides', action='append', nargs='+', default=[], metavar='KEY=VALUE',
                    help='override config keys, e.g. --set train.lr=0.1 data.workers=0 (repeatable)')
     p.add_argument('--output', '-o', default=None,
@@ -93,6 +94,10 @@ def main(argv: list[str] | None = None) -> int:
         value = getattr(args, dest)
         if value is not None:
             overrides.append(f'{key}={value}')
+    if args.config is None:
+        if not (args.resume and args.output):
+            parser.error('--config is required (it may be left out only with --resume and --output)')
+        args.config = str(Path(args.output) / 'config.yaml')
     try:
         cfg = apply_overrides(load_config(args.config), overrides)
     except ConfigError as e:
@@ -109,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         metrics = finetune(cfg, output, resume=args.resume, device=args.device, progress=not args.no_progress)
     except TrainingInterrupted as e:
-        log.warning(f"{e}; continue with: timm-asap-finetune --config {args.config} --output {output} --resume")
+        log.warning(f"{e}; continue with: timm-asap-finetune --output {output} --resume")
         return 128 + int(e.signum)
     except DataError as e:
         log.error(f"data error: {e}")

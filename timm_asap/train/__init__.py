@@ -3,7 +3,7 @@ from .checkpoint import load_checkpoint, save_checkpoint, save_weights
 from .distributed import DistEnv, init_distributed
 from .errors import CheckpointError, NonFiniteLossError, RunExistsError, TrainingError, TrainingInterrupted
 from .evaluate import validate
-from .finetune import TrainState, config_differences, ensure_finetuned, finetune, load_results
+from .trainer import TrainState, config_differences, ensure_finetuned, finetune, load_results
 from .model import check_pooling, convert_from_base, create_model_from_config, create_teacher, load_base_model
 
 __all__ = [

@@ -271,16 +271,18 @@ class _Trainer:
             self.optimizer = create_optimizer_v2(model, opt=t.opt, lr=t.lr, weight_decay=t.weight_decay,
                                                  momentum=t.momentum)
         except (AssertionError, ValueError) as e:
-            raise ConfigError(f"train.opt {t.opt!r}: {e}") from None
+            raise ConfigError(f"train.opt {t.opt!r}: not accepted by timm.optim ({e!r})") from None
         decay_epochs = t.decay_epochs if t.decay_epochs is not None else max(1.0, t.epochs / 3)
+        if t.sched == 'plateau' and self.data.val_loader is None:
+            raise ConfigError("train.sched 'plateau' follows the validation top-1: set data.val_split")
         try:
             self.scheduler, _ = create_scheduler_v2(
-                self.optimizer, sched=t.sched, num_epochs=t.epochs, decay_epochs=decay_epochs,
+                self.optimizer, sched=t.sched, num_epochs=max(t.epochs, 1), decay_epochs=decay_epochs,
                 decay_milestones=[int(decay_epochs * i) for i in (1, 2)], patience_epochs=int(decay_epochs),
                 decay_rate=t.decay_rate, min_lr=t.min_lr, warmup_lr=t.warmup_lr, warmup_epochs=t.warmup_epochs,
-                step_on_epochs=False, updates_per_epoch=self.updates_per_epoch)
+                step_on_epochs=t.sched == 'plateau', updates_per_epoch=self.updates_per_epoch)
         except (AssertionError, ValueError, TypeError) as e:
-            raise ConfigError(f"train.sched {t.sched!r}: {e}") from None
+            raise ConfigError(f"train.sched {t.sched!r}: not accepted by timm.scheduler ({e!r})") from None
         if self.scheduler is None:
             raise ConfigError(f"train.sched: unknown scheduler {t.sched!r}")
 
@@ -348,7 +350,8 @@ class _Trainer:
         try:
             self.optimizer.load_state_dict(ckpt['optimizer'])
         except (ValueError, KeyError) as e:
-            raise CheckpointError(f"{path}: optimizer state does not fit train.opt {self.cfg.train.opt!r}: {e}") from None
+            raise CheckpointError(f"{path}: optimizer state does not fit this run ({e}); resume with the run's own "
+                                  f"settings (did train.opt or train.weight_decay change?)") from None
         if any(k in self._resume_diff for k in _SCHEDULE_KEYS):
             _logger.warning("the schedule settings changed; the learning rate follows the new schedule")
         else:
