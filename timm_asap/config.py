@@ -43,8 +43,9 @@ class ModelConfig:
             serve as distillation teacher, e.g. ``resnet50.tv_in1k``; empty for random initialisation.
         base_file: local weights file (``.safetensors``/``.pth``) of ``base`` used instead of downloading
             its pretrained weights (offline clusters, or a base trained here); empty: timm's download.
-        pool: ``asap``, ``flc`` or ``none`` (the baseline without spectral pooling).
-        mode: pooling band rule, ``centered`` or ``reference``.
+        pool: ``asap``, ``flc`` or ``none`` (the baseline without spectral pooling); fine-tuning checks it
+            against the pooling layers of the built model.
+        mode: pooling band rule, ``centered`` or ``reference`` (checked likewise).
         num_classes: classifier outputs.
         in_chans: input channels.
         img_size: training and evaluation resolution (square).
@@ -68,12 +69,14 @@ class DataConfig:
     """Where the images come from.
 
     Attributes:
-        dataset: ``fashion_mnist`` (built in), or any name ``timm.data.create_dataset`` reads:
-            ``''``/``folder`` for an ImageFolder tree, ``hfds/<name>``, ``wds/<name>`` (tar shards), ...
+        dataset: ``fashion_mnist`` (built in), ``''``/``folder`` (under ``data_dir``, per split: an
+            ImageFolder tree, a ``<split>.tar``, or a folder of ``.tar`` shards), or any other name
+            ``timm.data.create_dataset`` reads: ``hfds/<name>`` (Hugging Face datasets), ``wds/<name>``
+            (webdataset tar shards), ``torch/<name>``, ...
         data_dir: root folder; for ``fashion_mnist`` the folder holding the IDX files (default: the
             Debian package's ``/usr/share/datasets/fashion-mnist``, else torchvision downloads them).
         train_split: split (sub-folder) used for training.
-        val_split: split used for validation and evaluation.
+        val_split: split used for validation and evaluation (``''``: no validation while fine-tuning).
         train_subset: use a fixed random subset of N training images, the same in every run (None: all).
         val_subset: use a fixed random subset of N validation images, the same in every run (None: all).
         mean: normalisation mean (None: the model's pretrained_cfg).
@@ -146,7 +149,7 @@ class TrainConfig:
         epochs: training epochs.
         batch_size: images per step per process.
         opt: optimizer name for ``timm.optim.create_optimizer_v2`` (``sgd``, ``adamw``, ...).
-        lr: peak learning rate.
+        lr: peak learning rate (used as given: not scaled with batch size or world size).
         momentum: SGD momentum.
         weight_decay: weight decay.
         sched: ``timm.scheduler`` name (``cosine``, ``step``, ``multistep``, ``plateau``, ``poly``, ...),
@@ -170,8 +173,9 @@ class TrainConfig:
         seed: random seed (data order, augmentation and initialisation follow from it).
         log_interval: optimizer steps between progress-bar loss updates; also how often the ranks of a
             distributed run agree on stopping (preemption signal, non-finite loss).
-        export: weights written to ``model.safetensors``: ``best`` (best validation top-1; the EMA
-            weights when ``model_ema`` is on), ``last`` (the final weights) or ``ema`` (final EMA weights).
+        export: weights written to ``model.safetensors``: ``best`` (the epoch with the best validation
+            top-1, or teacher agreement for teacher-only distillation; the EMA weights when ``model_ema``
+            is on), ``last`` (the final weights) or ``ema`` (the final EMA weights).
         dist_bn: how BatchNorm statistics are made equal across ranks before each validation:
             ``reduce`` (average), ``broadcast`` (rank 0's) or ``none``.
         deterministic: ask PyTorch for deterministic kernels (slower on GPU).
