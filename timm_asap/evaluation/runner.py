@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -206,8 +207,20 @@ def evaluate_models(
     device = resolve_device(opts.device)
     common = dict(device=device, progress=opts.progress)
     rows: list[dict] = []
+    timing: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(stage: str):
+        nonlocal clock
+        now = time.perf_counter()
+        timing[stage] = round(now - clock, 3)
+        clock = now
+        _logger.info(f"evaluation stage {stage!r} took {timing[stage]:.1f} s")
+
+    lap('load')
     if opts.clean:
         rows += evaluate_clean(models, images, opts.batch_size, amp=opts.amp, **common)
+        lap('clean')
     if opts.corruptions:
         rows += evaluate_corruptions(models, images, opts.corruptions, opts.severities, opts.seed,
                                      opts.corruption_protocol, opts.corruption_source, opts.corruption_dir,
@@ -220,20 +233,24 @@ def evaluate_models(
         if alexnet is None:
             alexnet = opts.corruption_source == 'imagenet_c' and tuple(check_severities(opts.severities)) == SEVERITIES
         rows += corruption_summary(rows, baseline, baseline_rows, alexnet=alexnet)
+        lap('corruptions')
     if specs:
         from .attacks import evaluate_attacks
         rows += evaluate_attacks(models, images, specs, opts.attack_count, opts.batch_size, opts.seed, **common)
+        lap('attacks')
     if opts.shift_trials:
         rows += evaluate_shift_consistency(models, images, opts.shift_trials, opts.max_shift, opts.shift_mode,
                                            opts.shift_curve, opts.seed, opts.batch_size, amp=opts.amp, **common)
+        lap('shift')
     if opts.aliasing_count:
         rows += aliasing_view(models, images, opts.aliasing_count, **common)
+        lap('aliasing')
     meta = {'dataset': dataset_name or images.name, 'count': len(images), 'seed': opts.seed, 'device': str(device),
             **library_versions()}
     rows = [{**r, **{k: v for k, v in meta.items() if k not in r}} for r in rows]
     if out_dir is not None:
-        write_artefacts(rows, out_dir, {'options': opts.to_dict(), 'models': [n for n, _ in models], **meta},
-                        plots=opts.plots)
+        write_artefacts(rows, out_dir, {'options': opts.to_dict(), 'models': [n for n, _ in models],
+                                        'timing_s': timing, **meta}, plots=opts.plots)
     return rows
 
 
