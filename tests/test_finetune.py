@@ -239,5 +239,10 @@ def test_unreadable_training_images(tmp_path):
 
 def test_tensorboard_scalars(tmp_path, fmnist):
     pytest.importorskip('tensorboard')
-    _run(tiny_config(fmnist, train={'epochs': 1, 'tensorboard': True}), tmp_path / 'run')
-    assert list((tmp_path / 'run' / 'tensorboard').glob('events.out.tfevents.*'))
+    _run(tiny_config(fmnist, train={'epochs': 2, 'tensorboard': True}), tmp_path / 'run')
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(tmp_path / 'run' / 'tensorboard'))
+    acc.Reload()
+    tags = acc.Tags()['scalars']
+    assert {'train_loss', 'val_top1', 'lr', 'train_images_per_sec'} <= set(tags)
+    assert [e.step for e in acc.Scalars('val_top1')] == [1, 2]

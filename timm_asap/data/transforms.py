@@ -10,7 +10,7 @@ from timm.data import resolve_data_config as timm_resolve_data_config
 from ..config import RunConfig
 from .errors import DataError
 
-__all__ = ['resolve_data_config', 'create_transforms', 'is_fashion_mnist']
+__all__ = ['resolve_data_config', 'create_transforms', 'is_fashion_mnist', 'fit_channels']
 
 _FASHION_MNIST_NAMES = ('fashion_mnist', 'fashion-mnist', 'fashionmnist', 'fmnist')
 
@@ -20,7 +20,14 @@ def is_fashion_mnist(dataset: str) -> bool:
     return dataset.lower() in _FASHION_MNIST_NAMES
 
 
-def _fit_channels(key: str, values, in_chans: int, average: bool) -> tuple[float, ...]:
+def fit_channels(key: str, values, in_chans: int, average: bool) -> tuple[float, ...]:
+    """Fit per-channel statistics to ``in_chans`` channels.
+
+    One value is repeated; with ``average``, RGB statistics become their mean for grey input.
+
+    Raises:
+        DataError: the count fits neither way (the message names ``key``).
+    """
     values = tuple(float(v) for v in values)
     if len(values) == in_chans:
         return values
@@ -55,9 +62,9 @@ def resolve_data_config(cfg: RunConfig, model: nn.Module | None = None) -> dict[
     args: dict[str, Any] = {'input_size': (c, cfg.model.img_size, cfg.model.img_size),
                             'interpolation': cfg.data.interpolation}
     if cfg.data.mean is not None:
-        args['mean'] = _fit_channels('data.mean', cfg.data.mean, c, average=False)
+        args['mean'] = fit_channels('data.mean', cfg.data.mean, c, average=False)
     if cfg.data.std is not None:
-        args['std'] = _fit_channels('data.std', cfg.data.std, c, average=False)
+        args['std'] = fit_channels('data.std', cfg.data.std, c, average=False)
     crop_pct = cfg.data.crop_pct
     if crop_pct is None and is_fashion_mnist(cfg.data.dataset):
         crop_pct = 1.0
@@ -68,8 +75,8 @@ def resolve_data_config(cfg: RunConfig, model: nn.Module | None = None) -> dict[
     else:
         resolved = timm_resolve_data_config(args, pretrained_cfg={'input_size': args['input_size']})
     resolved['input_size'] = args['input_size']
-    resolved['mean'] = _fit_channels('data.mean', resolved['mean'], c, average=True)
-    resolved['std'] = _fit_channels('data.std', resolved['std'], c, average=True)
+    resolved['mean'] = fit_channels('data.mean', resolved['mean'], c, average=True)
+    resolved['std'] = fit_channels('data.std', resolved['std'], c, average=True)
     if any(s <= 0 for s in resolved['std']):
         raise DataError(f"data.std must be positive, got {resolved['std']}")
     return resolved

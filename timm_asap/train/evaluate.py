@@ -7,6 +7,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from .distributed import DistEnv
 
@@ -16,7 +17,7 @@ __all__ = ['validate']
 @torch.no_grad()
 def validate(model: Callable[[torch.Tensor], torch.Tensor], loader, env: DistEnv, *,
              autocast: Callable[[], object] = nullcontext, channels_last: bool = False,
-             teacher: nn.Module | None = None, labelled: bool = True) -> dict[str, float]:
+             teacher: nn.Module | None = None, labelled: bool = True, progress: bool = False) -> dict[str, float]:
     """Evaluate ``model`` on ``loader`` (this rank's shard) and combine the counts of all ranks.
 
     Args:
@@ -27,6 +28,7 @@ def validate(model: Callable[[torch.Tensor], torch.Tensor], loader, env: DistEnv
         channels_last: feed channels_last inputs.
         teacher: when given, also report the share of images where student and teacher agree on the top class.
         labelled: compute loss and accuracy (False: labels are placeholders).
+        progress: show a tqdm bar.
 
     Returns:
         ``loss`` (mean cross-entropy), ``top1``, ``top5`` (percent), ``teacher_agree`` (percent, with a
@@ -39,7 +41,8 @@ def validate(model: Callable[[torch.Tensor], torch.Tensor], loader, env: DistEnv
     agree = torch.zeros((), dtype=torch.float64, device=device)
     count = 0
     unreadable = 0
-    for batch in loader:
+    for batch in tqdm(loader, desc='validate', disable=not progress, leave=False, dynamic_ncols=True,
+                      mininterval=1.0):
         x, y = batch[0], batch[1]
         if len(batch) > 2:
             unreadable += int(batch[2].sum())

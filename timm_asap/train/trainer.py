@@ -45,6 +45,7 @@ from tqdm import tqdm
 
 from ..config import ConfigError, RunConfig, config_from_dict, save_config
 from ..data import DataError, create_run_data
+from ..data.transforms import fit_channels
 from .checkpoint import (
     CHECKPOINT_FORMAT, get_rng_state, link_or_copy, load_checkpoint, save_checkpoint, save_weights, set_rng_state)
 from .distributed import DistEnv, init_distributed
@@ -187,6 +188,11 @@ class _Trainer:
         self.partial: dict[str, float] = {}
         self.tb: TensorBoardLogger | None = None
         self.status: dict[str, Any] = {}
+        self.data = None
+        self.ema = None
+        self.labelled = True
+        self.amp_name = 'off'
+        self.channels_last = False
 
     # ------------------------------------------------------------------ set-up
     def setup(self, ckpt_path: Path | None) -> None:
@@ -254,13 +260,22 @@ class _Trainer:
                 model, kd_teacher, criterion=criterion, task_loss_weight=1.0 - t.distill.alpha,
                 distill_loss_weight=t.distill.alpha, temperature=t.distill.temperature, device=self.device,
                 verbose=False)
-            # the teacher sees the student's input: same normalisation for both
+            # the task re-normalises the student's input for the teacher: the base model (the usual
+            # teacher) shares the student's normalisation, another teacher brings its pretrained one
             norm = self.data.data_config
-            mean = torch.tensor(norm['mean'], device=self.device).view(1, -1, 1, 1)
-            std = torch.tensor(norm['std'], device=self.device).view(1, -1, 1, 1)
-            for module, names in ((self.task, ('student_mean', 'student_std')), (kd_teacher, ('mean_kd', 'std_kd'))):
-                module.register_buffer(names[0], mean.clone(), persistent=False)
-                module.register_buffer(names[1], std.clone(), persistent=False)
+            c = cfg.model.in_chans
+            if t.distill.teacher in ('', cfg.model.base):
+                t_mean, t_std = norm['mean'], norm['std']
+            else:
+                pcfg = tmodel.pretrained_cfg
+                t_mean = fit_channels('teacher mean', pcfg.get('mean', norm['mean']), c, average=True)
+                t_std = fit_channels('teacher std', pcfg.get('std', norm['std']), c, average=True)
+            for module, names, (m_, s_) in ((self.task, ('student_mean', 'student_std'), (norm['mean'], norm['std'])),
+                                            (kd_teacher, ('mean_kd', 'std_kd'), (t_mean, t_std))):
+                module.register_buffer(names[0], torch.tensor(m_, device=self.device).view(1, -1, 1, 1),
+                                       persistent=False)
+                module.register_buffer(names[1], torch.tensor(s_, device=self.device).view(1, -1, 1, 1),
+                                       persistent=False)
             self.teacher_eval = tmodel
         else:
             self.task = ClassificationTask(model, criterion=criterion, device=self.device, verbose=False)
@@ -466,7 +481,7 @@ class _Trainer:
 
     @property
     def best_metric_name(self) -> str | None:
-        if self.data.val_loader is None:
+        if self.data is None or self.data.val_loader is None:
             return None
         if not self.labelled:
             return 'val_ema_teacher_agree' if self.ema is not None else 'val_teacher_agree'
@@ -594,7 +609,7 @@ class _Trainer:
             return {}
         self.task.eval()
         kw = dict(autocast=self.autocast, channels_last=self.channels_last, labelled=self.labelled,
-                  teacher=self.teacher_eval)
+                  teacher=self.teacher_eval, progress=self.progress)
         row = {}
         res = validate(self._eval_model(), self.data.val_loader, self.env, **kw)
         row.update({f'val_{k}': v for k, v in res.items() if k not in ('images', 'unreadable')})
@@ -732,13 +747,13 @@ def finetune(cfg: RunConfig, output_dir: str | Path, *, resume: str | Path | boo
         trainer.setup(ckpt_path)
         return trainer.run()
     except TrainingInterrupted as e:
-        if trainer is not None and hasattr(trainer, 'data'):
+        if trainer is not None and trainer.data is not None:
             trainer._write_records('interrupted', str(e))
         if env.is_primary:
             _logger.warning(f"{e}; continue with resume")
         raise
     except (NonFiniteLossError, DataError) as e:
-        if trainer is not None and hasattr(trainer, 'data') and env.is_primary:
+        if trainer is not None and trainer.data is not None:
             trainer._write_records('failed', f"{type(e).__name__}: {e}")
         raise
     finally:
