@@ -1,0 +1,4 @@
+"""Convert one model of every timm family with asapify and report what matches (see ``--help``)."""
+from timm_asap.cli.coverage import main
+
+raise SystemExit(main())

@@ -1,0 +1,83 @@
+"""Coverage report and model benchmark: library functions and CLIs on tiny settings (no timing asserts)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from timm_asap.cli import benchmark_models as bench_cli
+from timm_asap.cli import coverage as coverage_cli
+from timm_asap.models import coverage as cov
+from timm_asap.models.benchmark import benchmark_models, format_table, target_checks
+
+
+def test_coverage_rows_for_a_few_families():
+    rows = cov.coverage_rows(['resnet', 'vision_transformer', 'inception_v3:inception_v3', 'levit'], progress=False)
+    by = {r.family: r for r in rows}
+    assert by['resnet'].status == 'ok' and by['resnet'].output and by['resnet'].features and by['resnet'].state_dict
+    assert by['resnet'].converted == by['resnet'].strided > 0
+    assert by['vision_transformer'].status == 'skipped' and 'not convolutional' in by['vision_transformer'].note
+    # 'valid'-padded strided convs are converted with the base's output sizes; its F.max_pool2d calls are found
+    incep = by['inception_v3']
+    assert incep.status == 'partial' and incep.output and incep.converted == incep.strided
+    assert any(entry.startswith('Mixed_6a (max_pool2d)') for entry in incep.left)
+    levit = by['levit']  # attention query subsampling is a strided layer asapify does not know
+    assert levit.status == 'partial' and levit.converted < levit.strided and levit.left
+    table = cov.rows_to_markdown(rows)
+    assert '| resnet | resnet18 | ok |' in table and 'Totals:' in table
+
+
+def test_coverage_finds_functional_downsampling():
+    class Functional(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3, 2, 1)
+
+        def forward(self, x):
+            return torch.nn.functional.avg_pool2d(self.conv(x), 2)
+
+    model = torch.nn.Sequential(Functional())
+    from timm_asap.models import asapify
+    asapify(model)
+    assert cov._functional_downsampling(model, torch.randn(1, 3, 32, 32), 'NCHW') == ['0 (avg_pool2d)']
+    assert cov._functional_downsampling(model, torch.empty(1, 3, 32, 32, device='meta'), 'NCHW') == ['0 (avg_pool2d)']
+
+
+def test_coverage_cli(tmp_path):
+    config = tmp_path / 'c.yaml'
+    config.write_text(yaml.safe_dump(dict(families=['resnet'], pool='flc')))
+    out = tmp_path / 'out'
+    assert coverage_cli.main(['--config', str(config), '--output-dir', str(out), '--no-progress']) == 0
+    data = json.loads((out / 'coverage.json').read_text())
+    assert data['pool'] == 'flc' and data['rows'][0]['status'] == 'ok'
+    assert yaml.safe_load((out / 'config.yaml').read_text())['families'] == ['resnet']
+    with pytest.raises(SystemExit):
+        config.write_text(yaml.safe_dump(dict(familys=['resnet'])))
+        coverage_cli.main(['--config', str(config)])
+
+
+def test_benchmark_models_rows_and_ratios():
+    rows = benchmark_models('cpu', batch_size=2, img_size=64, models=['resnet50_asap', 'resnet50_asap_fft'],
+                            rounds=1, warmup=0, progress=False)
+    assert {r['model'] for r in rows} == {'resnet50', 'resnet50_asap', 'resnet50_asap_fft'}
+    assert {r['pass'] for r in rows} == {'infer', 'train'}
+    base = [r for r in rows if r['model'] == 'resnet50']
+    assert all(r['ratio_vs_resnet50'] == 1.0 and r['img_per_s'] > 0 for r in base)
+    assert 'resnet50_asap_fft' in format_table(rows)
+    checks = target_checks(rows)
+    assert any('FFT formulation' in c for c in checks) and any('>= 0.9x' in c for c in checks)
+
+
+def test_benchmark_cli_skips_cuda_cleanly(tmp_path, capsys):
+    out = tmp_path / 'b'
+    rc = bench_cli.main(['--batch-size', '2', '--img-size', '64', '--rounds', '1', '--warmup', '0', '--compile', 'off',
+                         '--models', 'resnet50_flc', '--no-cpu-memory', '--output-dir', str(out), '--no-progress'])
+    assert rc == 0
+    data = json.loads((out / 'benchmark_models.json').read_text())
+    assert {r['device'] for r in data['rows']} == ({'cpu', 'cuda'} if torch.cuda.is_available() else {'cpu'})
+    if not torch.cuda.is_available():
+        assert 'no CUDA device' in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        bench_cli.main(['--rounds', '0'])

@@ -1,0 +1,123 @@
+"""``timm-asap benchmark-models``: throughput of resnet50 vs its ASAP/FLC/BlurPool/FFT-ASAP versions."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+from pathlib import Path
+
+import torch
+import yaml
+
+from timm_asap.models.benchmark import MODELS, benchmark_models, cpu_peak_rss, format_table, target_checks
+
+DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog='timm-asap benchmark-models',
+        description='Interleaved inference and training-step throughput of resnet50, resnet50_asap, resnet50_flc, '
+                    "timm's resnetaa50 (BlurPool) and resnet50 with the FFT formulation of ASAP, with ratios "
+                    'against resnet50 measured in the same run. CPU float32 always; CUDA (bfloat16 autocast, '
+                    'channels_last) when a GPU is present; each with and without torch.compile.')
+    p.add_argument('--config', type=Path, default=None,
+                   help='YAML file of defaults for these options (keys as the long option names, with _)')
+    p.add_argument('--device', choices=['auto', 'cpu', 'cuda'], default='auto',
+                   help='auto: CPU, plus CUDA when available (default)')
+    p.add_argument('--cuda-dtype', choices=sorted(DTYPES), default='bfloat16')
+    p.add_argument('--cuda-channels-last', action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument('--cpu-channels-last', action=argparse.BooleanOptionalAction, default=False)
+    p.add_argument('--compile', choices=['off', 'on', 'both'], default='both')
+    p.add_argument('--models', nargs='+', choices=list(MODELS), default=None, help='default: all')
+    p.add_argument('--batch-size', type=int, default=32)
+    p.add_argument('--img-size', type=int, default=224)
+    p.add_argument('--rounds', type=int, default=3, help='timed interleaved rounds (median reported)')
+    p.add_argument('--iters', type=int, default=1, help='steps per model and pass in each round')
+    p.add_argument('--warmup', type=int, default=1, help='untimed rounds first (compilation happens here)')
+    p.add_argument('--cuda-rounds', type=int, default=None, help='rounds on CUDA (default: 10x --rounds)')
+    p.add_argument('--cpu-memory', action=argparse.BooleanOptionalAction, default=True,
+                   help='measure the CPU training-step peak RSS of each model in a fresh process')
+    p.add_argument('--output-dir', type=Path, default=Path('benchmark_models'),
+                   help='writes benchmark_models.json, benchmark_models.md and the resolved config.yaml here')
+    p.add_argument('--no-progress', action='store_true')
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """Parse ``argv``; values from ``--config`` YAML become the defaults that the command line overrides."""
+    parser = build_parser()
+    args, _ = parser.parse_known_args(argv)
+    if args.config is not None:
+        data = yaml.safe_load(args.config.read_text()) or {}
+        known = {a.dest for a in parser._actions}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise SystemExit(f"{args.config}: unknown option(s) {unknown}; allowed: {sorted(known - {'help'})}")
+        parser.set_defaults(**{k: Path(v) if k == 'output_dir' else v for k, v in data.items()})
+    args = parser.parse_args(argv)
+    for key in ('batch_size', 'img_size', 'rounds', 'iters'):
+        if getattr(args, key) < 1:
+            raise SystemExit(f"--{key.replace('_', '-')} must be >= 1, got {getattr(args, key)}")
+    if args.warmup < 0:
+        raise SystemExit(f"--warmup must be >= 0, got {args.warmup}")
+    if args.device == 'cuda' and not torch.cuda.is_available():
+        raise SystemExit('--device cuda: no CUDA device is available')
+    return args
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(f'.{path.name}.tmp')
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _machine() -> str:
+    load = os.getloadavg()
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else 'none'
+    return (f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPU threads, "
+            f"{torch.get_num_threads()} used by torch; GPU: {gpu}; load average {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f}")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    compiles = {'off': [False], 'on': [True], 'both': [False, True]}[args.compile]
+    settings = []
+    if args.device in ('auto', 'cpu'):
+        settings += [('cpu', torch.float32, args.cpu_channels_last, c, args.rounds) for c in compiles]
+    if args.device == 'cuda' or (args.device == 'auto' and torch.cuda.is_available()):
+        rounds = args.cuda_rounds or 10 * args.rounds
+        settings += [('cuda', DTYPES[args.cuda_dtype], args.cuda_channels_last, c, rounds) for c in compiles]
+    elif args.device == 'auto':
+        print('no CUDA device: CPU only')
+    start = _machine()
+    print(start)
+    rows = []
+    for device, dtype, cl, comp, rounds in settings:
+        rows += benchmark_models(device, dtype, args.batch_size, args.img_size, cl, comp, args.models, rounds,
+                                 args.iters, args.warmup, progress=not args.no_progress)
+        if device == 'cuda':
+            torch.cuda.empty_cache()
+    rss = []
+    if args.cpu_memory and any(s[0] == 'cpu' for s in settings):
+        labels = [r['model'] for r in rows if r['device'] == 'cpu' and r['pass'] == 'train' and not r['compile']]
+        rss = [cpu_peak_rss(label, args.batch_size, args.img_size) for label in dict.fromkeys(labels)]
+    end = _machine()
+    table = format_table(rows, rss)
+    checks = target_checks(rows)
+    print(table)
+    print('\n'.join(checks))
+    print(f"at the end: {end}")
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    _write(args.output_dir / 'benchmark_models.md', f"start: {start}\nend: {end}\n\n{table}\n\n" + '\n'.join(checks) + '\n')
+    _write(args.output_dir / 'benchmark_models.json', json.dumps(
+        dict(machine_start=start, machine_end=end, rows=rows, cpu_peak_rss=rss, targets=checks), indent=1))
+    resolved = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != 'config'}
+    _write(args.output_dir / 'config.yaml', yaml.safe_dump(resolved, sort_keys=False))
+    print(f"wrote {args.output_dir}/benchmark_models.md, benchmark_models.json and config.yaml")
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())
