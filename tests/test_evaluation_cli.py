@@ -112,3 +112,20 @@ def test_cli_fashion_mnist_grey_model(tmp_path):
     rows = json.loads((out / 'results.json').read_text())['rows']
     clean = next(r for r in rows if r['task'] == 'clean')
     assert clean['count'] == 6 and clean['num_classes'] == 10 and clean['dataset'] == 'fashion_mnist:test'
+
+
+def test_cli_run_config_supplies_model_and_data(tmp_path):
+    from timm_asap.config import list_hub_configs
+    name = 'resnet18_cifar.fmnist'
+    if name not in list_hub_configs() or not (FMNIST_DIR / 't10k-images-idx3-ubyte.gz').is_file():
+        pytest.skip('shipped Fashion-MNIST config or IDX files absent')
+    pytest.importorskip('timm_asap.data')
+    out = tmp_path / 'rc'
+    args = ['--run-config', name, '--count', '4', '--corruptions', 'none', '--fgsm-eps', 'none', '--pgd-linf-eps',
+            'none', '--shift-trials', '0', '--aliasing-count', '0', '--plots', 'false', '--workers', '0',
+            '--progress', 'false', '--output', str(out)]
+    assert main(args) == 0
+    config = yaml.safe_load((out / 'evaluate_config.yaml').read_text())
+    assert config['model'] == [name] and config['dataset'] == 'fashion_mnist' and config['crop_pct'] == 1.0
+    rows = json.loads((out / 'results.json').read_text())['rows']
+    assert rows[0]['model'] == name and rows[0]['num_classes'] == 10

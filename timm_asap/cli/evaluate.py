@@ -74,8 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--data-dir', default=None)
     g.add_argument('--split', default='validation')
     g.add_argument('--img-size', type=int, default=None, help="input size (default: the model's)")
-    g.add_argument('--crop-pct', type=float, default=1.0)
-    g.add_argument('--interpolation', default='bilinear')
+    g.add_argument('--crop-pct', type=float, default=None,
+                   help="centre-crop fraction (default: 1.0 for Fashion-MNIST, else the model's pretrained_cfg)")
+    g.add_argument('--interpolation', default=None, help="resize interpolation (default: the model's pretrained_cfg)")
     g.add_argument('--count', type=_opt_int, default=d.count, help="images evaluated ('all' for every one)")
     g.add_argument('--seed', type=int, default=d.seed)
     g.add_argument('--subset-order', choices=('random', 'first'), default=d.subset_order)
@@ -199,6 +200,17 @@ def _apply_run_config(args) -> None:
     args.data_dir = args.data_dir or cfg.data.data_dir
     if args.split == 'validation':
         args.split = cfg.data.val_split
+    try:  # the fine-tuning pipeline's own resolution of crop, interpolation and statistics
+        from timm_asap.data import resolve_data_config
+    except ImportError:
+        resolve_data_config = None
+    if resolve_data_config is not None:
+        dc = resolve_data_config(cfg)
+        args.crop_pct = args.crop_pct if args.crop_pct is not None else dc.get('crop_pct')
+        args.interpolation = args.interpolation or dc.get('interpolation')
+        if cfg.data.mean is not None or cfg.data.std is not None:
+            args.mean = args.mean or list(dc['mean'])
+            args.std = args.std or list(dc['std'])
 
 
 def _build_models(args):
@@ -236,6 +248,11 @@ def main(argv=None) -> int:
         info = model_input_info(models[0][1])
         img_size = args.img_size or (info['input_size'][-1] if info['input_size'] else 224)
         in_chans = args.in_chans or info['in_chans'] or 3
+        if args.crop_pct is None:
+            args.crop_pct = 1.0 if args.dataset.replace('-', '_').lower() in ('fashion_mnist', 'fashionmnist') \
+                else float(info.get('crop_pct') or 1.0)
+        args.interpolation = args.interpolation or info.get('interpolation') or 'bilinear'
+        setup.update(crop_pct=args.crop_pct, interpolation=args.interpolation)
         dataset = create_eval_dataset(args.dataset, args.data_dir, args.split, img_size, args.crop_pct,
                                       args.interpolation, in_chans)
         out = Path(args.output)

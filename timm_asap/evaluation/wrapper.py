@@ -132,8 +132,8 @@ def check_eval_mode(model: nn.Module, name: str = 'model') -> None:
 
 
 def model_input_info(model: nn.Module) -> dict:
-    """Input size and channels from a timm model's pretrained_cfg, where it has one."""
+    """Input size, channels, crop fraction and interpolation from a timm model's pretrained_cfg, where it has one."""
     inner = model.model if isinstance(model, NormalizedModel) else model
     cfg = getattr(inner, 'pretrained_cfg', None) or {}
     return {'input_size': tuple(cfg['input_size']) if 'input_size' in cfg else None,
-            'in_chans': _in_chans(inner)}
+            'in_chans': _in_chans(inner), 'crop_pct': cfg.get('crop_pct'), 'interpolation': cfg.get('interpolation')}
