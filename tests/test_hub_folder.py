@@ -143,6 +143,20 @@ def test_local_dir_round_trip_gives_the_same_logits(folder, reference):
         assert torch.equal(timm.create_model(f'local-dir:{folder}', pretrained=True).eval()(x), ref)
 
 
+def test_band_mode_travels_in_config_json(tmp_path):
+    """'reference' differs from 'centered' only in the pooling band (14 -> 8 at 28 px), not in the weights."""
+    train = make_train_dir(tmp_path / 'train', overrides=['model.mode=reference', 'model.img_size=28'])
+    folder = H.export_output_dir(train, tmp_path / 'hub', allow_no_eval=True)
+    assert json.loads((folder / 'config.json').read_text())['model_args']['pool_mode'] == 'reference'
+    trained = H.load_trained_model(load_config(train / 'config.yaml'), train / 'model.safetensors')
+    centered = timm.create_model('resnet18_cifar_asap', num_classes=10, in_chans=1, pool_mode='centered')
+    centered.load_state_dict(trained.state_dict())
+    x = images(2)[..., :28, :28]
+    with torch.no_grad():
+        assert torch.equal(H.load_hub_folder(folder)(x), trained(x))
+        assert not torch.allclose(centered.eval()(x), trained(x))
+
+
 # ---- refusing, atomicity ---------------------------------------------------------------------------
 
 def test_refuses_without_evaluation_unless_allowed(run_dirs, tmp_path):
@@ -279,6 +293,17 @@ def test_transformers_gets_our_error_for_unregistered_asap_architecture(folder, 
 def test_import_timm_asap_installs_the_transformers_integration():
     code = ("import sys, timm_asap; assert 'transformers' not in sys.modules; "
             "assert any(type(f).__name__ == '_TransformersImportHook' for f in sys.meta_path)")
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+
+
+def test_integration_applies_when_transformers_was_imported_first():
+    code = ("import transformers.models.timm_wrapper.modeling_timm_wrapper as m, "
+            "transformers.models.auto.image_processing_auto as a; import timm_asap.hub as h; "
+            "assert m._create_timm_model_with_error_handling._timm_asap_checked; "
+            "assert h.integration._image_processor_registered(a); "
+            "from transformers.models.auto.image_processing_auto import get_image_processor_class_from_name as g; "
+            "assert g('TimmAsapImageProcessor').__name__ == 'TimmAsapImageProcessor'")
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr
 

@@ -212,9 +212,13 @@ def hub_config_json(model: nn.Module, cfg: RunConfig, path: str | Path,
         raise HubPublishError(f"config.json for {cfg.name}: {e}") from e
     config = json.loads(Path(path).read_text())
     model_args = {k: v for k, v in (config.get('model_args') or {}).items() if k not in ('num_classes', 'pretrained')}
+    if cfg.model.pool != 'none':  # the band mode is not visible in the weights: loaders must be told
+        model_args.setdefault('pool_mode', cfg.model.mode)
+        if model_args['pool_mode'] != cfg.model.mode:
+            raise HubPublishError(f"model.mode is {cfg.model.mode!r} but the model was built with "
+                                  f"pool_mode={model_args['pool_mode']!r}")
     config['model_args'] = _json_safe(model_args, 'model_args')
     pcfg = config['pretrained_cfg']
-    pcfg['architecture'] = cfg.model.architecture
     pcfg['tag'] = cfg.model.tag or pcfg.get('tag')
     if cfg.hub.license:
         pcfg['license'] = cfg.hub.license
@@ -261,7 +265,8 @@ def build_hub_folder(model: nn.Module, cfg: RunConfig, output_dir: str | Path, *
 
     Raises:
         MissingEvaluationError: no results and ``allow_no_eval`` not set.
-        ConfigError: missing repo id or label names.
+        ConfigError: missing repo id or label names, or the model's pooling layers differ from
+            ``model.pool``/``model.mode``.
         IntegrityError: the written folder failed its checks (nothing is left behind).
     """
     repo_id = repo_id or cfg.hub.repo_id
@@ -278,6 +283,8 @@ def build_hub_folder(model: nn.Module, cfg: RunConfig, output_dir: str | Path, *
         raise ConfigError(f"model.num_classes: the model has {num_classes} classes, the config says "
                           f"{cfg.model.num_classes}")
     label_names = resolve_label_names(cfg, num_classes)
+    from ..train.model import check_pooling
+    check_pooling(model, cfg.model.pool, cfg.model.mode, repr(cfg.model.architecture))
     output_dir = Path(output_dir)
     with staging_dir(output_dir) as tmp:
         save_safetensors(model.state_dict(), tmp / WEIGHTS_NAME,

@@ -21,7 +21,7 @@ from torch import nn
 
 from .errors import HubDownloadError, IntegrityError
 from .integration import check_architecture, install_transformers_integration
-from .integrity import CONFIG_NAME, WEIGHTS_NAME, read_config_json, verify_hub_folder
+from .integrity import CONFIG_NAME, WEIGHTS_NAME, check_weights_match_config, read_config_json, verify_hub_folder
 
 __all__ = ['download_hub_files', 'load_hub_folder', 'load_model', 'load_transformers_model',
            'transformers_pipeline', 'seed_hub_cache']
@@ -94,16 +94,17 @@ def download_hub_files(repo_id: str, revision: str | None = None, cache_dir: str
                 raise IntegrityError(paths[name], f"{str(e).split(': ', 1)[-1]} (downloaded from {repo_id}; "
                                                   "removed from the cache)") from None
             check_architecture(config['architecture'], f"{CONFIG_NAME} of {repo_id}")
-    snapshot = paths[CONFIG_NAME].parent
+    weights = paths[filename]
+    if weights.suffix != '.safetensors':
+        raise IntegrityError(weights, f"timm_asap.hub loads safetensors weights only, {repo_id} names {filename}")
     try:
-        if filename == WEIGHTS_NAME and paths[filename].parent == snapshot:
-            verify_hub_folder(snapshot, allow_pickle=True)
+        check_weights_match_config(weights, paths[CONFIG_NAME])
     except IntegrityError as e:
         bad = Path(e.path)
-        _purge_cached(bad if bad.name in (CONFIG_NAME, filename) else paths[filename])
+        _purge_cached(bad if bad.name in (CONFIG_NAME, filename) else weights)
         raise IntegrityError(e.path, f"{str(e)[len(e.path) + 2:]} (downloaded from {repo_id}; removed from the "
                                      "cache)") from None
-    return snapshot
+    return paths[CONFIG_NAME].parent
 
 
 def seed_hub_cache(folder: str | Path, repo_id: str, cache_dir: str | Path | None = None) -> Path:
