@@ -49,7 +49,7 @@ class ModelConfig:
         num_classes: classifier outputs.
         in_chans: input channels.
         img_size: training and evaluation resolution (square).
-        model_args: further keyword arguments for ``timm.create_model``.
+        model_args: further keyword arguments for ``timm.create_model`` (also used for the base model).
     """
 
     architecture: str = ''
@@ -86,7 +86,8 @@ class DataConfig:
             image is resized, otherwise the model's pretrained_cfg).
         workers: DataLoader worker processes per training process (0: load in the main process,
             the leanest choice for small CPU runs).
-        label_names: class names, in label order (written into the Hub config).
+        label_names: class names, in label order (written into the Hub config); fine-tuning fills them
+            from the data when null.
         download: for ``fashion_mnist``, let torchvision download the files when ``data_dir`` (or the
             Debian default) does not hold them; for ``hfds/``/``tfds/`` names, passed to timm.
         no_aug: train without augmentation (evaluation transform for training too).
@@ -151,9 +152,9 @@ class TrainConfig:
         opt: optimizer name for ``timm.optim.create_optimizer_v2`` (``sgd``, ``adamw``, ...).
         lr: peak learning rate (used as given: not scaled with batch size or world size).
         momentum: SGD momentum.
-        weight_decay: weight decay.
+        weight_decay: weight decay (not applied to biases and norm layers, timm's default).
         sched: ``timm.scheduler`` name (``cosine``, ``step``, ``multistep``, ``plateau``, ``poly``, ...),
-            stepped after every optimizer update.
+            stepped after every optimizer update (``plateau``: after every epoch, on the validation top-1).
         decay_epochs: epochs between decays for ``step``, patience for ``plateau`` (None: a third of
             ``epochs``).
         decay_rate: learning-rate factor at each decay (``step``, ``multistep``, ``plateau``).
@@ -179,7 +180,8 @@ class TrainConfig:
         dist_bn: how BatchNorm statistics are made equal across ranks before each validation:
             ``reduce`` (average), ``broadcast`` (rank 0's) or ``none``.
         deterministic: ask PyTorch for deterministic kernels (slower on GPU).
-        tensorboard: write TensorBoard scalars under ``<output>/tensorboard`` when tensorboard is installed.
+        tensorboard: write TensorBoard scalars under ``<output>/tensorboard`` when tensorboard is installed
+            (``pip install 'timm-asap[tensorboard]'``).
         distill: knowledge distillation settings.
     """
 

@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         metrics = finetune(cfg, output, resume=args.resume, device=args.device, progress=not args.no_progress)
     except TrainingInterrupted as e:
-        log.warning(f"{e}; continue with: timm-asap-finetune --output {output} --resume")
+        log.warning(f"continue with: timm-asap-finetune --output {output} --resume")
         return 128 + int(e.signum)
     except DataError as e:
         log.error(f"data error: {e}")

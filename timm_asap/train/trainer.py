@@ -750,7 +750,7 @@ def finetune(cfg: RunConfig, output_dir: str | Path, *, resume: str | Path | boo
         if trainer is not None and trainer.data is not None:
             trainer._write_records('interrupted', str(e))
         if env.is_primary:
-            _logger.warning(f"{e}; continue with resume")
+            _logger.warning(str(e))
         raise
     except (NonFiniteLossError, DataError) as e:
         if trainer is not None and trainer.data is not None:
