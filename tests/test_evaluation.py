@@ -450,3 +450,17 @@ def test_importing_needs_no_heavy_dependencies():
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == 'ok'
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+def test_gpu_amp_matches_cpu(trained, test_images):
+    """On CUDA the clean/corruption passes use bf16 autocast; attacks stay float32."""
+    import copy
+    gpu_model = copy.deepcopy(trained)
+    cpu = evaluate_clean([('m', trained)], test_images, device='cpu', progress=False)[0]['top1']
+    gpu = evaluate_clean([('m', gpu_model)], test_images, device='cuda', amp='auto', progress=False)[0]['top1']
+    assert abs(gpu - cpu) <= 100.0 / len(test_images) * 2
+    rows = evaluate_attacks([('m', gpu_model)], test_images, [AttackSpec('pgd', 'linf', 0.3)], count=16,
+                            device='cuda', progress=False)
+    assert rows[0]['robust_top1'] <= 10.0
