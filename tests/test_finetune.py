@@ -19,7 +19,14 @@ from timm_asap.train import (
     CheckpointError, NonFiniteLossError, RunExistsError, config_differences, ensure_finetuned, finetune,
     load_checkpoint)
 
-from finetune_helpers import TINY_ARGS, class_images, tiny_config, write_fake_fashion_mnist, write_image_folder
+from finetune_helpers import (
+    TINY_ARGS, class_images, one_thread, tiny_config, write_fake_fashion_mnist, write_image_folder)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    with one_thread():
+        yield
 
 
 @pytest.fixture(scope='module')
