@@ -10,11 +10,9 @@ trained model's logits. Everything lands under one output folder; re-running res
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import math
-import shutil
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -256,26 +254,18 @@ def _reload_check(arch: str, cfg: RunConfig, run_dir: Path, hub_dir: Path, cache
     import timm
     from huggingface_hub import constants as hf_constants
 
-    from .hub import load_trained_model
+    from .hub import load_hub_folder, load_trained_model, seed_hub_cache
 
     trained = load_trained_model(cfg, run_dir / 'model.safetensors')
     repo_id = cfg.hub.repo_id
-    # fill an offline Hub cache with the published files, as a download would
-    repo_cache = cache_dir / f"models--{repo_id.replace('/', '--')}"
-    commit = hashlib.sha1((hub_dir / 'model.safetensors').read_bytes()).hexdigest()  # 40 hex digits
-    snapshot = repo_cache / 'snapshots' / commit
-    if repo_cache.exists():
-        shutil.rmtree(repo_cache)
-    shutil.copytree(hub_dir, snapshot)
-    (repo_cache / 'refs').mkdir(parents=True, exist_ok=True)
-    (repo_cache / 'refs' / 'main').write_text(commit)
+    seed_hub_cache(hub_dir, repo_id, cache_dir)  # the offline cache a download would leave
     offline = hf_constants.HF_HUB_OFFLINE
     hf_constants.HF_HUB_OFFLINE = True
     try:
         by_hub = timm.create_model(f'hf-hub:{repo_id}', pretrained=True, cache_dir=str(cache_dir)).eval()
     finally:
         hf_constants.HF_HUB_OFFLINE = offline
-    by_dir = timm.create_model(f'local-dir:{hub_dir.resolve()}', pretrained=True).eval()
+    by_dir = load_hub_folder(hub_dir)
     mean = torch.tensor(cfg.data.mean).view(1, -1, 1, 1)
     std = torch.tensor(cfg.data.std).view(1, -1, 1, 1)
     x = (images.float() / 255 - mean) / std
