@@ -83,11 +83,14 @@ def hub_env(hub, tmp_path, monkeypatch) -> HubEnv:
 # ---------------------------------------------------------------------------------------------------
 
 HUB_CONFIG = 'resnet18_cifar_asap.fmnist'  # shipped hub config: 1 grey channel, 32x32, 10 classes
+# shrinks the CIFAR ResNet-18 through model_args (one block per stage, narrow stages: about 80k parameters)
+SMALL_ARGS = {'layers': [1, 1, 1, 1], 'channels': [8, 16, 32, 64]}
 
 
-def make_train_dir(path: Path, config: str = HUB_CONFIG, seed: int = 0, overrides: list[str] | None = None) -> Path:
+def make_train_dir(path: Path, config: str = HUB_CONFIG, seed: int = 0, overrides: list[str] | None = None,
+                   small: bool = False) -> Path:
     """A fine-tuning output folder: ``model.safetensors`` (random weights, perturbed BN statistics) and the
-    resolved ``config.yaml``."""
+    resolved ``config.yaml``; ``small`` adds :data:`SMALL_ARGS` to ``model.model_args``."""
     import safetensors.torch
     import torch
 
@@ -98,6 +101,8 @@ def make_train_dir(path: Path, config: str = HUB_CONFIG, seed: int = 0, override
     cfg = load_config(config)
     if overrides:
         cfg = apply_overrides(cfg, overrides)
+    if small:
+        cfg.model.model_args = {**cfg.model.model_args, **SMALL_ARGS}
     torch.manual_seed(seed)
     model = create_model_from_config(cfg)
     with torch.no_grad():

@@ -3,7 +3,6 @@ integration, without any server (see test_hub_server.py for the Hub round trips)
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -337,10 +336,13 @@ def test_cli_rejects_a_config_of_another_model(run_dirs, tmp_path, capsys):
     assert 'model.architecture' in capsys.readouterr().err
 
 
-def test_publish_script_help():
-    r = subprocess.run([sys.executable, 'scripts/publish.py', '--help'], capture_output=True, text=True, cwd=ROOT,
-                       env={**os.environ, 'HF_HUB_OFFLINE': '1'})
-    assert r.returncode == 0 and '--allow-no-eval' in r.stdout and '--dry-run' in r.stdout
+def test_publish_script_help(monkeypatch, capsys):
+    import runpy
+    monkeypatch.setattr(sys, 'argv', ['publish.py', '--help'])
+    with pytest.raises(SystemExit) as e:
+        runpy.run_path(str(ROOT / 'scripts' / 'publish.py'), run_name='__main__')
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and '--allow-no-eval' in out and '--dry-run' in out
 
 
 # ---- offline cache from a folder --------------------------------------------------------------------

@@ -22,7 +22,8 @@ from timm_asap.cli.publish import main as publish_main
 from timm_asap.config import load_config
 from timm_asap.hub import HubAuthError, HubDownloadError, HubPublishError, IntegrityError
 
-from conftest_hub import GOOD_TOKEN, HUB_CONFIG, ORG, OTHER_TOKEN, hub, hub_env, make_eval_dir, make_train_dir  # noqa: F401
+from conftest_hub import (GOOD_TOKEN, HUB_CONFIG, ORG, OTHER_TOKEN, SMALL_ARGS, hub, hub_env,  # noqa: F401
+                          make_eval_dir, make_train_dir)
 
 pytestmark = pytest.mark.filterwarnings('ignore:Use .content=<...>. to upload raw bytes:DeprecationWarning')
 
@@ -35,7 +36,7 @@ REGISTRY_REPO = 'timm-asap/resnet18_cifar_asap.fmnist'  # hub.repo_id of the shi
 def run(tmp_path_factory):
     """A trained-model folder, its evaluation, the Hub folder built from them, and the reference model."""
     root = tmp_path_factory.mktemp('run')
-    train = make_train_dir(root / 'train')
+    train = make_train_dir(root / 'train', small=True)
     ev = make_eval_dir(root / 'eval', {ASAP: 91.25, BASELINE: 90.5})
     folder = H.export_output_dir(train, root / 'hub', eval_dir=ev)
     model = H.load_trained_model(load_config(train / 'config.yaml'), train / 'model.safetensors')
@@ -56,6 +57,14 @@ def logits(model, x=None):
     with torch.no_grad():
         out = model(images() if x is None else x)
     return getattr(out, 'logits', out)
+
+
+def publish_small_tag(monkeypatch) -> None:
+    """Mark the registry's tag published (the shipped config is not yet) with the small test model's args."""
+    from timm_asap.models import TAG_INFO
+    info = TAG_INFO[ASAP]
+    monkeypatch.setitem(TAG_INFO, ASAP, dataclasses.replace(info, published=True,
+                                                            model_args={**info.model_args, **SMALL_ARGS}))
 
 
 def publish(env, folder: Path, repo_id: str, **kwargs):
@@ -88,7 +97,6 @@ def test_publish_list_and_download(hub_env, run):
 
 
 def test_create_by_name_through_hf_hub_and_the_registry(hub_env, run, monkeypatch):
-    from timm_asap.models import TAG_INFO
     publish(hub_env, run.folder, REGISTRY_REPO)
     ref = logits(run.model)
     # hf-hub: name, plain timm and our checked loader
@@ -96,7 +104,7 @@ def test_create_by_name_through_hf_hub_and_the_registry(hub_env, run, monkeypatc
     assert torch.equal(logits(H.load_model(f'hf-hub:{REGISTRY_REPO}')), ref)
     # the registry's <architecture>.<tag>: its pretrained cfg points at hub.repo_id of the shipped config
     assert timm.models.get_pretrained_cfg(ASAP).hf_hub_id == load_config(HUB_CONFIG).hub.repo_id == REGISTRY_REPO
-    monkeypatch.setitem(TAG_INFO, ASAP, dataclasses.replace(TAG_INFO[ASAP], published=True))
+    publish_small_tag(monkeypatch)
     assert torch.equal(logits(timm.create_model(ASAP, pretrained=True).eval()), ref)
     assert torch.equal(logits(H.load_model(ASAP)), ref)
 
@@ -128,9 +136,8 @@ def test_transformers_auto_model_and_pipeline(hub_env, run):
 
 def test_offline_use_with_a_filled_cache(hub_env, run, monkeypatch):
     from transformers import AutoModelForImageClassification, pipeline
-    from timm_asap.models import TAG_INFO
     publish(hub_env, run.folder, REGISTRY_REPO)
-    monkeypatch.setitem(TAG_INFO, ASAP, dataclasses.replace(TAG_INFO[ASAP], published=True))
+    publish_small_tag(monkeypatch)
     ref = logits(run.model)
     H.load_model(f'hf-hub:{REGISTRY_REPO}')  # fills the cache
     H.transformers_pipeline(REGISTRY_REPO)
@@ -156,7 +163,8 @@ def test_republishing_updates_the_card_and_drops_stale_files(hub_env, run):
     files = hub_env.server.files(repo)
     assert files['README.md'] == (folder2 / 'README.md').read_bytes()
     assert b'93.5' in files['README.md'] and b'91.25' not in files['README.md']
-    assert 'plots/shift_consistency.png' not in files
+    assert 'plots/shift_consistency.png' not in files and 'plots/shift_consistency.png' in hub_env.server.files(
+        repo, hub_env.server.repos[repo].commits[hub_env.server.repos[repo].refs['main']].parent)
     assert hub_env.server.commit_count(repo) == commits + 1
     readme = Path(hf_hub_download(repo, 'README.md')).read_text()
     assert 'value: 93.5' in readme
@@ -238,9 +246,11 @@ def test_damaged_weights_fail_and_leave_nothing_in_the_cache(hub_env, run, damag
         with pytest.raises(IntegrityError, match=words) as e:
             H.load_model(f'hf-hub:{repo}')
         assert e.value.path.endswith('model.safetensors') and 'removed from the cache' in str(e.value)
+        original = (run.folder / 'model.safetensors').read_bytes()
+        sizes = {len(original), len(damage(original))}
         weights = [p for p in snapshot_files(hub_env, repo) if p.name == 'model.safetensors' or
-                   (p.parent.name == 'blobs' and p.stat().st_size > 1_000_000)]
-        assert weights == []
+                   (p.parent.name == 'blobs' and p.stat().st_size in sizes)]
+        assert weights == [] and any(p.parent.name == 'blobs' for p in snapshot_files(hub_env, repo))
         with pytest.raises(IntegrityError):
             H.load_transformers_model(repo)
     finally:

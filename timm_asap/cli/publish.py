@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format='%(levelname)s %(message)s')
-    from ..hub import HubPublishError, IntegrityError, UnregisteredArchitectureError, publish
+    from ..hub import HubPublishError, UnregisteredArchitectureError, publish
     try:
         cfg = load_config(args.config)
         if args.overrides:
@@ -71,7 +71,8 @@ def main(argv=None) -> int:
         folder, result = publish(ckpt, output, config=cfg, eval_dir=args.eval_dir, allow_no_eval=args.allow_no_eval,
                                  repo_id=repo_id, dry_run=args.dry_run, private=args.private,
                                  commit_message=args.commit_message, eval_model=args.eval_model)
-    except (ConfigError, HubPublishError, IntegrityError, UnregisteredArchitectureError, FileNotFoundError) as e:
+    except (ValueError, OSError, HubPublishError, UnregisteredArchitectureError) as e:
+        # ConfigError, IntegrityError, DataError and unreadable results are ValueErrors; missing files OSErrors
         print(f"timm-asap-publish: error: {e}", file=sys.stderr)
         return 1
     files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob('*') if p.is_file())
