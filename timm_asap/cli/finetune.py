@@ -79,7 +79,7 @@ def _setup_logging(level: str) -> None:
     rank = int(os.environ.get('RANK', '0'))
     logging.basicConfig(
         level=getattr(logging, level) if rank == 0 else logging.WARNING,
-        format='%(asctime)s %(levelname)s %(message)s' if rank == 0 else f'%(asctime)s rank {rank} %(levelname)s %(message)s',
+        format=f"%(asctime)s {f'rank {rank} ' if rank else ''}%(levelname)s %(message)s",
         datefmt='%H:%M:%S', stream=sys.stderr)
 
 

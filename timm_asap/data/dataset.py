@@ -27,7 +27,8 @@ from .errors import DataError
 from .fashion_mnist import FashionMNIST
 from .transforms import is_fashion_mnist
 
-__all__ = ['create_split_dataset', 'SampleDataset', 'dataset_classes', 'subset_indices', 'is_folder_dataset', 'describe']
+__all__ = ['create_split_dataset', 'SampleDataset', 'dataset_classes', 'subset_indices', 'is_folder_dataset',
+           'describe']
 
 _logger = logging.getLogger(__name__)
 

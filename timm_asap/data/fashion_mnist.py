@@ -103,7 +103,8 @@ class FashionMNIST(torch.utils.data.Dataset):
         self.target_transform = target_transform
         files = None
         searched = []
-        for folder in ([Path(root)] if root is not None else [Path(DEFAULT_FASHION_MNIST_DIR), _default_download_dir()]):
+        folders = [Path(root)] if root is not None else [Path(DEFAULT_FASHION_MNIST_DIR), _default_download_dir()]
+        for folder in folders:
             searched.append(folder)
             files = find_fashion_mnist(folder, split)
             if files is not None:
@@ -124,7 +125,8 @@ class FashionMNIST(torch.utils.data.Dataset):
         except ValueError as e:
             raise DataError(f"Fashion-MNIST files are unreadable: {e}") from None
         if images.ndim != 3 or images.dtype != np.uint8:
-            raise DataError(f"{images_path}: expected uint8 images of shape (N, H, W), got {images.dtype} {images.shape}")
+            raise DataError(f"{images_path}: expected uint8 images of shape (N, H, W), "
+                            f"got {images.dtype} {images.shape}")
         if labels.ndim != 1 or len(labels) != len(images):
             raise DataError(f"{labels_path}: expected {len(images)} labels for {images_path}, got shape {labels.shape}")
         if len(images) == 0:

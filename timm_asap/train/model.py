@@ -74,9 +74,9 @@ def create_model_from_config(cfg: RunConfig, device: torch.device | str | None =
                                   in_chans=m.in_chans, **m.model_args)
     except RuntimeError as e:
         if 'Unknown model' in str(e):
+            known = timm.list_models('*_asap*') + timm.list_models('*_flc*')
             raise ConfigError(f"model.architecture: unknown model {m.architecture!r} "
-                              f"(registered ASAP/FLC models: {timm.list_models('*_asap*') + timm.list_models('*_flc*')})"
-                              ) from None
+                              f"(registered ASAP/FLC models: {known})") from None
         raise
     except TypeError as e:
         raise ConfigError(f"model.model_args {m.model_args}: not accepted by {m.architecture!r}: {e}") from None

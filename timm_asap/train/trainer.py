@@ -666,8 +666,9 @@ class _Trainer:
         parts += [f"lr {row['lr']:.3e}", f"{row['train_images_per_sec']:.0f} img/s", f"{row['epoch_time_s']:.1f} s"]
         _logger.info(' | '.join(parts))
         if row.get('train_unreadable') or row.get('val_unreadable'):
-            _logger.warning(f"epoch {row['epoch']}: skipped {row.get('train_unreadable', 0)} unreadable training and "
-                            f"{row.get('val_unreadable', 0)} validation images (each replaced by the next readable one)")
+            _logger.warning(f"epoch {row['epoch']}: skipped {row.get('train_unreadable', 0)} unreadable training "
+                            f"and {row.get('val_unreadable', 0)} validation images (each replaced by the next "
+                            f"readable one)")
 
     def _finish(self) -> dict[str, Any]:
         t = self.cfg.train
