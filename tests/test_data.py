@@ -236,3 +236,14 @@ def test_unreadable_images_are_replaced_and_counted(tmp_path):
     counts = [sd[i][2] for i in range(len(sd))]
     assert sum(counts) == 2 and counts[1] == 1 and counts[5] == 1
     assert torch.equal(sd[1][0], sd[2][0])  # replaced by the next readable image
+
+
+def test_torchvision_dataset_through_timm(tmp_path):
+    """A name timm maps to torchvision (``torch/image_folder``) goes through the generic loading path."""
+    root = write_image_folder(tmp_path, ['a', 'b', 'c'], per_class=2)
+    cfg = tiny_config(root, model={'num_classes': 3}, data={'dataset': 'torch/image_folder'})
+    ds = create_split_dataset(cfg.data, 'train', in_chans=1)
+    assert len(ds) == 6 and dataset_classes(ds) == ['a', 'b', 'c']
+    sd = SampleDataset(ds, create_transforms(cfg, resolve_data_config(cfg), True), in_chans=1)
+    x, y, bad = sd[(0, 3)]
+    assert x.shape == (1, 16, 16) and y == 1 and bad == 0

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
 
 import numpy as np
 import pytest
@@ -16,8 +18,8 @@ import timm_asap.models  # noqa: F401  (registers the architectures)
 from timm_asap.config import ConfigError, apply_overrides
 from timm_asap.data import DataError
 from timm_asap.train import (
-    CheckpointError, NonFiniteLossError, RunExistsError, config_differences, ensure_finetuned, finetune,
-    load_checkpoint)
+    CheckpointError, NonFiniteLossError, RunExistsError, TrainingInterrupted, config_differences, ensure_finetuned,
+    finetune, load_checkpoint)
 
 from finetune_helpers import (
     TINY_ARGS, class_images, one_thread, tiny_config, write_fake_fashion_mnist, write_image_folder)
@@ -253,3 +255,42 @@ def test_tensorboard_scalars(tmp_path, fmnist):
     tags = acc.Tags()['scalars']
     assert {'train_loss', 'val_top1', 'lr', 'train_images_per_sec'} <= set(tags)
     assert [e.step for e in acc.Scalars('val_top1')] == [1, 2]
+
+
+class _Stream(torch.utils.data.IterableDataset):
+    """A streaming dataset in the manner of timm's readers: owns its order and applies ``transform``."""
+
+    def __init__(self, n):
+        labels = np.arange(n) % 10
+        self.items = list(zip(class_images(labels, size=16), labels))
+        self.transform = None
+
+    def __len__(self):
+        return len(self.items)
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __iter__(self):
+        for img, label in self.items:
+            yield self.transform(Image.fromarray(img)), int(label)
+
+
+def test_streaming_dataset_trains_and_resumes(tmp_path, fmnist, monkeypatch):
+    import timm_asap.data.pipeline as pipeline
+    monkeypatch.setattr(pipeline, 'create_split_dataset',
+                        lambda cfg, split, **kw: _Stream(32 if split == 'train' else 8))
+    cfg = tiny_config(fmnist, data={'no_aug': True}, train={'epochs': 2, 'export': 'last'})
+
+    def stop(state):
+        if state.num_updates == 6:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(TrainingInterrupted):
+        _run(cfg, tmp_path / 'run', callbacks=[stop])
+    assert load_checkpoint(tmp_path / 'run' / 'last.pth')['batches_done'] == 2
+    resumed = _run(cfg, tmp_path / 'run', resume=True)
+    reference = _run(cfg, tmp_path / 'ref')
+    assert resumed['history'][1]['train_loss'] == reference['history'][1]['train_loss']
+    a, b = (load_file(tmp_path / d / 'model.safetensors') for d in ('run', 'ref'))
+    assert all(torch.equal(a[k], b[k]) for k in a)
