@@ -400,9 +400,11 @@ class _Trainer:
 
     # ------------------------------------------------------------------ helpers
     def _eval_model(self, ema: bool = False):
-        if ema:
-            return getattr(self.task, 'eval_model_ema', None) or self.ema
-        return getattr(self.task, 'eval_model', None) or self.model
+        # the compiled forward when train.compile is on (never the DDP wrapper: validation is per rank)
+        compiled = getattr(self.task, 'eval_model_ema' if ema else 'eval_model', None)
+        if compiled is not None:
+            return compiled
+        return self.ema if ema else self.model
 
     def _checkpoint_state(self, epoch: int, batches_done: int, partial_stats: dict | None) -> dict[str, Any] | None:
         rng = self.env.gather_objects(get_rng_state())
