@@ -54,7 +54,8 @@ class StudyOptions:
         shift_trials: random shift pairs per image.
         data_dir: Fashion-MNIST IDX folder (None: Debian's, else a torchvision download).
         device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
-        workers: DataLoader workers.
+        workers: DataLoader workers (0 on a small CPU: loading in the main process leaves the cores to
+            the model).
         progress: progress bars.
         full: the complete recipe (recorded in the outputs).
     """
@@ -74,7 +75,7 @@ class StudyOptions:
     shift_trials: int = 2
     data_dir: str | None = None
     device: str = 'auto'
-    workers: int = 2
+    workers: int = 0
     progress: bool = True
     full: bool = False
 

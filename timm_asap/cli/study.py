@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--attack-count', type=int, help='test images attacked (default: 100; 1000 with --full)')
     p.add_argument('--data-dir', help="Fashion-MNIST IDX folder (default: Debian's package, else a download)")
     p.add_argument('--device', default='auto', help='auto, cpu or cuda')
-    p.add_argument('--workers', type=int, help='DataLoader workers (default: 2; 8 with --full)')
+    p.add_argument('--workers', type=int, help='DataLoader workers (default: 0; 8 with --full)')
     p.add_argument('--no-progress', action='store_true', help='no progress bars')
     return p
 
