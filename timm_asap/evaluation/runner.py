@@ -14,7 +14,7 @@ from torch import nn
 from ._deps import library_versions
 from .attacks import AttackSpec, check_eps, parse_eps
 from .corruptions import SEVERITIES, check_corruptions, check_severities
-from .data import EvalImages, load_images
+from .data import load_images
 from .engine import CORRUPTION_SOURCES, evaluate_clean, evaluate_corruptions, resolve_device
 from .report import (markdown_report, plot_aliasing, plot_attacks, plot_corruptions, plot_shift, read_results,
                      write_results, write_text_atomic)
