@@ -204,6 +204,16 @@ def test_bad_options_raise_value_error():
         create_pool('blur')
 
 
+def test_matrices_first_built_under_inference_mode_still_support_autograd():
+    from timm_asap.layers import clear_cache
+    clear_cache()
+    with torch.inference_mode():
+        ASAP2d()(torch.randn(1, 2, 11, 13))
+    x = torch.randn(1, 2, 11, 13, requires_grad=True)
+    ASAP2d()(x).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
 def test_no_state_and_meta_device():
     layer = ASAP2d(channels=16, device='meta', dtype=torch.bfloat16)
     assert layer.state_dict() == {} and list(layer.buffers()) == []

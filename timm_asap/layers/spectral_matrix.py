@@ -99,8 +99,11 @@ def axis_operator(
     key = (size, pool, padding, mode, norm, dtype, device)
     op = _cast_cache.get(key)
     if op is None:
-        op = _cast_cache[key] = AxisOperator(
-            *(t.to(device=device, dtype=dtype) for t in _float64_operator(size, pool, padding, mode, norm)))
+        # built as ordinary tensors even when first asked for under inference_mode, so that a later
+        # call with autograd can save them for backward
+        with torch.inference_mode(False), torch.no_grad():
+            op = _cast_cache[key] = AxisOperator(
+                *(t.to(device=device, dtype=dtype) for t in _float64_operator(size, pool, padding, mode, norm)))
     return op
 
 
