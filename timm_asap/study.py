@@ -52,6 +52,8 @@ class StudyOptions:
         eps: L-inf eps (in [0, 1] pixel units) for FGSM and PGD.
         pgd_steps: PGD iterations.
         shift_trials: random shift pairs per image.
+        amp: autocast for the clean, corruption and shift passes (``bf16``, ``fp16``, ``none`` or ``auto``:
+            bf16 on CUDA only); attacks always run in float32.
         data_dir: Fashion-MNIST IDX folder (None: Debian's, else a torchvision download).
         device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
         workers: DataLoader workers (0 on a small CPU: loading in the main process leaves the cores to
@@ -63,16 +65,17 @@ class StudyOptions:
     output_dir: str = 'study_output'
     families: list[str] = field(default_factory=lambda: ['resnet18_cifar'])
     seeds: list[int] = field(default_factory=lambda: [0])
-    epochs: int | None = 1
-    train_subset: int | None = 2000
+    epochs: int | None = 2
+    train_subset: int | None = 3000
     val_subset: int | None = 500
     batch_size: int | None = 64
-    eval_count: int = 200
-    attack_count: int = 100
+    eval_count: int = 150
+    attack_count: int = 50
     severities: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
     eps: list[float] = field(default_factory=lambda: [1 / 255, 2 / 255, 4 / 255])
     pgd_steps: int = 5
     shift_trials: int = 2
+    amp: str = 'bf16'
     data_dir: str | None = None
     device: str = 'auto'
     workers: int = 0
@@ -92,6 +95,8 @@ class StudyOptions:
         for key in ('eval_count', 'attack_count', 'pgd_steps'):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if self.amp not in ('auto', 'bf16', 'fp16', 'none'):
+            raise ValueError(f"amp must be one of ['auto', 'bf16', 'fp16', 'none'], got {self.amp!r}")
         if self.shift_trials < 0:
             raise ValueError(f"shift_trials must be >= 0, got {self.shift_trials}")
         if any(not 0 <= e <= 1 for e in self.eps):
@@ -100,7 +105,7 @@ class StudyOptions:
 
 
 def default_options(**overrides) -> StudyOptions:
-    """The CPU default: one family, one seed, 2000 training images, one epoch, 200 test images."""
+    """The CPU default: one family, one seed, 3000 training images, two epochs, 150 test images (50 attacked)."""
     return StudyOptions(**overrides).validate()
 
 
@@ -108,7 +113,7 @@ def full_options(**overrides) -> StudyOptions:
     """``--full``: all three families, 3 seeds, all 60k training images, the recipe's epochs, the whole test set."""
     opts = dict(families=list(FAMILIES), seeds=[0, 1, 2], epochs=None, train_subset=None, val_subset=None,
                 batch_size=None, eval_count=10000, attack_count=1000, pgd_steps=10, shift_trials=5, workers=8,
-                full=True)
+                amp='auto', full=True)
     opts.update(overrides)
     return StudyOptions(**opts).validate()
 
@@ -165,7 +170,8 @@ def _eval_options(opts: StudyOptions, seed: int, device: torch.device) -> dict:
     return dict(count=opts.eval_count, seed=seed, batch_size=128, workers=opts.workers, device=device.type,
                 corruptions='benchmark', severities=list(opts.severities), corruption_protocol='cifar',
                 fgsm_eps=list(opts.eps), pgd_linf_eps=list(opts.eps), pgd_steps=opts.pgd_steps,
-                attack_count=min(opts.attack_count, opts.eval_count), shift_trials=opts.shift_trials, progress=opts.progress)
+                attack_count=min(opts.attack_count, opts.eval_count), shift_trials=opts.shift_trials,
+                shift_curve=opts.full, amp=opts.amp, progress=opts.progress)
 
 
 def _headline(rows: list[dict]) -> dict[str, dict[str, float]]:

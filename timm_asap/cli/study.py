@@ -22,12 +22,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--families', nargs='+', choices=FAMILIES, help='families to run (default: resnet18_cifar; '
                                                                    'all three with --full)')
     p.add_argument('--seeds', nargs='+', type=int, help='training seeds (default: 0; 0 1 2 with --full)')
-    p.add_argument('--epochs', type=int, help='training epochs (default: 1; the recipe with --full)')
-    p.add_argument('--train-subset', type=int, help='training images (default: 2000; all with --full)')
-    p.add_argument('--eval-count', type=int, help='test images evaluated (default: 200; 10000 with --full)')
-    p.add_argument('--attack-count', type=int, help='test images attacked (default: 100; 1000 with --full)')
+    p.add_argument('--epochs', type=int, help='training epochs (default: 2; the recipe with --full)')
+    p.add_argument('--train-subset', type=int, help='training images (default: 3000; all with --full)')
+    p.add_argument('--eval-count', type=int, help='test images evaluated (default: 150; 10000 with --full)')
+    p.add_argument('--attack-count', type=int, help='test images attacked (default: 50; 1000 with --full)')
     p.add_argument('--data-dir', help="Fashion-MNIST IDX folder (default: Debian's package, else a download)")
     p.add_argument('--device', default='auto', help='auto, cpu or cuda')
+    p.add_argument('--amp', choices=['auto', 'bf16', 'fp16', 'none'],
+                   help='autocast for clean/corruption/shift passes (default: bf16; auto, i.e. bf16 on CUDA only, '
+                        'with --full); attacks run in float32')
     p.add_argument('--workers', type=int, help='DataLoader workers (default: 0; 8 with --full)')
     p.add_argument('--no-progress', action='store_true', help='no progress bars')
     return p
@@ -40,7 +43,7 @@ def main(argv=None) -> int:
                      data_dir=args.data_dir)
     for key, value in (('families', args.families), ('seeds', args.seeds), ('epochs', args.epochs),
                        ('train_subset', args.train_subset), ('eval_count', args.eval_count),
-                       ('attack_count', args.attack_count), ('workers', args.workers)):
+                       ('attack_count', args.attack_count), ('workers', args.workers), ('amp', args.amp)):
         if value is not None:
             overrides[key] = value
     try:
