@@ -20,8 +20,18 @@ from timm_asap.models.convert import PooledConvMixin
 
 VARIANTS = sorted(timm.list_models('*_asap') + timm.list_models('*_flc'))
 BASELINES = sorted(n for n, v in M.VARIANTS.items() if v.pool == 'none')
-# full forward/backward of these is seconds each on 2 CPU cores: slow suite only
-HEAVY = {'vgg16_bn_asap', 'vgg16_bn_flc', 'wide_resnet101_2_asap', 'wide_resnet101_2_flc'}
+# real-tensor tests of the largest models (60M+ parameters) run in the slow suite only; their meta-device
+# checks (state dict, shapes, features, kwargs, cfgs) stay in the default run
+HEAVY = {f"{b}_{p}" for b in ('vgg16_bn', 'wide_resnet101_2', 'wide_resnet50_2', 'resnet152') for p in ('asap', 'flc')}
+
+
+@pytest.fixture(autouse=True, scope='module')
+def _one_thread():
+    """Tiny inputs: one intra-op thread avoids oversubscribing the shared CI cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _params(names):
@@ -103,6 +113,11 @@ def test_default_size_shapes_and_features_match_base(name):
     model = timm.create_model(name, device='meta')
     assert model.forward_features(x).shape == base.forward_features(x).shape
     assert model(x).shape == base(x).shape == (1, model.num_classes)
+
+    if hasattr(base, 'forward_intermediates'):
+        _, inter = model.forward_intermediates(x)
+        _, base_inter = base.forward_intermediates(x)
+        assert [t.shape for t in inter] == [t.shape for t in base_inter]
 
     fbase = timm.create_model(_base(name), features_only=True, device='meta')
     fmodel = timm.create_model(name, features_only=True, device='meta')
@@ -332,3 +347,58 @@ def test_pool_mode_and_args_kwargs():
     assert all(m.padding == 'large' for m in model.modules() if isinstance(m, ASAP2d))
     with pytest.raises(ValueError, match='mode'):
         timm.create_model('resnet18_asap', pool_mode='middle', device='meta')
+
+
+def test_pretrained_adapts_in_chans_and_num_classes_like_timm(tmp_path):
+    state = _random_state_dict(timm.create_model('resnet18', device='meta'))
+    path = tmp_path / 'r18.safetensors'
+    save_file(state, str(path))
+    model = timm.create_model('resnet18_asap.tv_in1k_base', pretrained=True, in_chans=1, num_classes=7,
+                              pretrained_cfg_overlay=dict(file=str(path)))
+    torch.testing.assert_close(model.conv1.weight, state['conv1.weight'].sum(dim=1, keepdim=True))
+    assert model.fc.out_features == 7 and torch.equal(model.layer1[0].conv1.weight, state['layer1.0.conv1.weight'])
+
+
+def test_pretrained_cfg_and_data_config_like_base():
+    model = timm.create_model('efficientnet_b3_asap.ra2_in1k_base', device='meta')
+    base = timm.create_model('efficientnet_b3.ra2_in1k', device='meta')
+    data = timm.data.resolve_data_config({}, model=model)
+    assert data == timm.data.resolve_data_config({}, model=base)
+    assert model.pretrained_cfg['architecture'] == 'efficientnet_b3_asap'
+    assert model.pretrained_cfg['tag'] == 'ra2_in1k_base'
+    assert model.pretrained_cfg['hf_hub_id'] == 'timm/efficientnet_b3.ra2_in1k'
+    feats = timm.create_model('efficientnet_b3_asap', features_only=True, device='meta')
+    assert 'num_classes' not in feats.pretrained_cfg  # timm's features cfg handling
+
+
+def test_hub_cfg_dict_keeps_tag_model_args():
+    """A full cfg dict (as timm builds from a Hub config.json) naming a hub-config tag gets its model args."""
+    from timm_asap.models import _builder
+    cfg = get_pretrained_cfg('resnet50_asap.ft_in1k').to_dict()
+    key = 'resnet50_asap.ft_in1k'
+    old = _builder.TAG_INFO[key]
+    _builder.TAG_INFO[key] = _builder.TagInfo('hub', False, old.source, dict(pool_mode='reference'))
+    try:
+        model = timm.create_model('resnet50_asap', pretrained_cfg=cfg, device='meta')
+    finally:
+        _builder.TAG_INFO[key] = old
+    assert {m.mode for m in model.modules() if isinstance(m, ASAP2d)} == {'reference'}
+
+
+def test_published_hub_config_becomes_the_default_tag(monkeypatch, tmp_path):
+    from timm_asap.config import load_config
+    from timm_asap.models import _builder
+    cfg = load_config('resnet50_asap.ft_in1k')
+    cfg.hub.published = True
+    monkeypatch.setattr(_builder, 'hub_configs_by_architecture',
+                        lambda: {'resnet50_asap': [(cfg, tmp_path / 'resnet50_asap.ft_in1k.yaml')]})
+    monkeypatch.setattr(_builder, 'TAG_INFO', dict(_builder.TAG_INFO))
+    base_entries = _builder.base_tag_cfgs('resnet50_asap', 'resnet50', 'asap')
+    published, unpublished = _builder.hub_tag_cfgs('resnet50_asap', 'asap', base_entries[0][1])
+    assert [t for t, _ in published] == ['ft_in1k'] and unpublished == []
+    default = _builder.make_default_cfg(published + base_entries + unpublished)
+    assert default.tags[0] == 'ft_in1k' and default.cfgs['ft_in1k'].hf_hub_id == 'timm-asap/resnet50_asap.ft_in1k'
+    assert _builder.TAG_INFO['resnet50_asap.ft_in1k'].published
+    cfg.model.pool = 'flc'
+    with pytest.raises(Exception, match="model.pool is 'flc'"):
+        _builder.hub_tag_cfgs('resnet50_asap', 'asap', base_entries[0][1])

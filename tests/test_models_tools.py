@@ -13,6 +13,15 @@ from timm_asap.models import coverage as cov
 from timm_asap.models.benchmark import benchmark_models, format_table, target_checks
 
 
+@pytest.fixture(autouse=True, scope='module')
+def _one_thread():
+    """Tiny inputs: one intra-op thread avoids oversubscribing the shared CI cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def test_coverage_rows_for_a_few_families():
     rows = cov.coverage_rows(['resnet', 'vision_transformer', 'inception_v3:inception_v3', 'levit'], progress=False)
     by = {r.family: r for r in rows}

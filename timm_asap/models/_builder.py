@@ -263,7 +263,8 @@ def create_variant(
     """
     custom_cfg = pretrained_cfg is not None and not isinstance(pretrained_cfg, str)
     cfg = resolve_pretrained_cfg(variant, pretrained_cfg=pretrained_cfg, pretrained_cfg_overlay=pretrained_cfg_overlay)
-    info = None if custom_cfg else TAG_INFO.get(_full(variant, cfg.tag or ''))
+    # a full cfg (e.g. from a Hub config.json) still names its tag: its model args (pool_mode) apply
+    info = TAG_INFO.get(_full(variant, cfg.tag or ''))
     if pretrained:
         explicit = custom_cfg or any((pretrained_cfg_overlay or {}).get(k) for k in _SOURCE_KEYS)
         _check_loadable(variant, cfg, info, explicit)
