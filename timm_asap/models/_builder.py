@@ -34,7 +34,7 @@ from .convert import asapify
 __all__ = [
     'PAPER_IDS', 'HUB_ORG', 'WeightsNotAvailableError', 'TagInfo', 'TAG_INFO', 'VARIANTS', 'Variant',
     'base_tag_cfgs', 'hub_tag_cfgs', 'make_default_cfg', 'create_variant', 'make_entrypoint',
-    'hub_configs_by_architecture', 'check_hub_configs', 'loadable_tags', 'unpublished_tags',
+    'hub_configs_by_architecture', 'check_hub_configs', 'loadable_tags', 'unpublished_tags', 'no_weights_cfg',
 ]
 
 PAPER_IDS = 'arXiv:2307.09804'
