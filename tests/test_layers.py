@@ -124,12 +124,13 @@ def test_autocast_cpu_bfloat16():
 
 @pytest.mark.parametrize('fn', [asap_pool2d, flc_pool2d])
 def test_channels_last_and_non_contiguous(fn):
+    for channels in (3, 32):  # few channels take the NCHW contraction, many the NHWC one
+        x = torch.randn(2, channels, 14, 15, dtype=torch.float64)
+        ref = fn(x)
+        y_cl = fn(x.contiguous(memory_format=torch.channels_last))
+        assert y_cl.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(y_cl, ref, rtol=0, atol=1e-12)
     x = torch.randn(2, 8, 14, 15, dtype=torch.float64)
-    ref = fn(x)
-    cl = x.contiguous(memory_format=torch.channels_last)
-    y_cl = fn(cl)
-    assert y_cl.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(y_cl, ref, rtol=0, atol=1e-12)
     big = torch.randn(2, 8, 30, 31, dtype=torch.float64)
     sliced = big[:, :, 3:17, 5:20]                       # a non-contiguous view
     assert not sliced.is_contiguous()
@@ -260,6 +261,8 @@ def test_timm_fx_feature_extraction_treats_layers_as_leaves():
 def test_jit_trace():
     # torch.jit.script is not supported: the matrix cache is a Python dict keyed by dtype/device and
     # TorchScript is deprecated upstream. torch.jit.trace records the matrices as constants.
+    from timm_asap.layers import clear_cache
+    clear_cache()  # a cold cache must not leak the matrix construction into the traced graph
     x = torch.randn(2, 3, 12, 12)
     traced = torch.jit.trace(ASAP2d(), x)
     torch.testing.assert_close(traced(x), asap_pool2d(x))

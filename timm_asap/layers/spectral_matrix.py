@@ -101,9 +101,14 @@ def axis_operator(
     if op is None:
         # built as ordinary tensors even when first asked for under inference_mode, so that a later
         # call with autograd can save them for backward
-        with torch.inference_mode(False), torch.no_grad():
-            op = _cast_cache[key] = AxisOperator(
-                *(t.to(device=device, dtype=dtype) for t in _float64_operator(size, pool, padding, mode, norm)))
+        tracing_state = torch._C._get_tracing_state()  # under jit.trace: build outside the recorded graph
+        torch._C._set_tracing_state(None)
+        try:
+            with torch.inference_mode(False), torch.no_grad():
+                op = _cast_cache[key] = AxisOperator(
+                    *(t.to(device=device, dtype=dtype) for t in _float64_operator(size, pool, padding, mode, norm)))
+        finally:
+            torch._C._set_tracing_state(tracing_state)
     return op
 
 
@@ -126,6 +131,10 @@ def check_pool_input(x, owner: str) -> None:
             f"got {kind} dtype {x.dtype}")
 
 
+# below this many channels a channels_last input is contracted in NCHW order (and the result converted back)
+_MIN_NHWC_CHANNELS = 16
+
+
 def apply_separable(x: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
     """``left @ x @ right.T`` over the last two dims of an (N, C, H, W) tensor.
 
@@ -134,9 +143,12 @@ def apply_separable(x: torch.Tensor, left: torch.Tensor, right: torch.Tensor) ->
     inputs are contracted in NHWC order without a layout copy and come back channels_last.
     """
     n_out, m_out = left.shape[0], right.shape[0]
+    batch, channels, height = x.shape[0], x.shape[1], x.shape[2]
     if x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last):
         return torch.matmul(torch.matmul(left, x), right.transpose(0, 1))
-    batch, channels, height = x.shape[0], x.shape[1], x.shape[2]
+    if channels < _MIN_NHWC_CHANNELS:  # e.g. an RGB input: NHWC products would be (m x W) @ (W x 3)
+        y = torch.matmul(torch.matmul(left, x.contiguous()), right.transpose(0, 1))
+        return y.contiguous(memory_format=torch.channels_last)
     nhwc = x.permute(0, 2, 3, 1)                                        # (N, H, W, C), contiguous
     t = torch.matmul(right, nhwc)                                       # (N, H, m, C)
     y = torch.matmul(left, t.reshape(batch, height, m_out * channels))  # (N, n, m * C)
