@@ -1,11 +1,9 @@
 """Tiny synthetic data and configs for the data and fine-tuning tests (no real dataset needed)."""
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 from timm_asap.config import RunConfig, config_from_dict
@@ -73,13 +71,3 @@ def tiny_config(data_dir: Path | str, **sections) -> RunConfig:
         d.setdefault(key, {}).update(values)
     return config_from_dict(d)
 
-
-@contextmanager
-def one_thread():
-    """Run torch on one intra-op thread (the tiny models gain nothing from more; less contention)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)

@@ -18,13 +18,10 @@ from timm_asap.data import (
     create_eval_dataset, create_run_data, create_split_dataset, create_transforms, dataset_classes,
     find_fashion_mnist, read_idx, resolve_data_config, subset_indices, write_idx)
 
-from finetune_helpers import one_thread, tiny_config, write_fake_fashion_mnist, write_image_folder
+from finetune_helpers import tiny_config, write_fake_fashion_mnist, write_image_folder
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 # ----------------------------------------------------------------------------------------- IDX files

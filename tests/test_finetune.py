@@ -22,13 +22,10 @@ from timm_asap.train import (
     finetune, load_checkpoint)
 
 from finetune_helpers import (
-    TINY_ARGS, class_images, one_thread, tiny_config, write_fake_fashion_mnist, write_image_folder)
+    TINY_ARGS, class_images, tiny_config, write_fake_fashion_mnist, write_image_folder)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 @pytest.fixture(scope='module')

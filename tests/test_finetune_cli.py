@@ -12,13 +12,10 @@ import yaml
 from timm_asap.cli.finetune import main
 from timm_asap.config import list_hub_configs, save_config
 
-from finetune_helpers import one_thread, tiny_config, write_fake_fashion_mnist
+from finetune_helpers import tiny_config, write_fake_fashion_mnist
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 ROOT = Path(__file__).resolve().parents[1]

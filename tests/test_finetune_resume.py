@@ -14,13 +14,10 @@ from safetensors.torch import load_file
 from timm_asap.config import save_config
 from timm_asap.train import finetune, load_checkpoint
 
-from finetune_helpers import TINY_ARGS, one_thread, tiny_config, write_fake_fashion_mnist
+from finetune_helpers import TINY_ARGS, tiny_config, write_fake_fashion_mnist
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 WORKER = Path(__file__).with_name('finetune_worker.py')

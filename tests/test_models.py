@@ -25,13 +25,7 @@ BASELINES = sorted(n for n, v in M.VARIANTS.items() if v.pool == 'none')
 HEAVY = {f"{b}_{p}" for b in ('vgg16_bn', 'wide_resnet101_2', 'wide_resnet50_2', 'resnet152') for p in ('asap', 'flc')}
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    """Tiny inputs: one intra-op thread avoids oversubscribing the shared CI cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def _params(names):

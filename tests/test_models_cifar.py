@@ -11,13 +11,7 @@ from timm_asap.layers import ASAP2d
 from timm_asap.models.convert import PooledConvMixin
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    """Tiny inputs: one intra-op thread avoids oversubscribing the shared CI cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def _n_params(model: nn.Module) -> int:

@@ -21,13 +21,7 @@ from timm_asap.models.convert import PooledConvMixin, SpectralDownsample
 SIZES = list(range(4, 41))
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    """Tiny inputs: one intra-op thread avoids oversubscribing the shared CI cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def _convert_wrapped(layer: nn.Module, **kwargs) -> nn.Module:

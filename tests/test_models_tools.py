@@ -13,13 +13,7 @@ from timm_asap.models import coverage as cov
 from timm_asap.models.benchmark import benchmark_models, format_table, target_checks
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    """Tiny inputs: one intra-op thread avoids oversubscribing the shared CI cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def test_coverage_rows_for_a_few_families():

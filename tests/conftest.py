@@ -1,0 +1,14 @@
+"""Shared fixtures."""
+import pytest
+import torch
+
+
+@pytest.fixture
+def one_thread():
+    """Run torch on one intra-op thread: the tests' tiny models gain nothing from more, and CI's cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
