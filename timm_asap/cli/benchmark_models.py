@@ -12,6 +12,8 @@ import yaml
 
 from timm_asap.models.benchmark import MODELS, benchmark_models, cpu_peak_rss, format_table, target_checks
 
+from ._yaml_defaults import parse_args_with_yaml_defaults
+
 DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
 
 
@@ -47,16 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv=None) -> argparse.Namespace:
     """Parse ``argv``; values from ``--config`` YAML become the defaults that the command line overrides."""
-    parser = build_parser()
-    args, _ = parser.parse_known_args(argv)
-    if args.config is not None:
-        data = yaml.safe_load(args.config.read_text()) or {}
-        known = {a.dest for a in parser._actions}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise SystemExit(f"{args.config}: unknown option(s) {unknown}; allowed: {sorted(known - {'help'})}")
-        parser.set_defaults(**{k: Path(v) if k == 'output_dir' else v for k, v in data.items()})
-    args = parser.parse_args(argv)
+    args = parse_args_with_yaml_defaults(build_parser(), argv)
     for key in ('batch_size', 'img_size', 'rounds', 'iters'):
         if getattr(args, key) < 1:
             raise SystemExit(f"--{key.replace('_', '-')} must be >= 1, got {getattr(args, key)}")

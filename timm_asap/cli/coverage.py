@@ -11,6 +11,8 @@ import yaml
 
 from timm_asap.models.coverage import coverage_rows, rows_to_dicts, rows_to_markdown
 
+from ._yaml_defaults import parse_args_with_yaml_defaults
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -33,16 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv=None) -> argparse.Namespace:
     """Parse ``argv``; values from ``--config`` YAML become the defaults that the command line overrides."""
-    parser = build_parser()
-    args, _ = parser.parse_known_args(argv)
-    if args.config is not None:
-        data = yaml.safe_load(args.config.read_text()) or {}
-        known = {a.dest for a in parser._actions}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise SystemExit(f"{args.config}: unknown option(s) {unknown}; allowed: {sorted(known - {'help'})}")
-        parser.set_defaults(**{k: Path(v) if k == 'output_dir' else v for k, v in data.items()})
-    return parser.parse_args(argv)
+    return parse_args_with_yaml_defaults(build_parser(), argv)
 
 
 def _write(path: Path, text: str) -> None:

@@ -25,6 +25,8 @@ import yaml
 
 from timm_asap.evaluation.runner import EvalOptions
 
+from ._yaml_defaults import read_yaml_defaults
+
 __all__ = ['main', 'build_parser', 'parse_model_spec']
 
 _logger = logging.getLogger('timm_asap.evaluate')
@@ -145,13 +147,7 @@ def _eps_list(value) -> list[float]:
 
 
 def _apply_yaml_defaults(parser: argparse.ArgumentParser, path: str) -> dict:
-    data = yaml.safe_load(Path(path).read_text()) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of option names to values")
-    dests = {a.dest for a in parser._actions}
-    unknown = sorted(set(data) - dests)
-    if unknown:
-        raise ValueError(f"{path}: unknown option {unknown[0]!r}; allowed: {sorted(dests - {'help', 'config'})}")
+    data = read_yaml_defaults(parser, path)
     for key in ('corruptions', 'severities', *_LIST_FLOAT):
         if isinstance(data.get(key), list):
             data[key] = ','.join(str(v) for v in data[key]) if data[key] else 'none'
