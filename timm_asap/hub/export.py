@@ -31,7 +31,7 @@ from .card import build_model_card
 from .errors import HubPublishError, IntegrityError, MissingEvaluationError
 from .integration import IMAGE_PROCESSOR_NAME, check_architecture
 from .integrity import (CONFIG_NAME, PICKLE_SUFFIXES, WEIGHTS_NAME, load_safetensors, save_safetensors,
-                        verify_hub_folder)
+                        state_shape_mismatch, verify_hub_folder)
 from .results import EvalResults, find_eval_results, load_eval_results
 
 __all__ = ['RUN_CONFIG_NAME', 'TRAIN_CONFIG_NAME', 'resolve_label_names', 'check_publishable', 'create_model_from_config',
@@ -150,19 +150,7 @@ def load_checkpoint_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 def _state_mismatch(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> str | None:
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     got = {k: tuple(v.shape) for k, v in state_dict.items()}
-    missing, unexpected = sorted(expected.keys() - got.keys()), sorted(got.keys() - expected.keys())
-    wrong = [f"{k} (checkpoint {list(got[k])}, model {list(expected[k])})"
-             for k in sorted(expected.keys() & got.keys()) if got[k] != expected[k]]
-    if not (missing or unexpected or wrong):
-        return None
-    parts = []
-    if missing:
-        parts.append(f"missing: {', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}")
-    if unexpected:
-        parts.append(f"unexpected: {', '.join(unexpected[:6])}{' ...' if len(unexpected) > 6 else ''}")
-    if wrong:
-        parts.append(f"wrong shape: {'; '.join(wrong[:6])}{' ...' if len(wrong) > 6 else ''}")
-    return '; '.join(parts)
+    return '; '.join(state_shape_mismatch(expected, got, 'checkpoint', 'model')) or None
 
 
 def load_trained_model(cfg: RunConfig, checkpoint: str | Path) -> nn.Module:

@@ -220,6 +220,22 @@ def _preview(names, limit: int = 6) -> str:
     return ', '.join(names[:limit]) + more
 
 
+def state_shape_mismatch(expected: dict, got: dict, got_name: str, expected_name: str,
+                         missing_label: str = 'missing', unexpected_label: str = 'unexpected') -> list[str]:
+    """How two ``{tensor name: shape}`` maps differ, as message parts (empty when they agree)."""
+    missing, unexpected = expected.keys() - got.keys(), got.keys() - expected.keys()
+    wrong = [f"{k} ({got_name} {list(got[k])}, {expected_name} {list(expected[k])})"
+             for k in sorted(expected.keys() & got.keys()) if tuple(got[k]) != tuple(expected[k])]
+    parts = []
+    if missing:
+        parts.append(f"{missing_label}: {_preview(missing)}")
+    if unexpected:
+        parts.append(f"{unexpected_label}: {_preview(unexpected)}")
+    if wrong:
+        parts.append(f"wrong shape: {'; '.join(wrong[:6])}{' ...' if len(wrong) > 6 else ''}")
+    return parts
+
+
 def check_weights_match_config(weights_path: str | Path, config_path: str | Path,
                                tensors: dict[str, tuple[str, tuple[int, ...]]] | None = None) -> None:
     """Check that the weights file holds exactly the tensors (names and shapes) the config's model has.
@@ -238,21 +254,13 @@ def check_weights_match_config(weights_path: str | Path, config_path: str | Path
         tensors = verify_safetensors(weights_path)
     expected = expected_state_shapes(config, str(config_path))
     got = {k: shape for k, (_, shape) in tensors.items()}
-    missing = expected.keys() - got.keys()
-    unexpected = got.keys() - expected.keys()
-    wrong = [f"{k} (file {list(got[k])}, architecture {list(expected[k])})"
-             for k in sorted(expected.keys() & got.keys()) if tuple(got[k]) != tuple(expected[k])]
-    if missing or unexpected or wrong:
-        parts = [f"does not fit {config_path}: architecture {config['architecture']!r} with "
-                 f"num_classes={config.get('num_classes')} and model_args={config.get('model_args') or {}} "
-                 f"expects {len(expected)} tensors, the file has {len(got)}"]
-        if missing:
-            parts.append(f"missing from the file: {_preview(missing)}")
-        if unexpected:
-            parts.append(f"not in the architecture: {_preview(unexpected)}")
-        if wrong:
-            parts.append(f"wrong shape: {'; '.join(wrong[:6])}{' ...' if len(wrong) > 6 else ''}")
-        raise IntegrityError(weights_path, '; '.join(parts))
+    problems = state_shape_mismatch(expected, got, 'file', 'architecture', 'missing from the file',
+                                    'not in the architecture')
+    if problems:
+        head = (f"does not fit {config_path}: architecture {config['architecture']!r} with "
+                f"num_classes={config.get('num_classes')} and model_args={config.get('model_args') or {}} "
+                f"expects {len(expected)} tensors, the file has {len(got)}")
+        raise IntegrityError(weights_path, '; '.join([head, *problems]))
 
 
 def verify_hub_folder(folder: str | Path, allow_pickle: bool = False) -> dict[str, Any]:
