@@ -5,16 +5,19 @@ import argparse
 
 import timm
 
-import timm_asap  # noqa: F401  (registers the architectures)
+from ..models import unpublished_tags
 
 
 def model_rows(pattern: str = '*') -> list[dict]:
-    """One row per registered ASAP/FLC architecture matching ``pattern``: name, pool, weight tags."""
+    """One row per registered ASAP/FLC architecture matching ``pattern``: name, pool, loadable and
+    not-yet-published weight tags."""
     names = timm.list_models([f'{pattern}_asap', f'{pattern}_flc'])
     rows = []
     for name in names:
+        pending = {t.split('.', 1)[1] for t in unpublished_tags(name)}
         tags = [p.split('.', 1)[1] for p in timm.list_pretrained(f'{name}.*')]
-        rows.append(dict(architecture=name, pool=name.rsplit('_', 1)[1], tags=tags))
+        rows.append(dict(architecture=name, pool=name.rsplit('_', 1)[1],
+                         tags=[t for t in tags if t not in pending], unpublished=sorted(pending)))
     return rows
 
 
@@ -28,5 +31,6 @@ def main(argv=None) -> int:
                          f"try 'timm-asap list-models' without a pattern")
     width = max(len(r['architecture']) for r in rows)
     for r in rows:
-        print(f"{r['architecture']:<{width}}  {', '.join(r['tags']) or '(no weight tags)'}")
+        pending = f"  [not published yet: {', '.join(r['unpublished'])}]" if r['unpublished'] else ''
+        print(f"{r['architecture']:<{width}}  {', '.join(r['tags']) or '(no weights)'}{pending}")
     return 0

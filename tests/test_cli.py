@@ -1,0 +1,27 @@
+"""The timm-asap command dispatcher and list-models."""
+import pytest
+
+from timm_asap.cli.main import COMMANDS, main as dispatch
+
+
+def test_list_models_command(capsys):
+    from timm_asap.cli.list_models import main, model_rows
+    rows = {r['architecture']: r for r in model_rows('resnet18_cifar')}
+    assert set(rows) == {'resnet18_cifar_asap', 'resnet18_cifar_flc'}
+    assert rows['resnet18_cifar_asap']['unpublished'] == ['fmnist'] and rows['resnet18_cifar_asap']['tags'] == []
+    assert main(['resnet50']) == 0
+    out = capsys.readouterr().out
+    assert 'resnet50_asap' in out and 'tv_in1k_base' in out and 'not published yet: ft_in1k' in out
+    with pytest.raises(SystemExit, match='no registered ASAP/FLC architecture matches'):
+        main(['nosuchnet'])
+
+
+def test_dispatcher(capsys):
+    assert dispatch([]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in COMMANDS)
+    assert dispatch(['no-such-command']) == 2
+    assert "unknown command 'no-such-command'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        dispatch(['benchmark-layers', '--help'])
+    assert exc.value.code == 0
