@@ -25,3 +25,11 @@ def test_dispatcher(capsys):
     with pytest.raises(SystemExit) as exc:
         dispatch(['benchmark-layers', '--help'])
     assert exc.value.code == 0
+
+
+@pytest.mark.parametrize('command', list(COMMANDS))
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exc:
+        dispatch([command, '--help'])
+    assert exc.value.code == 0
+    assert 'usage:' in capsys.readouterr().out
