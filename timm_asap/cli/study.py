@@ -14,7 +14,7 @@ def build_parser() -> argparse.ArgumentParser:
                     'the same recipe and seed, evaluate them side by side (clean, 15 corruptions x 5 severities, '
                     'FGSM/PGD, shift consistency), publish each into a local Hub folder (dry run), reload each by '
                     'name and compare logits, then print the table and write the plots. The default is sized for '
-                    'a 2-core CPU (a subset, one epoch); --full runs the complete recipe (GPU). Re-running resumes.')
+                    'a 2-core CPU (a subset, two epochs); --full runs the complete recipe (GPU). Re-running resumes.')
     p.add_argument('--output', default='study_output', help='folder for every artefact (default: study_output)')
     p.add_argument('--full', action='store_true',
                    help='complete recipe: resnet18_cifar, preactresnet18 and wide_resnet28_10, all 60k training '
