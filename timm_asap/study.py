@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import torch
 
-from .config import RunConfig, apply_overrides, load_config, save_config
+from .config import RunConfig, apply_overrides, load_config
 
 __all__ = ['StudyOptions', 'FAMILIES', 'VARIANT_SUFFIXES', 'default_options', 'full_options', 'run_study',
            'study_table']
@@ -254,16 +254,16 @@ def _plot_summary(rows: list[dict], path: Path) -> Path:
     return path
 
 
-def _reload_check(arch: str, cfg: RunConfig, run_dir: Path, hub_dir: Path, cache_dir: Path,
+def _reload_check(arch: str, cfg: RunConfig, trained: torch.nn.Module, hub_dir: Path, cache_dir: Path,
                   images: torch.Tensor) -> dict[str, Any]:
     """Load the published folder back by name (``local-dir:`` and ``hf-hub:`` from an offline cache)
-    and compare its logits with the trained model's."""
+    and compare its logits with the trained model's on uint8 ``images``."""
     import timm
     from huggingface_hub import constants as hf_constants
 
-    from .hub import load_hub_folder, load_trained_model, seed_hub_cache
+    from .evaluation import wrap_model
+    from .hub import load_hub_folder, seed_hub_cache
 
-    trained = load_trained_model(cfg, run_dir / 'model.safetensors')
     repo_id = cfg.hub.repo_id
     seed_hub_cache(hub_dir, repo_id, cache_dir)  # the offline cache a download would leave
     offline = hf_constants.HF_HUB_OFFLINE
@@ -273,12 +273,11 @@ def _reload_check(arch: str, cfg: RunConfig, run_dir: Path, hub_dir: Path, cache
     finally:
         hf_constants.HF_HUB_OFFLINE = offline
     by_dir = load_hub_folder(hub_dir)
-    mean = torch.tensor(cfg.data.mean).view(1, -1, 1, 1)
-    std = torch.tensor(cfg.data.std).view(1, -1, 1, 1)
-    x = (images.float() / 255 - mean) / std
+    x = images.float() / 255
     with torch.no_grad():
-        ref = trained(x)
-        diffs = {'hf-hub': (by_hub(x) - ref).abs().max().item(), 'local-dir': (by_dir(x) - ref).abs().max().item()}
+        logits = {name: wrap_model(net, cfg.data.mean, cfg.data.std)(x)
+                  for name, net in (('trained', trained), ('hf-hub', by_hub), ('local-dir', by_dir))}
+    diffs = {name: (logits[name] - logits['trained']).abs().max().item() for name in ('hf-hub', 'local-dir')}
     if type(by_hub).__name__ != type(trained).__name__:
         raise RuntimeError(f"{arch}: reloaded model is a {type(by_hub).__name__}, trained one a {type(trained).__name__}")
     return {'model': arch, 'max_abs_logit_diff': max(diffs.values()), 'per_source': diffs, 'identical': max(diffs.values()) == 0.0}
@@ -298,7 +297,7 @@ def run_study(opts: StudyOptions | None = None, log: Callable[[str], None] = _st
     """
     from .evaluation import create_eval_dataset, evaluate_models, load_images, wrap_model
     from .evaluation.report import read_results
-    from .hub import export_output_dir, load_trained_model
+    from .hub import build_hub_folder, load_eval_results, load_trained_model
     from .train import ensure_finetuned
 
     opts = (opts or default_options()).validate()
@@ -363,9 +362,10 @@ def run_study(opts: StudyOptions | None = None, log: Callable[[str], None] = _st
         for arch in fam_archs:
             cfg = configs[(arch, first_seed)]
             hub_dir = out / 'hub' / arch
-            export_output_dir(out / 'runs' / arch / f'seed{first_seed}', hub_dir, config=cfg,
-                              eval_dir=out / 'eval' / fam / f'seed{first_seed}', eval_model=arch)
-            check = _reload_check(arch, cfg, out / 'runs' / arch / f'seed{first_seed}', hub_dir, out / 'hf_cache', probe)
+            trained = load_trained_model(cfg, out / 'runs' / arch / f'seed{first_seed}' / 'model.safetensors')
+            build_hub_folder(trained, cfg, hub_dir, results=load_eval_results(out / 'eval' / fam / f'seed{first_seed}'),
+                             eval_model=arch)
+            check = _reload_check(arch, cfg, trained, hub_dir, out / 'hf_cache', probe)
             reload_checks.append(check)
             verdict = 'identical logits' if check['identical'] else f"max |logit diff| {check['max_abs_logit_diff']:.2e}"
             log(f"published {arch} -> {hub_dir} (dry run); reloaded by name: {verdict}")
