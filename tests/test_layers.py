@@ -9,6 +9,7 @@ from timm_asap.layers import (
     ASAP2d, ASAP2dFFT, FLC2d, FLC2dFFT, asap_pool2d, asap_pool2d_fft, create_pool, flc_pool2d, flc_pool2d_fft,
     output_size,
 )
+from timm_asap.layers import spectral_matrix
 
 SIZES = range(1, 65)
 # (name, fast function, FFT function, kwargs) for every variant the package offers.
@@ -22,6 +23,15 @@ VARIANTS = [
 MODULES = [(ASAP2d, asap_pool2d), (FLC2d, flc_pool2d)]
 
 
+@pytest.fixture(params=['auto', 'paired'])
+def contraction(request, monkeypatch):
+    """'auto': the CPU's choice (low-rank correction as separate products for rank <= 2); 'paired': the
+    two-product form every other device uses, forced on the CPU."""
+    if request.param == 'paired':
+        monkeypatch.setattr(spectral_matrix, '_CPU_LOW_RANK_MAX', -1)
+    return request.param
+
+
 def _empty_output(pool, size, mode, padding='one'):
     try:
         output_size(size, pool, padding, mode)
@@ -32,7 +42,7 @@ def _empty_output(pool, size, mode, padding='one'):
 
 @pytest.mark.parametrize('mode', ['centered', 'reference'])
 @pytest.mark.parametrize('name,fast,fft,kwargs', VARIANTS, ids=[v[0] for v in VARIANTS])
-def test_fast_form_equals_fft_formulation_float64_all_sizes(name, fast, fft, kwargs, mode):
+def test_fast_form_equals_fft_formulation_float64_all_sizes(name, fast, fft, kwargs, mode, contraction):
     gen = torch.Generator().manual_seed(0)
     pool = 'flc' if name.startswith('flc') else 'asap'
     worst = 0.0
@@ -123,7 +133,7 @@ def test_autocast_cpu_bfloat16():
 
 
 @pytest.mark.parametrize('fn', [asap_pool2d, flc_pool2d])
-def test_channels_last_and_non_contiguous(fn):
+def test_channels_last_and_non_contiguous(fn, contraction):
     for channels in (3, 32):  # few channels take the NCHW contraction, many the NHWC one
         x = torch.randn(2, channels, 14, 15, dtype=torch.float64)
         ref = fn(x)

@@ -8,9 +8,11 @@ crop) is linear and acts on H and W separately, so for a real input ``x``::
 ``A`` is built here in float64 from the closed-form DFT sums (independently of ``torch.fft``, which
 the FFT formulation in :mod:`timm_asap.layers.fft_pool` uses, so one checks the other). ``Q`` is
 usually of very low rank (with a symmetric window and band it is rank 0 or 1: only the unpaired
-Nyquist bin of an even-length band is complex), so it is stored as ``Q = U V^T`` and the second
-term costs ``O(HW)``. Matrices are cached per (size, options, dtype, device) in a process-wide cache,
-outside any state dict.
+Nyquist bin of an even-length band is complex), so it is stored as ``Q = U V^T``. Two ways to apply
+the second term (:func:`pool_plan` picks): as separate small products, which adds little arithmetic
+but several kernels (large planes on the CPU), or folded with the first term into exactly two matrix
+products of twice the size (:func:`apply_paired`: GPUs, small planes, high ranks). Matrices are cached
+per (size, options, layout, dtype, device) in a process-wide cache, outside any state dict.
 """
 from __future__ import annotations
 
@@ -21,7 +23,8 @@ import torch
 
 from .band import BandSpec, band_spec
 
-__all__ = ['AxisOperator', 'axis_matrix', 'axis_operator', 'apply_separable', 'check_pool_input', 'clear_cache']
+__all__ = ['AxisOperator', 'PoolPlan', 'axis_matrix', 'axis_operator', 'pool_plan', 'apply_separable', 'apply_paired',
+           'check_pool_input', 'clear_cache', 'compute_dtype', 'static_size']
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -32,6 +35,7 @@ class AxisOperator(NamedTuple):
     p: torch.Tensor  # (n_out, size)
     u: torch.Tensor  # (n_out, r)
     v: torch.Tensor  # (size, r)
+    rank: int        # r, as a plain int (also under jit.trace, where tensor sizes are traced values)
 
 
 def axis_matrix(spec: BandSpec, norm: str = 'forward') -> torch.Tensor:
@@ -60,11 +64,11 @@ def axis_matrix(spec: BandSpec, norm: str = 'forward') -> torch.Tensor:
 def _factor(a: torch.Tensor) -> AxisOperator:
     p, q = a.real.contiguous(), a.imag
     if q.numel() == 0:
-        return AxisOperator(p, q.new_zeros(q.shape[0], 0), q.new_zeros(q.shape[1], 0))
+        return AxisOperator(p, q.new_zeros(q.shape[0], 0), q.new_zeros(q.shape[1], 0), 0)
     su, s, svh = torch.linalg.svd(q, full_matrices=False)
     tol = 1e-13 * max(1.0, float(s.max()), float(torch.linalg.matrix_norm(p, ord=2)))
     r = int((s > tol).sum())
-    return AxisOperator(p, (su[:, :r] * s[:r]).contiguous(), svh[:r].T.contiguous())
+    return AxisOperator(p, (su[:, :r] * s[:r]).contiguous(), svh[:r].T.contiguous(), r)
 
 
 _float64_cache: dict[tuple, AxisOperator] = {}
@@ -79,7 +83,18 @@ def _float64_operator(size: int, pool: str, padding: str, mode: str, norm: str) 
     return op
 
 
-@torch.compiler.assume_constant_result
+def _build_outside_graphs(build):
+    """Run ``build()`` as ordinary tensor code: outside a jit.trace recording and inference_mode (so a
+    later call with autograd can save the result for backward), without autograd history."""
+    tracing_state = torch._C._get_tracing_state()
+    torch._C._set_tracing_state(None)
+    try:
+        with torch.inference_mode(False), torch.no_grad():
+            return build()
+    finally:
+        torch._C._set_tracing_state(tracing_state)
+
+
 def axis_operator(
         size: int,
         pool: str = 'asap',
@@ -92,23 +107,16 @@ def axis_operator(
     """Cached real factors of one axis' pooling operator, cast to ``dtype`` on ``device``.
 
     The float64 matrices are built once per (size, pool, padding, mode, norm); each dtype/device
-    copy is cached too. Nothing here is a module buffer, so state dicts stay untouched. Under
-    ``torch.compile`` the call runs at trace time and its tensors enter the graph as constants.
+    copy is cached too. Nothing here is a module buffer, so state dicts stay untouched.
     """
     device = torch.device('cpu') if device is None else torch.device(device)
     key = (size, pool, padding, mode, norm, dtype, device)
     op = _cast_cache.get(key)
     if op is None:
-        # built as ordinary tensors even when first asked for under inference_mode, so that a later
-        # call with autograd can save them for backward
-        tracing_state = torch._C._get_tracing_state()  # under jit.trace: build outside the recorded graph
-        torch._C._set_tracing_state(None)
-        try:
-            with torch.inference_mode(False), torch.no_grad():
-                op = _cast_cache[key] = AxisOperator(
-                    *(t.to(device=device, dtype=dtype) for t in _float64_operator(size, pool, padding, mode, norm)))
-        finally:
-            torch._C._set_tracing_state(tracing_state)
+        def build():
+            base = _float64_operator(size, pool, padding, mode, norm)
+            return AxisOperator(*(t.to(device=device, dtype=dtype) for t in base[:3]), base.rank)
+        op = _cast_cache[key] = _build_outside_graphs(build)
     return op
 
 
@@ -116,6 +124,7 @@ def clear_cache() -> None:
     """Drop every cached matrix (e.g. to free GPU memory)."""
     _float64_cache.clear()
     _cast_cache.clear()
+    _plan_cache.clear()
 
 
 def check_pool_input(x, owner: str) -> None:
@@ -133,6 +142,98 @@ def check_pool_input(x, owner: str) -> None:
 
 # below this many channels a channels_last input is contracted in NCHW order (and the result converted back)
 _MIN_NHWC_CHANNELS = 16
+# On the CPU the low-rank correction is applied as separate small products up to this rank and from this
+# plane size (H * W) on: there the arithmetic dominates. Smaller planes, higher ranks and every other device
+# (where the number of kernels matters more than the arithmetic) take the paired form.
+_CPU_LOW_RANK_MAX = 2
+_CPU_LOW_RANK_MIN_PLANE = 400
+# device types torch.is_autocast_enabled accepts (it raises for others, e.g. 'meta')
+_AUTOCAST_DEVICE_TYPES = frozenset({'cpu', 'cuda', 'xpu', 'hpu', 'mps', 'mtia', 'xla'})
+
+
+def _paired_matrix(op: AxisOperator, form: str) -> torch.Tensor:
+    """One axis' ``P`` and ``M = U V^T`` side by side (float64), in one of four arrangements.
+
+    ``'h_nchw'``: rows ``P[a], M[a]`` interleaved (2n x size); ``'w_nchw'``: ``[P | -M]`` (n x 2 size);
+    ``'h_nhwc'``: columns ``P[:, i], -M[:, i]`` interleaved (n x 2 size); ``'w_nhwc'``: ``[P; M]``
+    (2n x size). See :func:`apply_paired`.
+    """
+    p, m = op.p, op.u @ op.v.T
+    n, size = p.shape
+    if form == 'h_nchw':
+        return torch.stack([p, m], dim=1).reshape(2 * n, size)
+    if form == 'w_nchw':
+        return torch.cat([p, -m], dim=1)
+    if form == 'h_nhwc':
+        return torch.stack([p, -m], dim=2).reshape(n, 2 * size)
+    if form == 'w_nhwc':
+        return torch.cat([p, m], dim=0)
+    raise ValueError(f"form must be one of 'h_nchw', 'w_nchw', 'h_nhwc', 'w_nhwc', got {form!r}")
+
+
+class PoolPlan(NamedTuple):
+    """How one input size, layout, dtype and device is pooled: a contraction kind and its matrices.
+
+    ``kind`` is ``'plain'`` (``P_H x P_W^T``: the imaginary parts cancel), ``'low_rank'`` (``P_H x P_W^T
+    - U_H (V_H^T x V_W) U_W^T`` as separate products), ``'paired_nchw'`` / ``'paired_nhwc'``
+    (:func:`apply_paired`) or ``'magnitude'`` (FLC's abs variant).
+    """
+
+    kind: str
+    mats: tuple[torch.Tensor, ...]
+
+
+_plan_cache: dict[tuple, PoolPlan] = {}
+
+
+def _build_plan(height, width, pool, padding, mode, norm, magnitude, nhwc, dtype, device) -> PoolPlan:
+    oh = _float64_operator(height, pool, padding, mode, norm)
+    ow = _float64_operator(width, pool, padding, mode, norm)
+    if magnitude:
+        kind, mats = 'magnitude', (oh.p, ow.p, oh.u @ oh.v.T, ow.u @ ow.v.T)
+    elif min(oh.rank, ow.rank) == 0:  # M_H x M_W^T vanishes
+        kind, mats = 'plain', (oh.p, ow.p)
+    elif (device.type == 'cpu' and max(oh.rank, ow.rank) <= _CPU_LOW_RANK_MAX
+          and height * width >= _CPU_LOW_RANK_MIN_PLANE):
+        kind, mats = 'low_rank', (oh.p, ow.p, oh.v.T, ow.v.T, oh.u, ow.u)
+    elif nhwc:
+        kind, mats = 'paired_nhwc', (_paired_matrix(oh, 'h_nhwc'), _paired_matrix(ow, 'w_nhwc'))
+    else:
+        kind, mats = 'paired_nchw', (_paired_matrix(oh, 'h_nchw'), _paired_matrix(ow, 'w_nchw'))
+    return PoolPlan(kind, tuple(m.to(device=device, dtype=dtype).contiguous() for m in mats))
+
+
+@torch.compiler.assume_constant_result
+def pool_plan(
+        height: int,
+        width: int,
+        pool: str,
+        padding: str,
+        mode: str,
+        norm: str,
+        magnitude: bool,
+        nhwc: bool,
+        dtype: torch.dtype,
+        device: torch.device,
+) -> PoolPlan:
+    """The cached :class:`PoolPlan` for an input; built on first use from the float64 factors.
+
+    One call per pooling (under ``torch.compile`` it runs at trace time and its tensors enter the graph
+    as constants). Nothing here is a module buffer, so state dicts stay untouched.
+    """
+    key = (height, width, pool, padding, mode, norm, magnitude, nhwc, dtype, device,
+           _CPU_LOW_RANK_MAX, _CPU_LOW_RANK_MIN_PLANE)
+    plan = _plan_cache.get(key)
+    if plan is None:
+        plan = _plan_cache[key] = _build_outside_graphs(
+            lambda: _build_plan(height, width, pool, padding, mode, norm, magnitude, nhwc, dtype, device))
+    return plan
+
+
+def _nhwc_order(x: torch.Tensor) -> bool:
+    """True when ``x`` is stored channels_last (and not also plain contiguous) with enough channels."""
+    return (not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+            and x.shape[1] >= _MIN_NHWC_CHANNELS)
 
 
 def apply_separable(x: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
@@ -155,22 +256,64 @@ def apply_separable(x: torch.Tensor, left: torch.Tensor, right: torch.Tensor) ->
     return y.reshape(batch, n_out, m_out, channels).permute(0, 3, 1, 2)
 
 
+def apply_paired(x: torch.Tensor, left: torch.Tensor, right: torch.Tensor, nhwc: bool) -> torch.Tensor:
+    """``P_H x P_W^T - M_H x M_W^T`` in exactly two matrix products, for any rank of ``M``.
+
+    NCHW (``nhwc=False``; ``left`` 'h_nchw', ``right`` 'w_nchw' of :func:`_paired_matrix`): ``T = L x``
+    with the rows of ``P_H`` and ``M_H`` interleaved, so each image plane's ``T`` read as (h, 2W) holds
+    ``[P_H x | M_H x]`` row by row; one GEMM with ``[P_W | -M_W]^T`` finishes. NHWC (channels_last with
+    enough channels; 'h_nhwc', 'w_nhwc'): the W product with ``[P_W; M_W]`` gives (H, 2w, C), which
+    read as (2H, w C) pairs each input row's two results; one product with the column-interleaved
+    ``[P_H, -M_H]`` finishes, without a layout copy. Twice the arithmetic of the plain product and no
+    extra kernels: the better trade where kernel launches, not arithmetic, bound the time.
+    """
+    batch, channels, height, width = x.shape
+    if nhwc:
+        h_out, w_out = left.shape[0], right.shape[0] // 2
+        t = torch.matmul(right, x.permute(0, 2, 3, 1))                                    # (N, H, 2w, C)
+        y = torch.matmul(left, t.reshape(batch, 2 * height, w_out * channels))            # (N, h, w C)
+        return y.reshape(batch, h_out, w_out, channels).permute(0, 3, 1, 2)
+    channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    h_out = left.shape[0] // 2
+    t = torch.matmul(left, x.contiguous() if channels_last else x)                        # (N, C, 2h, W)
+    y = torch.matmul(t.reshape(batch, channels, h_out, 2 * width), right.transpose(0, 1))  # (N, C, h, w)
+    return y.contiguous(memory_format=torch.channels_last) if channels_last else y
+
+
+def static_size(n) -> int:
+    """A spatial size as a plain int: the matrices depend on it.
+
+    ``int()`` gives plain ints under jit.trace; ``len(range(...))`` makes torch.compile specialize a
+    size it has made dynamic (after seeing a second input size) with a guard on its value, so each
+    size gets its own graph with constant matrices instead of failing on a symbolic size.
+    """
+    return len(range(int(n)))
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype the matrices are cast to: the autocast dtype under autocast (except for float64), else x's."""
+    device_type = x.device.type
+    if (x.dtype != torch.float64 and device_type in _AUTOCAST_DEVICE_TYPES
+            and torch.is_autocast_enabled(device_type)):
+        return torch.get_autocast_dtype(device_type)
+    return x.dtype
+
+
 def spectral_pool(x: torch.Tensor, pool: str, padding: str, mode: str, norm: str, magnitude: bool) -> torch.Tensor:
     """Shared body of :func:`asap_pool2d` and :func:`flc_pool2d` (inputs already validated)."""
-    height, width = int(x.shape[-2]), int(x.shape[-1])  # plain ints also under jit.trace
-    dtype = x.dtype
-    device_type = x.device.type
-    if dtype != torch.float64 and torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
-        dtype = torch.get_autocast_dtype(device_type)
-    oh = axis_operator(height, pool, padding, mode, norm, dtype, x.device)
-    ow = axis_operator(width, pool, padding, mode, norm, dtype, x.device)
-    real = apply_separable(x, oh.p, ow.p)
-    if magnitude:
-        qh, qw = oh.u @ oh.v.T, ow.u @ ow.v.T
-        real = real - apply_separable(x, qh, qw)
-        imag = apply_separable(x, oh.p, qw) + apply_separable(x, qh, ow.p)
-        return torch.sqrt(real * real + imag * imag)
-    if oh.u.shape[1] and ow.u.shape[1]:
-        inner = apply_separable(x, oh.v.T, ow.v.T)                      # (N, C, r_h, r_w)
-        real = real - apply_separable(inner, oh.u, ow.u)
-    return real
+    nhwc = _nhwc_order(x)
+    plan = pool_plan(static_size(x.shape[-2]), static_size(x.shape[-1]), pool, padding, mode, norm,
+                     magnitude, nhwc, compute_dtype(x), x.device)
+    # fields read by name and index (older torch.compile cannot iterate a constant-result tuple)
+    kind, mats = plan.kind, plan.mats
+    if kind == 'plain':
+        return apply_separable(x, mats[0], mats[1])
+    if kind in ('paired_nchw', 'paired_nhwc'):
+        return apply_paired(x, mats[0], mats[1], nhwc=kind == 'paired_nhwc')
+    if kind == 'low_rank':  # mats: P_H, P_W, V_H^T, V_W^T, U_H, U_W
+        inner = apply_separable(x, mats[2], mats[3])                    # (N, C, r_h, r_w)
+        return apply_separable(x, mats[0], mats[1]) - apply_separable(inner, mats[4], mats[5])
+    # 'magnitude'; mats: P_H, P_W, Q_H, Q_W
+    real = apply_separable(x, mats[0], mats[1]) - apply_separable(x, mats[2], mats[3])
+    imag = apply_separable(x, mats[0], mats[3]) + apply_separable(x, mats[2], mats[1])
+    return torch.sqrt(real * real + imag * imag)
