@@ -174,9 +174,10 @@ def _paired_matrix(op: AxisOperator, form: str) -> torch.Tensor:
 class PoolPlan(NamedTuple):
     """How one input size, layout, dtype and device is pooled: a contraction kind and its matrices.
 
-    ``kind`` is ``'plain'`` (``P_H x P_W^T``: the imaginary parts cancel), ``'low_rank'`` (``P_H x P_W^T
-    - U_H (V_H^T x V_W) U_W^T`` as separate products), ``'paired_nchw'`` / ``'paired_nhwc'``
-    (:func:`apply_paired`) or ``'magnitude'`` (FLC's abs variant).
+    ``kind`` is ``'plain'`` (``P_H x P_W^T``: the imaginary parts cancel), ``'low_rank'`` (one separable
+    product with ``[P; V^T]`` on each axis gives ``P_H x P_W^T`` and ``V_H^T x V_W`` as blocks, then
+    ``- U_H (V_H^T x V_W) U_W^T``: one fused multiply-add for rank 1), ``'paired_nchw'`` /
+    ``'paired_nhwc'`` (:func:`apply_paired`) or ``'magnitude'`` (FLC's abs variant).
     """
 
     kind: str
@@ -195,7 +196,12 @@ def _build_plan(height, width, pool, padding, mode, norm, magnitude, nhwc, dtype
         kind, mats = 'plain', (oh.p, ow.p)
     elif (device.type == 'cpu' and max(oh.rank, ow.rank) <= _CPU_LOW_RANK_MAX
           and height * width >= _CPU_LOW_RANK_MIN_PLANE):
-        kind, mats = 'low_rank', (oh.p, ow.p, oh.v.T, ow.v.T, oh.u, ow.u)
+        # [P; V^T] per axis: one separable product yields P_H x P_W^T and V_H^T x V_W as blocks
+        ext_h, ext_w = torch.cat([oh.p, oh.v.T], dim=0), torch.cat([ow.p, ow.v.T], dim=0)
+        if oh.rank == ow.rank == 1:
+            kind, mats = 'low_rank', (ext_h, ext_w, -torch.outer(oh.u[:, 0], ow.u[:, 0]))
+        else:
+            kind, mats = 'low_rank', (ext_h, ext_w, oh.u, ow.u)
     elif nhwc:
         kind, mats = 'paired_nhwc', (_paired_matrix(oh, 'h_nhwc'), _paired_matrix(ow, 'w_nhwc'))
     else:
@@ -310,9 +316,14 @@ def spectral_pool(x: torch.Tensor, pool: str, padding: str, mode: str, norm: str
         return apply_separable(x, mats[0], mats[1])
     if kind in ('paired_nchw', 'paired_nhwc'):
         return apply_paired(x, mats[0], mats[1], nhwc=kind == 'paired_nhwc')
-    if kind == 'low_rank':  # mats: P_H, P_W, V_H^T, V_W^T, U_H, U_W
-        inner = apply_separable(x, mats[2], mats[3])                    # (N, C, r_h, r_w)
-        return apply_separable(x, mats[0], mats[1]) - apply_separable(inner, mats[4], mats[5])
+    if kind == 'low_rank':  # mats: [P_H; V_H^T], [P_W; V_W^T], then -u_H u_W^T (rank 1) or U_H, U_W
+        y = apply_separable(x, mats[0], mats[1])                        # (N, C, h + r_h, w + r_w)
+        if len(mats) == 3:
+            h_out, w_out = mats[2].shape
+            return torch.addcmul(y[..., :h_out, :w_out], y[..., h_out:, w_out:], mats[2])
+        h_out, w_out = mats[2].shape[0], mats[3].shape[0]
+        inner = y[..., h_out:, w_out:]                                  # V_H^T x V_W: (N, C, r_h, r_w)
+        return y[..., :h_out, :w_out] - torch.matmul(torch.matmul(mats[2], inner), mats[3].transpose(0, 1))
     # 'magnitude'; mats: P_H, P_W, Q_H, Q_W
     real = apply_separable(x, mats[0], mats[1]) - apply_separable(x, mats[2], mats[3])
     imag = apply_separable(x, mats[0], mats[3]) + apply_separable(x, mats[2], mats[1])
