@@ -242,22 +242,25 @@ def _nhwc_order(x: torch.Tensor) -> bool:
             and x.shape[1] >= _MIN_NHWC_CHANNELS)
 
 
-def apply_separable(x: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+def apply_separable(x: torch.Tensor, left: torch.Tensor, right: torch.Tensor, nhwc: bool | None = None) -> torch.Tensor:
     """``left @ x @ right.T`` over the last two dims of an (N, C, H, W) tensor.
 
     ``left`` is (n, H) and ``right`` (m, W). NCHW inputs contract H first (a batched product per
     image and channel, which halves the rows of the following single GEMM over W); channels_last
-    inputs are contracted in NHWC order without a layout copy and come back channels_last.
+    inputs with enough channels are contracted in NHWC order without a layout copy and come back
+    channels_last. ``nhwc`` forces the order (default: from ``x``'s layout).
     """
     n_out, m_out = left.shape[0], right.shape[0]
     batch, channels, height = x.shape[0], x.shape[1], x.shape[2]
-    if x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last):
-        return torch.matmul(torch.matmul(left, x), right.transpose(0, 1))
-    if channels < _MIN_NHWC_CHANNELS:  # e.g. an RGB input: NHWC products would be (m x W) @ (W x 3)
-        y = torch.matmul(torch.matmul(left, x.contiguous()), right.transpose(0, 1))
-        return y.contiguous(memory_format=torch.channels_last)
-    nhwc = x.permute(0, 2, 3, 1)                                        # (N, H, W, C), contiguous
-    t = torch.matmul(right, nhwc)                                       # (N, H, m, C)
+    if nhwc is None:
+        nhwc = _nhwc_order(x)
+    if not nhwc:
+        channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+        # a few-channel channels_last input (e.g. RGB): NHWC products would be (m x W) @ (W x 3)
+        y = torch.matmul(torch.matmul(left, x.contiguous() if channels_last else x), right.transpose(0, 1))
+        return y.contiguous(memory_format=torch.channels_last) if channels_last else y
+    nhwc_view = x.permute(0, 2, 3, 1)                                   # (N, H, W, C)
+    t = torch.matmul(right, nhwc_view)                                  # (N, H, m, C)
     y = torch.matmul(left, t.reshape(batch, height, m_out * channels))  # (N, n, m * C)
     return y.reshape(batch, n_out, m_out, channels).permute(0, 3, 1, 2)
 
@@ -307,17 +310,20 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
 
 def spectral_pool(x: torch.Tensor, pool: str, padding: str, mode: str, norm: str, magnitude: bool) -> torch.Tensor:
     """Shared body of :func:`asap_pool2d` and :func:`flc_pool2d` (inputs already validated)."""
-    nhwc = _nhwc_order(x)
+    # Compiled for the CPU, inductor lays convolutions out channels_last whatever the traced layout, so
+    # the NHWC contraction is traced then too: tracing the NCHW one would add two layout copies.
+    nhwc = _nhwc_order(x) or (torch.compiler.is_compiling() and x.device.type == 'cpu'
+                              and x.shape[1] >= _MIN_NHWC_CHANNELS)
     plan = pool_plan(static_size(x.shape[-2]), static_size(x.shape[-1]), pool, padding, mode, norm,
                      magnitude, nhwc, compute_dtype(x), x.device)
     # fields read by name and index (older torch.compile cannot iterate a constant-result tuple)
     kind, mats = plan.kind, plan.mats
     if kind == 'plain':
-        return apply_separable(x, mats[0], mats[1])
+        return apply_separable(x, mats[0], mats[1], nhwc)
     if kind in ('paired_nchw', 'paired_nhwc'):
         return apply_paired(x, mats[0], mats[1], nhwc=kind == 'paired_nhwc')
     if kind == 'low_rank':  # mats: [P_H; V_H^T], [P_W; V_W^T], then -u_H u_W^T (rank 1) or U_H, U_W
-        y = apply_separable(x, mats[0], mats[1])                        # (N, C, h + r_h, w + r_w)
+        y = apply_separable(x, mats[0], mats[1], nhwc)                  # (N, C, h + r_h, w + r_w)
         if len(mats) == 3:
             h_out, w_out = mats[2].shape
             return torch.addcmul(y[..., :h_out, :w_out], y[..., h_out:, w_out:], mats[2])
