@@ -131,12 +131,21 @@ def benchmark_models(
         over rounds of resnet50's time / this model's time in the same round), ``round_ms`` (per-round
         times), ``peak_mb`` (CUDA only, else None).
     """
-    from tqdm.auto import tqdm
-
     device = torch.device(device)
     labels = list(models or MODELS)
     if BASELINE not in labels:
         labels.insert(0, BASELINE)
+    # every model is a ResNet sharing one forward: each compiled (model, mode) is a recompile of it
+    recompile_limit = max(torch._dynamo.config.recompile_limit, 2 * len(labels) * len(passes) + 2)
+    with torch._dynamo.config.patch(recompile_limit=recompile_limit):
+        return _benchmark(device, dtype, batch_size, img_size, channels_last, compile_, labels, rounds, iters,
+                          warmup, passes, progress)
+
+
+def _benchmark(device, dtype, batch_size, img_size, channels_last, compile_, labels, rounds, iters, warmup, passes,
+               progress) -> list[dict]:
+    from tqdm.auto import tqdm
+
     runners = [_Runner(label, device, dtype, batch_size, img_size, channels_last, compile_) for label in labels]
     times = {(r.label, p): [] for r in runners for p in passes}
     peaks: dict[tuple[str, str], int] = {}
