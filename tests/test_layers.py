@@ -25,8 +25,8 @@ MODULES = [(ASAP2d, asap_pool2d), (FLC2d, flc_pool2d)]
 
 @pytest.fixture(params=['auto', 'paired'])
 def contraction(request, monkeypatch):
-    """'auto': the CPU's choice (low-rank correction as separate products for rank <= 2); 'paired': the
-    two-product form every other device uses, forced on the CPU."""
+    """'auto': the CPU's choice (the low-rank form for planes from 20x20 with rank <= 2, else paired);
+    'paired': the two-product form GPUs use, forced for every size."""
     if request.param == 'paired':
         monkeypatch.setattr(spectral_matrix, '_CPU_LOW_RANK_MAX', -1)
     return request.param
@@ -288,6 +288,11 @@ def test_torch_compile_fullgraph(module_cls):
     x.requires_grad_()
     compiled(x).sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
+    # more channels (the NHWC contraction is traced on the CPU), channels_last, and new sizes, which
+    # recompile with their own matrices instead of failing on a symbolic size
+    for x in (torch.randn(2, 16, 28, 28), torch.randn(2, 16, 28, 28).contiguous(memory_format=torch.channels_last),
+              torch.randn(2, 16, 30, 26), torch.randn(3, 16, 8, 8)):
+        torch.testing.assert_close(compiled(x), layer(x), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize('dynamo,opset', [(False, 17), (True, 18)], ids=['torchscript-opset17', 'dynamo-opset18'])

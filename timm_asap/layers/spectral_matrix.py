@@ -142,9 +142,9 @@ def check_pool_input(x, owner: str) -> None:
 
 # below this many channels a channels_last input is contracted in NCHW order (and the result converted back)
 _MIN_NHWC_CHANNELS = 16
-# On the CPU the low-rank correction is applied as separate small products up to this rank and from this
-# plane size (H * W) on: there the arithmetic dominates. Smaller planes, higher ranks and every other device
-# (where the number of kernels matters more than the arithmetic) take the paired form.
+# On the CPU the low-rank form ('low_rank' in PoolPlan) runs up to this rank and from this plane size (H * W)
+# on, where the arithmetic dominates. Smaller planes, higher ranks and every other device (where the
+# number of kernels matters more than the arithmetic) take the paired form.
 _CPU_LOW_RANK_MAX = 2
 _CPU_LOW_RANK_MIN_PLANE = 400
 # device types torch.is_autocast_enabled accepts (it raises for others, e.g. 'meta')
@@ -236,10 +236,14 @@ def pool_plan(
     return plan
 
 
+def _is_channels_last(x: torch.Tensor) -> bool:
+    """True when ``x`` is stored channels_last and not also plain contiguous."""
+    return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
 def _nhwc_order(x: torch.Tensor) -> bool:
     """True when ``x`` is stored channels_last (and not also plain contiguous) with enough channels."""
-    return (not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-            and x.shape[1] >= _MIN_NHWC_CHANNELS)
+    return _is_channels_last(x) and x.shape[1] >= _MIN_NHWC_CHANNELS
 
 
 def apply_separable(x: torch.Tensor, left: torch.Tensor, right: torch.Tensor, nhwc: bool | None = None) -> torch.Tensor:
@@ -255,7 +259,7 @@ def apply_separable(x: torch.Tensor, left: torch.Tensor, right: torch.Tensor, nh
     if nhwc is None:
         nhwc = _nhwc_order(x)
     if not nhwc:
-        channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+        channels_last = _is_channels_last(x)
         # a few-channel channels_last input (e.g. RGB): NHWC products would be (m x W) @ (W x 3)
         y = torch.matmul(torch.matmul(left, x.contiguous() if channels_last else x), right.transpose(0, 1))
         return y.contiguous(memory_format=torch.channels_last) if channels_last else y
@@ -282,7 +286,7 @@ def apply_paired(x: torch.Tensor, left: torch.Tensor, right: torch.Tensor, nhwc:
         t = torch.matmul(right, x.permute(0, 2, 3, 1))                                    # (N, H, 2w, C)
         y = torch.matmul(left, t.reshape(batch, 2 * height, w_out * channels))            # (N, h, w C)
         return y.reshape(batch, h_out, w_out, channels).permute(0, 3, 1, 2)
-    channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    channels_last = _is_channels_last(x)
     h_out = left.shape[0] // 2
     t = torch.matmul(left, x.contiguous() if channels_last else x)                        # (N, C, 2h, W)
     y = torch.matmul(t.reshape(batch, channels, h_out, 2 * width), right.transpose(0, 1))  # (N, C, h, w)
@@ -312,8 +316,9 @@ def spectral_pool(x: torch.Tensor, pool: str, padding: str, mode: str, norm: str
     """Shared body of :func:`asap_pool2d` and :func:`flc_pool2d` (inputs already validated)."""
     # Compiled for the CPU, inductor lays convolutions out channels_last whatever the traced layout, so
     # the NHWC contraction is traced then too: tracing the NCHW one would add two layout copies.
-    nhwc = _nhwc_order(x) or (torch.compiler.is_compiling() and x.device.type == 'cpu'
-                              and x.shape[1] >= _MIN_NHWC_CHANNELS)
+    # static_size: the choice is a plain bool also where torch.compile made the channel count dynamic
+    many_channels = static_size(x.shape[1]) >= _MIN_NHWC_CHANNELS
+    nhwc = many_channels and (_is_channels_last(x) or (torch.compiler.is_compiling() and x.device.type == 'cpu'))
     plan = pool_plan(static_size(x.shape[-2]), static_size(x.shape[-1]), pool, padding, mode, norm,
                      magnitude, nhwc, compute_dtype(x), x.device)
     # fields read by name and index (older torch.compile cannot iterate a constant-result tuple)
