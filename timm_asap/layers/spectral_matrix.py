@@ -294,7 +294,7 @@ def apply_paired(x: torch.Tensor, left: torch.Tensor, right: torch.Tensor, nhwc:
 
 
 def static_size(n) -> int:
-    """A spatial size as a plain int: the matrices depend on it.
+    """A tensor size as a plain int (the matrices and the contraction order depend on it).
 
     ``int()`` gives plain ints under jit.trace; ``len(range(...))`` makes torch.compile specialize a
     size it has made dynamic (after seeing a second input size) with a guard on its value, so each
