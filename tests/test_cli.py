@@ -7,12 +7,15 @@ from timm_asap.cli.main import COMMANDS, main as dispatch
 def test_list_models_command(capsys):
     from timm_asap.cli.list_models import main, model_rows
     rows = {r['architecture']: r for r in model_rows('resnet18_cifar')}
-    assert set(rows) == {'resnet18_cifar_asap', 'resnet18_cifar_flc'}
+    assert set(rows) == {'resnet18_cifar', 'resnet18_cifar_asap', 'resnet18_cifar_flc'}
+    assert [rows[n]['pool'] for n in sorted(rows)] == ['none', 'asap', 'flc']
     assert rows['resnet18_cifar_asap']['unpublished'] == ['fmnist'] and rows['resnet18_cifar_asap']['tags'] == []
+    assert rows['resnet18_cifar']['unpublished'] == ['fmnist']
+    assert 'resnet50' not in {r['architecture'] for r in model_rows('resnet50')}  # timm's own bases are not listed
     assert main(['resnet50']) == 0
     out = capsys.readouterr().out
     assert 'resnet50_asap' in out and 'tv_in1k_base' in out and 'not published yet: ft_in1k' in out
-    with pytest.raises(SystemExit, match='no registered ASAP/FLC architecture matches'):
+    with pytest.raises(SystemExit, match='no registered ASAP/FLC architecture or CIFAR-size baseline matches'):
         main(['nosuchnet'])
 
 

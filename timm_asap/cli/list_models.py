@@ -1,4 +1,4 @@
-"""``timm-asap list-models``: the registered ASAP/FLC architectures and their weight tags."""
+"""``timm-asap list-models``: the registered ASAP/FLC architectures (and the CIFAR-size baselines) and their weight tags."""
 from __future__ import annotations
 
 import argparse
@@ -8,15 +8,21 @@ import timm
 from ..models import unpublished_tags
 
 
+# the module registering the CIFAR-size families, whose strided baselines are ours too
+_CIFAR_MODULE = 'asap_cifar'
+
+
 def model_rows(pattern: str = '*') -> list[dict]:
-    """One row per registered ASAP/FLC architecture matching ``pattern``: name, pool, loadable and
-    not-yet-published weight tags."""
-    names = timm.list_models([f'{pattern}_asap', f'{pattern}_flc'])
+    """One row per architecture this package registers that matches ``pattern``: the ASAP/FLC variants
+    and the CIFAR-size baselines (pool ``'none'``), with loadable and not-yet-published weight tags."""
+    names = sorted(set(timm.list_models([f'{pattern}_asap', f'{pattern}_flc']))
+                   | set(timm.list_models(pattern, module=_CIFAR_MODULE)))
     rows = []
     for name in names:
         pending = {t.split('.', 1)[1] for t in unpublished_tags(name)}
         tags = [p.split('.', 1)[1] for p in timm.list_pretrained(f'{name}.*')]
-        rows.append(dict(architecture=name, pool=name.rsplit('_', 1)[1],
+        suffix = name.rsplit('_', 1)[1]
+        rows.append(dict(architecture=name, pool=suffix if suffix in ('asap', 'flc') else 'none',
                          tags=[t for t in tags if t not in pending], unpublished=sorted(pending)))
     return rows
 
@@ -27,7 +33,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     rows = model_rows(args.pattern)
     if not rows:
-        raise SystemExit(f"no registered ASAP/FLC architecture matches {args.pattern!r}; "
+        raise SystemExit(f"no registered ASAP/FLC architecture or CIFAR-size baseline matches {args.pattern!r}; "
                          f"try 'timm-asap list-models' without a pattern")
     width = max(len(r['architecture']) for r in rows)
     for r in rows:

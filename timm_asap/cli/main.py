@@ -10,7 +10,7 @@ COMMANDS = {
     'finetune': ('finetune', 'fine-tune an ASAP/FLC model from a hub_configs YAML'),
     'evaluate': ('evaluate', 'clean, corruption, adversarial and shift-consistency evaluation'),
     'publish': ('publish', 'write a Hub folder (model card, config.json, safetensors) and upload it'),
-    'list-models': ('list_models', 'list the registered ASAP/FLC architectures and their weight tags'),
+    'list-models': ('list_models', 'list the registered ASAP/FLC architectures (and CIFAR-size baselines) with their weight tags'),
     'coverage': ('coverage', 'convert one model of every timm CNN family and report what matches'),
     'benchmark-layers': ('benchmark_layers', 'time the pooling layers against their baselines'),
     'benchmark-models': ('benchmark_models', 'time whole networks (resnet50 vs its ASAP/FLC/BlurPool variants)'),
