@@ -36,3 +36,14 @@ def test_every_command_has_help(command, capsys):
         dispatch([command, '--help'])
     assert exc.value.code == 0
     assert 'usage:' in capsys.readouterr().out
+
+
+def test_benchmark_models_short_names(tmp_path):
+    from timm_asap.cli.benchmark_models import parse_args
+    assert parse_args(['--models', 'resnetaa50', 'resnet50_asap']).models == ['resnetaa50 (BlurPool)', 'resnet50_asap']
+    config = tmp_path / 'bench.yaml'
+    config.write_text('models: [resnetaa50]\n')
+    assert parse_args(['--config', str(config)]).models == ['resnetaa50 (BlurPool)']
+    config.write_text('models: [resnet51]\n')
+    with pytest.raises(SystemExit, match=r"unknown \['resnet51'\]; allowed: .*'resnetaa50'"):
+        parse_args(['--config', str(config)])

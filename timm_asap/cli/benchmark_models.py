@@ -17,6 +17,14 @@ from ._yaml_defaults import parse_args_with_yaml_defaults
 DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
 
 
+# 'resnetaa50' on the command line for the table label 'resnetaa50 (BlurPool)'
+_SHORT_NAMES = {label.split(' ')[0]: label for label in MODELS}
+
+
+def _model_label(name: str) -> str:
+    return _SHORT_NAMES.get(name, name)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog='timm-asap benchmark-models',
@@ -32,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--cuda-channels-last', action=argparse.BooleanOptionalAction, default=True)
     p.add_argument('--cpu-channels-last', action=argparse.BooleanOptionalAction, default=False)
     p.add_argument('--compile', choices=['off', 'on', 'both'], default='both')
-    p.add_argument('--models', nargs='+', choices=list(MODELS), default=None, help='default: all')
+    p.add_argument('--models', nargs='+', type=_model_label, choices=list(MODELS), metavar='MODEL', default=None,
+                   help=f"any of {', '.join(_SHORT_NAMES)} (default: all)")
     p.add_argument('--batch-size', type=int, default=32)
     p.add_argument('--img-size', type=int, default=224)
     p.add_argument('--rounds', type=int, default=3, help='timed interleaved rounds (median reported)')
@@ -50,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv=None) -> argparse.Namespace:
     """Parse ``argv``; values from ``--config`` YAML become the defaults that the command line overrides."""
     args = parse_args_with_yaml_defaults(build_parser(), argv)
+    if args.models:  # YAML defaults skip argparse's type and choices
+        args.models = [_model_label(m) for m in args.models]
+        unknown = [m for m in args.models if m not in MODELS]
+        if unknown:
+            raise SystemExit(f"--models: unknown {unknown}; allowed: {list(_SHORT_NAMES)}")
     for key in ('batch_size', 'img_size', 'rounds', 'iters'):
         if getattr(args, key) < 1:
             raise SystemExit(f"--{key.replace('_', '-')} must be >= 1, got {getattr(args, key)}")
