@@ -57,8 +57,7 @@ def _bool(value) -> bool:
 
 def build_parser() -> argparse.ArgumentParser:
     d = EvalOptions()
-    p = argparse.ArgumentParser(prog='timm-asap-evaluate', description=__doc__.split('\n\n')[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(prog='timm-asap-evaluate', description=__doc__.split('\n\n')[0])
     p.add_argument('--config', default=None, help='YAML file of defaults (keys: the long option names with _)')
     g = p.add_argument_group('models')
     g.add_argument('--model', action='append', default=None, metavar='[LABEL=]NAME[@CHECKPOINT]',
@@ -121,7 +120,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--output', default='output/evaluation')
     g.add_argument('--plots', type=_bool, default=d.plots)
     g.add_argument('--progress', type=_bool, default=d.progress)
+    _show_defaults(p)
     return p
+
+
+def _show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Append ``(default: ...)`` to every option's help that has a default and does not name one itself
+    (argparse's ArgumentDefaultsHelpFormatter skips options without help text)."""
+    for action in parser._actions:
+        if not action.option_strings or any(action.default is v for v in (None, False, argparse.SUPPRESS)):
+            continue
+        if action.help is None or 'default' not in action.help:
+            action.help = f"{action.help or ''} (default: %(default)s)".strip()
 
 
 def parse_model_spec(spec: str) -> tuple[str, str, str]:
