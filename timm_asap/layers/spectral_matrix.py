@@ -11,7 +11,7 @@ usually of very low rank (with a symmetric window and band it is rank 0 or 1: on
 Nyquist bin of an even-length band is complex), so it is stored as ``Q = U V^T``. Two ways to apply
 the second term (:func:`pool_plan` picks): as separate small products, which adds little arithmetic
 but several kernels (large planes on the CPU), or folded with the first term into exactly two matrix
-products of twice the size (:func:`apply_paired`: GPUs, small planes, high ranks). Matrices are cached
+products of twice the size (:func:`apply_separable`'s paired form: GPUs, small planes, high ranks). Matrices are cached
 per (size, options, layout, dtype, device) in a process-wide cache, outside any state dict.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ import torch
 
 from .band import BandSpec, band_spec
 
-__all__ = ['AxisOperator', 'PoolPlan', 'axis_matrix', 'axis_operator', 'pool_plan', 'apply_separable', 'apply_paired',
+__all__ = ['AxisOperator', 'PoolPlan', 'axis_matrix', 'axis_operator', 'pool_plan', 'apply_separable',
            'check_pool_input', 'clear_cache', 'compute_dtype', 'static_size']
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -156,7 +156,7 @@ def _paired_matrix(op: AxisOperator, form: str) -> torch.Tensor:
 
     ``'h_nchw'``: rows ``P[a], M[a]`` interleaved (2n x size); ``'w_nchw'``: ``[P | -M]`` (n x 2 size);
     ``'h_nhwc'``: columns ``P[:, i], -M[:, i]`` interleaved (n x 2 size); ``'w_nhwc'``: ``[P; M]``
-    (2n x size). See :func:`apply_paired`.
+    (2n x size). See :func:`apply_separable`.
     """
     p, m = op.p, op.u @ op.v.T
     n, size = p.shape
@@ -176,8 +176,9 @@ class PoolPlan(NamedTuple):
 
     ``kind`` is ``'plain'`` (``P_H x P_W^T``: the imaginary parts cancel), ``'low_rank'`` (one separable
     product with ``[P; V^T]`` on each axis gives ``P_H x P_W^T`` and ``V_H^T x V_W`` as blocks, then
-    ``- U_H (V_H^T x V_W) U_W^T``: one fused multiply-add for rank 1), ``'paired_nchw'`` /
-    ``'paired_nhwc'`` (:func:`apply_paired`) or ``'magnitude'`` (FLC's abs variant).
+    ``- U_H (V_H^T x V_W) U_W^T``: one fused multiply-add for rank 1), ``'paired'`` (P and M side by
+    side for the input's contraction order, see :func:`apply_separable`) or ``'magnitude'`` (FLC's abs
+    variant).
     """
 
     kind: str
@@ -203,9 +204,9 @@ def _build_plan(height, width, pool, padding, mode, norm, magnitude, nhwc, dtype
         else:
             kind, mats = 'low_rank', (ext_h, ext_w, oh.u, ow.u)
     elif nhwc:
-        kind, mats = 'paired_nhwc', (_paired_matrix(oh, 'h_nhwc'), _paired_matrix(ow, 'w_nhwc'))
+        kind, mats = 'paired', (_paired_matrix(oh, 'h_nhwc'), _paired_matrix(ow, 'w_nhwc'))
     else:
-        kind, mats = 'paired_nchw', (_paired_matrix(oh, 'h_nchw'), _paired_matrix(ow, 'w_nchw'))
+        kind, mats = 'paired', (_paired_matrix(oh, 'h_nchw'), _paired_matrix(ow, 'w_nchw'))
     return PoolPlan(kind, tuple(m.to(device=device, dtype=dtype).contiguous() for m in mats))
 
 
@@ -242,55 +243,44 @@ def _is_channels_last(x: torch.Tensor) -> bool:
 
 
 def _nhwc_order(x: torch.Tensor) -> bool:
-    """True when ``x`` is stored channels_last (and not also plain contiguous) with enough channels."""
-    return _is_channels_last(x) and x.shape[1] >= _MIN_NHWC_CHANNELS
+    """Whether to contract ``x`` in NHWC order: channels_last inputs with enough channels, and, compiled
+    for the CPU, any input with enough channels (inductor lays convolutions out channels_last whatever
+    the traced layout, so tracing the NCHW order would add two layout copies). A plain bool also where
+    torch.compile made the channel count dynamic (:func:`static_size`)."""
+    if static_size(x.shape[1]) < _MIN_NHWC_CHANNELS:
+        return False
+    return _is_channels_last(x) or (torch.compiler.is_compiling() and x.device.type == 'cpu')
 
 
 def apply_separable(x: torch.Tensor, left: torch.Tensor, right: torch.Tensor, nhwc: bool | None = None) -> torch.Tensor:
-    """``left @ x @ right.T`` over the last two dims of an (N, C, H, W) tensor.
+    """``left @ x @ right.T`` over the last two dims of an (N, C, H, W) tensor, or its paired form.
 
-    ``left`` is (n, H) and ``right`` (m, W). NCHW inputs contract H first (a batched product per
-    image and channel, which halves the rows of the following single GEMM over W); channels_last
-    inputs with enough channels are contracted in NHWC order without a layout copy and come back
-    channels_last. ``nhwc`` forces the order (default: from ``x``'s layout).
+    Plain: ``left`` is (n, H) and ``right`` (m, W). NCHW inputs contract H first (a batched product per
+    image and channel, which halves the rows of the following single GEMM over W); in NHWC order
+    (``nhwc``, default :func:`_nhwc_order`) the W product comes first, without a layout copy, and the
+    result comes back channels_last. A few-channel channels_last input (e.g. RGB, where NHWC products
+    would be (m x W) @ (W x 3)) is contracted in NCHW order and converted back.
+
+    Paired (:func:`_paired_matrix`): ``P_H x P_W^T - M_H x M_W^T`` in the same two products, for any rank
+    of ``M``. NCHW: ``left`` interleaves the rows of ``P_H`` and ``M_H`` (2h x H), so each plane of the
+    first product read as (h, 2W) holds ``[P_H x | M_H x]`` row by row, and ``right = [P_W | -M_W]``
+    (w x 2W) finishes. NHWC: ``right = [P_W; M_W]`` (2w x W) gives (H, 2w, C), which read as (2H, w C)
+    pairs each input row's two results, and the column-interleaved ``left = [P_H, -M_H]`` (h x 2H)
+    finishes. Twice the arithmetic of the plain product and no extra kernels: the better trade where
+    kernel launches, not arithmetic, bound the time. The reshapes below serve both forms.
     """
-    n_out, m_out = left.shape[0], right.shape[0]
     batch, channels, height = x.shape[0], x.shape[1], x.shape[2]
     if nhwc is None:
         nhwc = _nhwc_order(x)
     if not nhwc:
         channels_last = _is_channels_last(x)
-        # a few-channel channels_last input (e.g. RGB): NHWC products would be (m x W) @ (W x 3)
-        y = torch.matmul(torch.matmul(left, x.contiguous() if channels_last else x), right.transpose(0, 1))
+        t = torch.matmul(left, x.contiguous() if channels_last else x)                     # (N, C, n, W)
+        rows = t.shape[2] * t.shape[3] // right.shape[1]                                    # paired: n / 2
+        y = torch.matmul(t.reshape(batch, channels, rows, right.shape[1]), right.transpose(0, 1))
         return y.contiguous(memory_format=torch.channels_last) if channels_last else y
-    nhwc_view = x.permute(0, 2, 3, 1)                                   # (N, H, W, C)
-    t = torch.matmul(right, nhwc_view)                                  # (N, H, m, C)
-    y = torch.matmul(left, t.reshape(batch, height, m_out * channels))  # (N, n, m * C)
-    return y.reshape(batch, n_out, m_out, channels).permute(0, 3, 1, 2)
-
-
-def apply_paired(x: torch.Tensor, left: torch.Tensor, right: torch.Tensor, nhwc: bool) -> torch.Tensor:
-    """``P_H x P_W^T - M_H x M_W^T`` in exactly two matrix products, for any rank of ``M``.
-
-    NCHW (``nhwc=False``; ``left`` 'h_nchw', ``right`` 'w_nchw' of :func:`_paired_matrix`): ``T = L x``
-    with the rows of ``P_H`` and ``M_H`` interleaved, so each image plane's ``T`` read as (h, 2W) holds
-    ``[P_H x | M_H x]`` row by row; one GEMM with ``[P_W | -M_W]^T`` finishes. NHWC (channels_last with
-    enough channels; 'h_nhwc', 'w_nhwc'): the W product with ``[P_W; M_W]`` gives (H, 2w, C), which
-    read as (2H, w C) pairs each input row's two results; one product with the column-interleaved
-    ``[P_H, -M_H]`` finishes, without a layout copy. Twice the arithmetic of the plain product and no
-    extra kernels: the better trade where kernel launches, not arithmetic, bound the time.
-    """
-    batch, channels, height, width = x.shape
-    if nhwc:
-        h_out, w_out = left.shape[0], right.shape[0] // 2
-        t = torch.matmul(right, x.permute(0, 2, 3, 1))                                    # (N, H, 2w, C)
-        y = torch.matmul(left, t.reshape(batch, 2 * height, w_out * channels))            # (N, h, w C)
-        return y.reshape(batch, h_out, w_out, channels).permute(0, 3, 1, 2)
-    channels_last = _is_channels_last(x)
-    h_out = left.shape[0] // 2
-    t = torch.matmul(left, x.contiguous() if channels_last else x)                        # (N, C, 2h, W)
-    y = torch.matmul(t.reshape(batch, channels, h_out, 2 * width), right.transpose(0, 1))  # (N, C, h, w)
-    return y.contiguous(memory_format=torch.channels_last) if channels_last else y
+    t = torch.matmul(right, x.permute(0, 2, 3, 1))                                         # (N, H, m, C)
+    y = torch.matmul(left, t.reshape(batch, left.shape[1], height * t.shape[2] * channels // left.shape[1]))
+    return y.reshape(batch, left.shape[0], y.shape[2] // channels, channels).permute(0, 3, 1, 2)
 
 
 def static_size(n) -> int:
@@ -314,19 +304,13 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
 
 def spectral_pool(x: torch.Tensor, pool: str, padding: str, mode: str, norm: str, magnitude: bool) -> torch.Tensor:
     """Shared body of :func:`asap_pool2d` and :func:`flc_pool2d` (inputs already validated)."""
-    # Compiled for the CPU, inductor lays convolutions out channels_last whatever the traced layout, so
-    # the NHWC contraction is traced then too: tracing the NCHW one would add two layout copies.
-    # static_size: the choice is a plain bool also where torch.compile made the channel count dynamic
-    many_channels = static_size(x.shape[1]) >= _MIN_NHWC_CHANNELS
-    nhwc = many_channels and (_is_channels_last(x) or (torch.compiler.is_compiling() and x.device.type == 'cpu'))
+    nhwc = _nhwc_order(x)
     plan = pool_plan(static_size(x.shape[-2]), static_size(x.shape[-1]), pool, padding, mode, norm,
                      magnitude, nhwc, compute_dtype(x), x.device)
     # fields read by name and index (older torch.compile cannot iterate a constant-result tuple)
     kind, mats = plan.kind, plan.mats
-    if kind == 'plain':
+    if kind in ('plain', 'paired'):
         return apply_separable(x, mats[0], mats[1], nhwc)
-    if kind in ('paired_nchw', 'paired_nhwc'):
-        return apply_paired(x, mats[0], mats[1], nhwc=kind == 'paired_nhwc')
     if kind == 'low_rank':  # mats: [P_H; V_H^T], [P_W; V_W^T], then -u_H u_W^T (rank 1) or U_H, U_W
         y = apply_separable(x, mats[0], mats[1], nhwc)                  # (N, C, h + r_h, w + r_w)
         if len(mats) == 3:
@@ -336,6 +320,6 @@ def spectral_pool(x: torch.Tensor, pool: str, padding: str, mode: str, norm: str
         inner = y[..., h_out:, w_out:]                                  # V_H^T x V_W: (N, C, r_h, r_w)
         return y[..., :h_out, :w_out] - torch.matmul(torch.matmul(mats[2], inner), mats[3].transpose(0, 1))
     # 'magnitude'; mats: P_H, P_W, Q_H, Q_W
-    real = apply_separable(x, mats[0], mats[1]) - apply_separable(x, mats[2], mats[3])
-    imag = apply_separable(x, mats[0], mats[3]) + apply_separable(x, mats[2], mats[1])
+    real = apply_separable(x, mats[0], mats[1], nhwc) - apply_separable(x, mats[2], mats[3], nhwc)
+    imag = apply_separable(x, mats[0], mats[3], nhwc) + apply_separable(x, mats[2], mats[1], nhwc)
     return torch.sqrt(real * real + imag * imag)
