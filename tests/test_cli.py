@@ -44,6 +44,17 @@ def test_benchmark_models_short_names(tmp_path):
     config = tmp_path / 'bench.yaml'
     config.write_text('models: [resnetaa50]\n')
     assert parse_args(['--config', str(config)]).models == ['resnetaa50 (BlurPool)']
+    config.write_text('models: resnetaa50\n')  # one model as a plain string
+    assert parse_args(['--config', str(config)]).models == ['resnetaa50 (BlurPool)']
     config.write_text('models: [resnet51]\n')
-    with pytest.raises(SystemExit, match=r"unknown \['resnet51'\]; allowed: .*'resnetaa50'"):
+    with pytest.raises(SystemExit, match=r"unknown model 'resnet51'; allowed: resnet50, .*resnetaa50"):
         parse_args(['--config', str(config)])
+
+
+def test_benchmark_models_unknown_name_lists_short_names(capsys):
+    from timm_asap.cli.benchmark_models import parse_args
+    with pytest.raises(SystemExit):
+        parse_args(['--models', 'resnet51'])
+    err = capsys.readouterr().err
+    assert "unknown model 'resnet51'; allowed: resnet50, resnet50_asap, resnet50_flc, resnetaa50," in err
+    assert '(BlurPool)' not in err

@@ -23,13 +23,21 @@ VARIANTS = [
 MODULES = [(ASAP2d, asap_pool2d), (FLC2d, flc_pool2d)]
 
 
-@pytest.fixture(params=['auto', 'paired'])
+@pytest.fixture(params=['auto', 'paired', 'auto-nhwc', 'paired-nhwc'])
 def contraction(request, monkeypatch):
-    """'auto': the CPU's choice (the low-rank form for planes from 20x20 with rank <= 2, else paired);
-    'paired': the two-product form GPUs use, forced for every size."""
-    if request.param == 'paired':
+    """'auto': the CPU's choice (the low-rank form for planes of 400 pixels and more with rank <= 2, else
+    paired); 'paired': the two-product form GPUs use, forced for every size. '-nhwc': inputs passed
+    through :func:`_layout` are made channels_last and contracted in NHWC order whatever their channel
+    count (the order channels_last models and CPU-compiled models take)."""
+    if request.param.startswith('paired'):
         monkeypatch.setattr(spectral_matrix, '_CPU_LOW_RANK_MAX', -1)
+    if request.param.endswith('nhwc'):
+        monkeypatch.setattr(spectral_matrix, '_MIN_NHWC_CHANNELS', 1)
     return request.param
+
+
+def _layout(x, contraction):
+    return x.contiguous(memory_format=torch.channels_last) if contraction.endswith('nhwc') else x
 
 
 def _empty_output(pool, size, mode, padding='one'):
@@ -52,7 +60,7 @@ def test_fast_form_equals_fft_formulation_float64_all_sizes(name, fast, fft, kwa
                     _empty_output(pool, w, mode, kwargs.get('padding', 'one')):
                 continue
             x = torch.randn(1, 2, h, w, generator=gen, dtype=torch.float64)
-            a, b = fast(x, mode=mode, **kwargs), fft(x, mode=mode, **kwargs)
+            a, b = fast(_layout(x, contraction), mode=mode, **kwargs), fft(x, mode=mode, **kwargs)
             assert a.shape == b.shape, (h, w)
             worst = max(worst, (a - b).abs().max().item())
     assert worst < 1e-10
@@ -134,8 +142,9 @@ def test_autocast_cpu_bfloat16():
 
 @pytest.mark.parametrize('fn', [asap_pool2d, flc_pool2d])
 def test_channels_last_and_non_contiguous(fn, contraction):
-    for channels in (3, 32):  # few channels take the NCHW contraction, many the NHWC one
-        x = torch.randn(2, channels, 14, 15, dtype=torch.float64)
+    # few channels take the NCHW contraction, many the NHWC one; 20x23 planes take the CPU's low-rank form
+    for channels, h, w in ((3, 14, 15), (32, 14, 15), (32, 20, 23)):
+        x = torch.randn(2, channels, h, w, dtype=torch.float64)
         ref = fn(x)
         y_cl = fn(x.contiguous(memory_format=torch.channels_last))
         assert y_cl.is_contiguous(memory_format=torch.channels_last)
@@ -295,12 +304,42 @@ def test_torch_compile_fullgraph(module_cls):
         torch.testing.assert_close(compiled(x), layer(x), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize('module_cls', [ASAP2d, FLC2d])
+def test_torch_compile_dynamic_shapes(module_cls):
+    torch._dynamo.reset()
+    layer = module_cls()
+    compiled = torch.compile(layer, fullgraph=True, dynamic=True, backend='aot_eager')
+    for shape in ((2, 32, 28, 28), (3, 32, 28, 28), (2, 8, 20, 20), (2, 3, 14, 14), (1, 17, 9, 12)):
+        x = torch.randn(*shape)
+        torch.testing.assert_close(compiled(x), layer(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('warm', [False, True], ids=['cold-cache', 'warm-cache'])
+def test_torch_export_with_many_channels(warm):
+    from timm_asap.layers import clear_cache
+    clear_cache()
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), ASAP2d(), FLC2d(variant='abs')).eval()
+    x = torch.randn(2, 3, 24, 22)
+    with torch.no_grad():
+        ref = model(x) if warm else None
+        program = torch.export.export(model, (x,)).run_decompositions()
+        assert not any('set_grad_enabled' in str(n.target) for n in program.graph.nodes)
+        y = program.module()(x)
+        ref = model(x) if ref is None else ref
+    assert type(y) is torch.Tensor
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+    # the matrices cached while exporting are ordinary tensors: eager and channels_last calls still work
+    y_cl = model.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
+    assert type(y_cl) is torch.Tensor
+    torch.testing.assert_close(y_cl, ref, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize('dynamo,opset', [(False, 17), (True, 18)], ids=['torchscript-opset17', 'dynamo-opset18'])
 @pytest.mark.parametrize('module_cls', [ASAP2d, FLC2d])
 def test_onnx_export_matches_onnxruntime(module_cls, dynamo, opset, tmp_path):
     ort = pytest.importorskip('onnxruntime')
     pytest.importorskip('onnx')
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), module_cls()).eval()
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), module_cls()).eval()
     x = torch.randn(2, 3, 20, 18)
     path = tmp_path / 'pool.onnx'
     torch.onnx.export(model, (x,), str(path), opset_version=opset, dynamo=dynamo)

@@ -22,7 +22,11 @@ _SHORT_NAMES = {label.split(' ')[0]: label for label in MODELS}
 
 
 def _model_label(name: str) -> str:
-    return _SHORT_NAMES.get(name, name)
+    """The table label for a short name (or a label itself); an error naming the allowed short names."""
+    label = _SHORT_NAMES.get(name, name)
+    if label not in MODELS:
+        raise argparse.ArgumentTypeError(f"unknown model {name!r}; allowed: {', '.join(_SHORT_NAMES)}")
+    return label
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--cuda-channels-last', action=argparse.BooleanOptionalAction, default=True)
     p.add_argument('--cpu-channels-last', action=argparse.BooleanOptionalAction, default=False)
     p.add_argument('--compile', choices=['off', 'on', 'both'], default='both')
-    p.add_argument('--models', nargs='+', type=_model_label, choices=list(MODELS), metavar='MODEL', default=None,
+    p.add_argument('--models', nargs='+', type=_model_label, metavar='MODEL', default=None,
                    help=f"any of {', '.join(_SHORT_NAMES)} (default: all)")
     p.add_argument('--batch-size', type=int, default=32)
     p.add_argument('--img-size', type=int, default=224)
@@ -59,11 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv=None) -> argparse.Namespace:
     """Parse ``argv``; values from ``--config`` YAML become the defaults that the command line overrides."""
     args = parse_args_with_yaml_defaults(build_parser(), argv)
-    if args.models:  # YAML defaults skip argparse's type and choices
-        args.models = [_model_label(m) for m in args.models]
-        unknown = [m for m in args.models if m not in MODELS]
-        if unknown:
-            raise SystemExit(f"--models: unknown {unknown}; allowed: {list(_SHORT_NAMES)}")
+    if args.models:  # YAML defaults skip argparse's type; a YAML string names one model
+        names = [args.models] if isinstance(args.models, str) else list(args.models)
+        try:
+            args.models = [_model_label(str(m)) for m in names]
+        except argparse.ArgumentTypeError as err:
+            raise SystemExit(f"--models: {err}") from None
     for key in ('batch_size', 'img_size', 'rounds', 'iters'):
         if getattr(args, key) < 1:
             raise SystemExit(f"--{key.replace('_', '-')} must be >= 1, got {getattr(args, key)}")

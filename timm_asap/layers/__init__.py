@@ -5,7 +5,7 @@ from .asap import ASAP2d, asap_pool2d
 from .band import ASAP_PADDINGS, MODES, POOLS, BandSpec, band_spec, output_size
 from .fft_pool import ASAP2dFFT, FLC2dFFT, asap_pool2d_fft, flc_pool2d_fft
 from .flc import FLC2d, flc_pool2d
-from .spectral_matrix import axis_matrix, axis_operator, clear_cache
+from .spectral_matrix import axis_matrix, clear_cache
 from .create import create_pool
 
 # timm's FX feature extraction treats the pooling layers as leaves (their shapes drive Python logic).
@@ -14,6 +14,6 @@ for _cls in (ASAP2d, FLC2d, ASAP2dFFT, FLC2dFFT):
 
 __all__ = [
     'ASAP2d', 'FLC2d', 'ASAP2dFFT', 'FLC2dFFT', 'asap_pool2d', 'flc_pool2d', 'asap_pool2d_fft', 'flc_pool2d_fft',
-    'create_pool', 'output_size', 'band_spec', 'BandSpec', 'axis_matrix', 'axis_operator', 'clear_cache',
+    'create_pool', 'output_size', 'band_spec', 'BandSpec', 'axis_matrix', 'clear_cache',
     'POOLS', 'MODES', 'ASAP_PADDINGS',
 ]

@@ -11,20 +11,24 @@ usually of very low rank (with a symmetric window and band it is rank 0 or 1: on
 Nyquist bin of an even-length band is complex), so it is stored as ``Q = U V^T``. Two ways to apply
 the second term (:func:`pool_plan` picks): as separate small products, which adds little arithmetic
 but several kernels (large planes on the CPU), or folded with the first term into exactly two matrix
-products of twice the size (:func:`apply_separable`'s paired form: GPUs, small planes, high ranks). Matrices are cached
-per (size, options, layout, dtype, device) in a process-wide cache, outside any state dict.
+products of twice the size (the paired form: GPUs, small planes, high ranks). The matrices of each input
+(H, W), options, contraction order, dtype and device are cached process-wide (:func:`pool_plan`), outside
+any state dict.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import NamedTuple
 
 import torch
 
+from torch._subclasses.fake_tensor import unset_fake_temporarily
+from torch.fx.experimental.proxy_tensor import disable_proxy_modes_tracing
+
 from .band import BandSpec, band_spec
 
-__all__ = ['AxisOperator', 'PoolPlan', 'axis_matrix', 'axis_operator', 'pool_plan', 'apply_separable',
-           'check_pool_input', 'clear_cache', 'compute_dtype', 'static_size']
+__all__ = ['PoolPlan', 'axis_matrix', 'pool_plan', 'check_pool_input', 'clear_cache', 'compute_dtype', 'static_size']
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -72,7 +76,6 @@ def _factor(a: torch.Tensor) -> AxisOperator:
 
 
 _float64_cache: dict[tuple, AxisOperator] = {}
-_cast_cache: dict[tuple, AxisOperator] = {}
 
 
 def _float64_operator(size: int, pool: str, padding: str, mode: str, norm: str) -> AxisOperator:
@@ -84,46 +87,27 @@ def _float64_operator(size: int, pool: str, padding: str, mode: str, norm: str) 
 
 
 def _build_outside_graphs(build):
-    """Run ``build()`` as ordinary tensor code: outside a jit.trace recording and inference_mode (so a
-    later call with autograd can save the result for backward), without autograd history."""
+    """Run ``build()`` as ordinary tensor code, so its real tensors can be cached: outside a jit.trace
+    recording, the fake-tensor and proxy modes of torch.export / make_fx, and inference_mode (so a later
+    call with autograd can save the result for backward). ``build`` starts from fresh tensors, so it has
+    no autograd history; grad mode is left alone (torch.export records grad-mode switches as graph
+    regions), and inference_mode is left only where it is on."""
     tracing_state = torch._C._get_tracing_state()
     torch._C._set_tracing_state(None)
     try:
-        with torch.inference_mode(False), torch.no_grad():
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(unset_fake_temporarily())
+            stack.enter_context(disable_proxy_modes_tracing())
+            if torch.is_inference_mode_enabled():
+                stack.enter_context(torch.inference_mode(False))
             return build()
     finally:
         torch._C._set_tracing_state(tracing_state)
 
 
-def axis_operator(
-        size: int,
-        pool: str = 'asap',
-        padding: str = 'one',
-        mode: str = 'centered',
-        norm: str = 'forward',
-        dtype: torch.dtype = torch.float32,
-        device: torch.device | str | None = None,
-) -> AxisOperator:
-    """Cached real factors of one axis' pooling operator, cast to ``dtype`` on ``device``.
-
-    The float64 matrices are built once per (size, pool, padding, mode, norm); each dtype/device
-    copy is cached too. Nothing here is a module buffer, so state dicts stay untouched.
-    """
-    device = torch.device('cpu') if device is None else torch.device(device)
-    key = (size, pool, padding, mode, norm, dtype, device)
-    op = _cast_cache.get(key)
-    if op is None:
-        def build():
-            base = _float64_operator(size, pool, padding, mode, norm)
-            return AxisOperator(*(t.to(device=device, dtype=dtype) for t in base[:3]), base.rank)
-        op = _cast_cache[key] = _build_outside_graphs(build)
-    return op
-
-
 def clear_cache() -> None:
     """Drop every cached matrix (e.g. to free GPU memory)."""
     _float64_cache.clear()
-    _cast_cache.clear()
     _plan_cache.clear()
 
 
@@ -156,7 +140,7 @@ def _paired_matrix(op: AxisOperator, form: str) -> torch.Tensor:
 
     ``'h_nchw'``: rows ``P[a], M[a]`` interleaved (2n x size); ``'w_nchw'``: ``[P | -M]`` (n x 2 size);
     ``'h_nhwc'``: columns ``P[:, i], -M[:, i]`` interleaved (n x 2 size); ``'w_nhwc'``: ``[P; M]``
-    (2n x size). See :func:`apply_separable`.
+    (2n x size). See :func:`_apply_separable`.
     """
     p, m = op.p, op.u @ op.v.T
     n, size = p.shape
@@ -177,12 +161,17 @@ class PoolPlan(NamedTuple):
     ``kind`` is ``'plain'`` (``P_H x P_W^T``: the imaginary parts cancel), ``'low_rank'`` (one separable
     product with ``[P; V^T]`` on each axis gives ``P_H x P_W^T`` and ``V_H^T x V_W`` as blocks, then
     ``- U_H (V_H^T x V_W) U_W^T``: one fused multiply-add for rank 1), ``'paired'`` (P and M side by
-    side for the input's contraction order, see :func:`apply_separable`) or ``'magnitude'`` (FLC's abs
-    variant).
+    side for the input's contraction order, see :func:`_apply_separable`) or ``'magnitude'`` (FLC's abs
+    variant). The sizes the contraction needs are kept as plain ints (``sep``: the separable product's
+    output (rows, cols); ``inner``: the inner sizes of the left and right matrices; ``out``: the pooled
+    (H, W)), so no size is read off the constant matrices while tracing (torch.compile with dynamic shapes).
     """
 
     kind: str
     mats: tuple[torch.Tensor, ...]
+    sep: tuple[int, int]
+    inner: tuple[int, int]
+    out: tuple[int, int]
 
 
 _plan_cache: dict[tuple, PoolPlan] = {}
@@ -191,6 +180,7 @@ _plan_cache: dict[tuple, PoolPlan] = {}
 def _build_plan(height, width, pool, padding, mode, norm, magnitude, nhwc, dtype, device) -> PoolPlan:
     oh = _float64_operator(height, pool, padding, mode, norm)
     ow = _float64_operator(width, pool, padding, mode, norm)
+    out = (oh.p.shape[0], ow.p.shape[0])
     if magnitude:
         kind, mats = 'magnitude', (oh.p, ow.p, oh.u @ oh.v.T, ow.u @ ow.v.T)
     elif min(oh.rank, ow.rank) == 0:  # M_H x M_W^T vanishes
@@ -207,7 +197,13 @@ def _build_plan(height, width, pool, padding, mode, norm, magnitude, nhwc, dtype
         kind, mats = 'paired', (_paired_matrix(oh, 'h_nhwc'), _paired_matrix(ow, 'w_nhwc'))
     else:
         kind, mats = 'paired', (_paired_matrix(oh, 'h_nchw'), _paired_matrix(ow, 'w_nchw'))
-    return PoolPlan(kind, tuple(m.to(device=device, dtype=dtype).contiguous() for m in mats))
+    left, right = mats[0], mats[1]
+    if kind == 'paired':  # NCHW: left 2h x H, right w x 2W; NHWC: left h x 2H, right 2w x W
+        sep = (left.shape[0] // (1 if nhwc else 2), right.shape[0] // (2 if nhwc else 1))
+    else:
+        sep = (left.shape[0], right.shape[0])
+    return PoolPlan(kind, tuple(m.to(device=device, dtype=dtype).contiguous() for m in mats),
+                    sep, (left.shape[1], right.shape[1]), out)
 
 
 @torch.compiler.assume_constant_result
@@ -237,6 +233,12 @@ def pool_plan(
     return plan
 
 
+def _inductor_compiling() -> bool:
+    """True while torch.compile traces (not torch.export or ONNX's dynamo export, which keep eager's order)."""
+    is_exporting = getattr(torch.compiler, 'is_exporting', None)
+    return torch.compiler.is_dynamo_compiling() and not (is_exporting is not None and is_exporting())
+
+
 def _is_channels_last(x: torch.Tensor) -> bool:
     """True when ``x`` is stored channels_last and not also plain contiguous."""
     return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
@@ -245,21 +247,23 @@ def _is_channels_last(x: torch.Tensor) -> bool:
 def _nhwc_order(x: torch.Tensor) -> bool:
     """Whether to contract ``x`` in NHWC order: channels_last inputs with enough channels, and, compiled
     for the CPU, any input with enough channels (inductor lays convolutions out channels_last whatever
-    the traced layout, so tracing the NCHW order would add two layout copies). A plain bool also where
-    torch.compile made the channel count dynamic (:func:`static_size`)."""
-    if static_size(x.shape[1]) < _MIN_NHWC_CHANNELS:
+    the traced layout, so tracing the NCHW order would add two layout copies; the compiled result of a
+    contiguous input is then a channels_last tensor, equal in value). torch.export and ONNX export keep
+    eager's order. Under torch.compile the channel count enters only through this comparison (a guard,
+    not a specialisation on its value)."""
+    if not bool(x.shape[1] >= _MIN_NHWC_CHANNELS):  # guards only this comparison under torch.compile
         return False
-    return _is_channels_last(x) or (torch.compiler.is_compiling() and x.device.type == 'cpu')
+    return _is_channels_last(x) or (_inductor_compiling() and x.device.type == 'cpu')
 
 
-def apply_separable(x: torch.Tensor, left: torch.Tensor, right: torch.Tensor, nhwc: bool | None = None) -> torch.Tensor:
+def _apply_separable(x: torch.Tensor, left: torch.Tensor, right: torch.Tensor, plan: PoolPlan, nhwc: bool) -> torch.Tensor:
     """``left @ x @ right.T`` over the last two dims of an (N, C, H, W) tensor, or its paired form.
 
     Plain: ``left`` is (n, H) and ``right`` (m, W). NCHW inputs contract H first (a batched product per
     image and channel, which halves the rows of the following single GEMM over W); in NHWC order
-    (``nhwc``, default :func:`_nhwc_order`) the W product comes first, without a layout copy, and the
-    result comes back channels_last. A few-channel channels_last input (e.g. RGB, where NHWC products
-    would be (m x W) @ (W x 3)) is contracted in NCHW order and converted back.
+    (:func:`_nhwc_order`) the W product comes first, without a layout copy, and the result comes back
+    channels_last. A few-channel channels_last input (e.g. RGB, where NHWC products would be
+    (m x W) @ (W x 3)) is contracted in NCHW order and converted back.
 
     Paired (:func:`_paired_matrix`): ``P_H x P_W^T - M_H x M_W^T`` in the same two products, for any rank
     of ``M``. NCHW: ``left`` interleaves the rows of ``P_H`` and ``M_H`` (2h x H), so each plane of the
@@ -267,20 +271,19 @@ def apply_separable(x: torch.Tensor, left: torch.Tensor, right: torch.Tensor, nh
     (w x 2W) finishes. NHWC: ``right = [P_W; M_W]`` (2w x W) gives (H, 2w, C), which read as (2H, w C)
     pairs each input row's two results, and the column-interleaved ``left = [P_H, -M_H]`` (h x 2H)
     finishes. Twice the arithmetic of the plain product and no extra kernels: the better trade where
-    kernel launches, not arithmetic, bound the time. The reshapes below serve both forms.
+    kernel launches, not arithmetic, bound the time. The reshapes below serve both forms, with the
+    sizes taken from ``plan`` (the matrices must be the plan's, built for this order).
     """
-    batch, channels, height = x.shape[0], x.shape[1], x.shape[2]
-    if nhwc is None:
-        nhwc = _nhwc_order(x)
+    batch, channels = x.shape[0], x.shape[1]
+    (rows, cols), (inner_h, inner_w) = plan.sep, plan.inner
     if not nhwc:
         channels_last = _is_channels_last(x)
         t = torch.matmul(left, x.contiguous() if channels_last else x)                     # (N, C, n, W)
-        rows = t.shape[2] * t.shape[3] // right.shape[1]                                    # paired: n / 2
-        y = torch.matmul(t.reshape(batch, channels, rows, right.shape[1]), right.transpose(0, 1))
+        y = torch.matmul(t.reshape(batch, channels, rows, inner_w), right.transpose(0, 1))
         return y.contiguous(memory_format=torch.channels_last) if channels_last else y
     t = torch.matmul(right, x.permute(0, 2, 3, 1))                                         # (N, H, m, C)
-    y = torch.matmul(left, t.reshape(batch, left.shape[1], height * t.shape[2] * channels // left.shape[1]))
-    return y.reshape(batch, left.shape[0], y.shape[2] // channels, channels).permute(0, 3, 1, 2)
+    y = torch.matmul(left, t.reshape(batch, inner_h, cols * channels))
+    return y.reshape(batch, rows, cols, channels).permute(0, 3, 1, 2)
 
 
 def static_size(n) -> int:
@@ -310,16 +313,15 @@ def spectral_pool(x: torch.Tensor, pool: str, padding: str, mode: str, norm: str
     # fields read by name and index (older torch.compile cannot iterate a constant-result tuple)
     kind, mats = plan.kind, plan.mats
     if kind in ('plain', 'paired'):
-        return apply_separable(x, mats[0], mats[1], nhwc)
+        return _apply_separable(x, mats[0], mats[1], plan, nhwc)
     if kind == 'low_rank':  # mats: [P_H; V_H^T], [P_W; V_W^T], then -u_H u_W^T (rank 1) or U_H, U_W
-        y = apply_separable(x, mats[0], mats[1], nhwc)                  # (N, C, h + r_h, w + r_w)
+        y = _apply_separable(x, mats[0], mats[1], plan, nhwc)            # (N, C, h + r_h, w + r_w)
+        h_out, w_out = plan.out[0], plan.out[1]
         if len(mats) == 3:
-            h_out, w_out = mats[2].shape
             return torch.addcmul(y[..., :h_out, :w_out], y[..., h_out:, w_out:], mats[2])
-        h_out, w_out = mats[2].shape[0], mats[3].shape[0]
         inner = y[..., h_out:, w_out:]                                  # V_H^T x V_W: (N, C, r_h, r_w)
         return y[..., :h_out, :w_out] - torch.matmul(torch.matmul(mats[2], inner), mats[3].transpose(0, 1))
-    # 'magnitude'; mats: P_H, P_W, Q_H, Q_W
-    real = apply_separable(x, mats[0], mats[1], nhwc) - apply_separable(x, mats[2], mats[3], nhwc)
-    imag = apply_separable(x, mats[0], mats[3], nhwc) + apply_separable(x, mats[2], mats[1], nhwc)
+    # 'magnitude'; mats: P_H, P_W, Q_H, Q_W (all four products have the same sizes)
+    real = _apply_separable(x, mats[0], mats[1], plan, nhwc) - _apply_separable(x, mats[2], mats[3], plan, nhwc)
+    imag = _apply_separable(x, mats[0], mats[3], plan, nhwc) + _apply_separable(x, mats[2], mats[1], plan, nhwc)
     return torch.sqrt(real * real + imag * imag)

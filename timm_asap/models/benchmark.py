@@ -136,8 +136,11 @@ def benchmark_models(
     if BASELINE not in labels:
         labels.insert(0, BASELINE)
     # every model is a ResNet sharing one forward: each compiled (model, mode) is a recompile of it
-    recompile_limit = max(torch._dynamo.config.recompile_limit, 2 * len(labels) * len(passes) + 2)
-    with torch._dynamo.config.patch(recompile_limit=recompile_limit):
+    # (the setting is named cache_size_limit before torch 2.7)
+    config = torch._dynamo.config
+    limit_name = 'recompile_limit' if hasattr(config, 'recompile_limit') else 'cache_size_limit'
+    limit = max(getattr(config, limit_name), 2 * len(labels) * len(passes) + 2)
+    with config.patch(**{limit_name: limit}):
         return _benchmark(device, dtype, batch_size, img_size, channels_last, compile_, labels, rounds, iters,
                           warmup, passes, progress)
 
