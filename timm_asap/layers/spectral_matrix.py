@@ -22,7 +22,6 @@ import math
 from typing import NamedTuple
 
 import torch
-
 from torch._subclasses.fake_tensor import unset_fake_temporarily
 from torch.fx.experimental.proxy_tensor import disable_proxy_modes_tracing
 
