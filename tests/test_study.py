@@ -59,4 +59,3 @@ def test_study_smallest_size(tmp_path, fashion_mnist_dir):
     again = run_study(opts)
     assert again['timings']['train_s'] < result['timings']['train_s']
     assert again['table'] == result['table']
-

@@ -40,6 +40,10 @@ class AxisOperator(NamedTuple):
     v: torch.Tensor  # (size, r)
     rank: int        # r, as a plain int (also under jit.trace, where tensor sizes are traced values)
 
+    def imag(self) -> torch.Tensor:
+        """The imaginary part ``M = U V^T`` as a full (n_out, size) matrix."""
+        return self.u @ self.v.T
+
 
 def axis_matrix(spec: BandSpec, norm: str = 'forward') -> torch.Tensor:
     """The complex128 matrix (crop_len x size) that pools one axis as the FFT formulation does.
@@ -141,7 +145,7 @@ def _paired_matrix(op: AxisOperator, form: str) -> torch.Tensor:
     ``'h_nhwc'``: columns ``P[:, i], -M[:, i]`` interleaved (n x 2 size); ``'w_nhwc'``: ``[P; M]``
     (2n x size). See :func:`_apply_separable`.
     """
-    p, m = op.p, op.u @ op.v.T
+    p, m = op.p, op.imag()
     n, size = p.shape
     if form == 'h_nchw':
         return torch.stack([p, m], dim=1).reshape(2 * n, size)
@@ -181,7 +185,7 @@ def _build_plan(height, width, pool, padding, mode, norm, magnitude, nhwc, dtype
     ow = _float64_operator(width, pool, padding, mode, norm)
     out = (oh.p.shape[0], ow.p.shape[0])
     if magnitude:
-        kind, mats = 'magnitude', (oh.p, ow.p, oh.u @ oh.v.T, ow.u @ ow.v.T)
+        kind, mats = 'magnitude', (oh.p, ow.p, oh.imag(), ow.imag())
     elif min(oh.rank, ow.rank) == 0:  # M_H x M_W^T vanishes
         kind, mats = 'plain', (oh.p, ow.p)
     elif (device.type == 'cpu' and max(oh.rank, ow.rank) <= _CPU_LOW_RANK_MAX
@@ -232,10 +236,13 @@ def pool_plan(
     return plan
 
 
+# torch.compiler.is_exporting is missing from older torch releases
+_is_exporting = getattr(torch.compiler, 'is_exporting', lambda: False)
+
+
 def _inductor_compiling() -> bool:
     """True while torch.compile traces (not torch.export or ONNX's dynamo export, which keep eager's order)."""
-    is_exporting = getattr(torch.compiler, 'is_exporting', None)
-    return torch.compiler.is_dynamo_compiling() and not (is_exporting is not None and is_exporting())
+    return torch.compiler.is_dynamo_compiling() and not _is_exporting()
 
 
 def _is_channels_last(x: torch.Tensor) -> bool:
