@@ -8,7 +8,8 @@ from torch import nn
 
 import timm_asap.models as M
 from timm_asap.layers import ASAP2d
-from timm_asap.models.convert import PooledConvMixin
+from timm_asap.models.asap_cifar import SharedPoolPreActBlock
+from timm_asap.models.convert import PooledConvMixin, SharedPoolBasicBlock
 
 
 pytestmark = pytest.mark.usefixtures('one_thread')
@@ -54,13 +55,18 @@ def test_asap_placement_in_cifar_networks(name):
     model = timm.create_model(name, device='meta')
     base = timm.create_model(M.base_architecture(name), device='meta')
     strided = [n for n, m in base.named_modules() if isinstance(m, nn.Conv2d) and m.stride == (2, 2)]
-    pooled = [n for n, m in model.named_modules() if isinstance(m, PooledConvMixin)]
-    assert pooled == strided and all(isinstance(model.get_submodule(n).pool, ASAP2d) for n in pooled)
+    # each downsampling block pools once, for its strided 3x3 conv and its 1x1 shortcut (both now stride 1)
+    shared = [n for n, m in model.named_modules() if isinstance(m, (SharedPoolBasicBlock, SharedPoolPreActBlock))]
+    shortcut = 'downsample.0' if name.startswith('resnet') else 'downsample'  # timm's Sequential or a bare conv
+    assert strided == [f"{b}.{conv}" for b in shared for conv in ('conv1', shortcut)]
+    assert all(isinstance(model.get_submodule(b).pool, ASAP2d) for b in shared)
+    assert [n for n, m in model.named_modules() if isinstance(m, ASAP2d)] == [f"{b}.pool" for b in shared]
+    assert all(m.stride == (1, 1) for m in model.modules() if isinstance(m, nn.Conv2d))
+    assert not any(isinstance(m, PooledConvMixin) for m in model.modules())
     # stems stay stride 1 without pooling: the first layer sees the input unchanged
     first = model.get_submodule(model.pretrained_cfg['first_conv'])
     assert not isinstance(first, PooledConvMixin) and first.stride == (1, 1)
-    n_blocks = 3 if name.startswith('resnet18') else (3 if name.startswith('preact') else 2)
-    assert len(pooled) == 2 * n_blocks  # one strided 3x3 conv and one 1x1 shortcut per downsampling stage
+    assert len(shared) == (2 if name.startswith('wide') else 3)  # one per downsampling stage
 
 
 def test_preact_block_dropout_and_drop_path():

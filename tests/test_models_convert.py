@@ -12,11 +12,14 @@ import torch.nn.functional as F
 from timm.layers import BlurPool2d, Conv2dSame, MixedConv2d, StdConv2dSame
 from timm.layers.conv2d_same import conv2d_same
 from timm.layers.pool2d_same import AvgPool2dSame, MaxPool2dSame
+from timm.models.resnet import BasicBlock
 from torch import nn
 
 import timm_asap.models as M
 from timm_asap.layers import ASAP2d, ASAP2dFFT, FLC2d, asap_pool2d, flc_pool2d
-from timm_asap.models.convert import PooledConvMixin, SpectralDownsample
+from timm_asap.models import convert
+from timm_asap.models.asap_cifar import SharedPoolPreActBlock
+from timm_asap.models.convert import PooledConvMixin, SharedPoolBasicBlock, SpectralDownsample
 
 SIZES = list(range(4, 41))
 
@@ -188,6 +191,57 @@ def test_bad_arguments():
     assert isinstance(model[0], nn.Conv2d) and model[0].stride == (2, 2)
 
 
+@pytest.mark.parametrize('name,shared,unshared', [
+    ('resnet18', 5, 8), ('resnet34d', 5, 8), ('resnet18_cifar', 3, 6), ('preactresnet18', 3, 6),
+    ('wide_resnet28_10', 2, 4), ('resnet26d', 8, 8),
+])
+@pytest.mark.parametrize('pool', ['asap', 'flc'])
+def test_blocks_share_one_pooling_of_the_same_tensor(name, shared, unshared, pool, monkeypatch):
+    torch.manual_seed(0)
+    kwargs = dict(num_classes=10, device='meta') if name == 'wide_resnet28_10' else dict(num_classes=10)
+    base = timm.create_model(name, **kwargs)
+    model = M.asapify(copy.deepcopy(base), pool=pool)
+    with monkeypatch.context() as m:
+        m.setattr(convert, '_share_block_pools', lambda model: 0)
+        reference = M.asapify(copy.deepcopy(base), pool=pool)
+    assert len(M.spectral_pool_modules(model)) == shared and len(M.spectral_pool_modules(reference)) == unshared
+    assert [(k, v.shape) for k, v in model.state_dict().items()] == [(k, v.shape) for k, v in base.state_dict().items()]
+    for block in model.modules():
+        if isinstance(block, (SharedPoolBasicBlock, SharedPoolPreActBlock)):
+            assert block.conv1.stride == (1, 1) and type(block.conv1) is nn.Conv2d
+    if name == 'wide_resnet28_10':  # 36M parameters: structure only
+        return
+    model.load_state_dict(base.state_dict())
+    reference.load_state_dict(base.state_dict())
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    model, reference = model.double().eval(), reference.double().eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x), rtol=0, atol=0)
+    x.requires_grad_(True)
+    model.train()(x).sum().backward()
+    grad, x.grad = x.grad, None
+    reference.train()(x).sum().backward()
+    torch.testing.assert_close(grad, x.grad, rtol=1e-12, atol=1e-12)
+
+
+def test_blocks_with_unequal_pools_are_not_shared():
+    block = timm.create_model('resnet18', num_classes=10).layer2[0]
+    model = M.asapify(nn.Sequential(copy.deepcopy(block)))
+    assert type(model[0]) is SharedPoolBasicBlock
+    mixed = nn.Sequential(copy.deepcopy(block))
+    M.asapify(mixed.get_submodule('0.downsample'), pool='flc')  # the shortcut pools with FLC
+    M.asapify(mixed)
+    assert type(mixed[0]) is BasicBlock and isinstance(mixed[0].conv1.pool, ASAP2d)
+    assert isinstance(mixed[0].downsample[0].pool, FLC2d)
+
+
+def test_register_shared_pool_block_checks_arguments():
+    with pytest.raises(TypeError, match='needs a subclass of BasicBlock'):
+        convert.register_shared_pool_block(BasicBlock, nn.Module, ('conv1', 'downsample.0'))
+    with pytest.raises(ValueError, match='at least two'):
+        convert.register_shared_pool_block(BasicBlock, SharedPoolBasicBlock, ('conv1',))
+
+
 def test_fft_formulation_matches_fast_form():
     torch.manual_seed(0)
     base = timm.create_model('resnet18_cifar', num_classes=10).double().eval()
@@ -221,7 +275,7 @@ def test_fx_feature_extraction_of_converted_model():
     model = timm.create_model('resnet18_asap', features_only=True, feature_cls='fx').eval()
     torch.manual_seed(0)
     ref = timm.create_model('resnet18_asap', features_only=True).eval()  # timm's default FeatureListNet
-    assert sum(isinstance(m, ASAP2d) for m in model.modules()) == 8
+    assert sum(isinstance(m, ASAP2d) for m in model.modules()) == 5  # stem conv, max-pool, 3 shared block pools
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         for out, want in zip(model(x), ref(x)):

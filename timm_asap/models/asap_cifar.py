@@ -29,8 +29,9 @@ from torch import nn
 from ._builder import (
     PAPER_IDS, VARIANTS, Variant, create_variant, hub_tag_cfgs, make_default_cfg, make_entrypoint, no_weights_cfg,
 )
+from .convert import register_shared_pool_block
 
-__all__ = ['CifarResNet', 'PreActBlock', 'PreActResNet', 'CIFAR_ARCHITECTURES', 'CIFAR10_MEAN', 'CIFAR10_STD']
+__all__ = ['CifarResNet', 'PreActBlock', 'SharedPoolPreActBlock', 'PreActResNet', 'CIFAR_ARCHITECTURES', 'CIFAR10_MEAN', 'CIFAR10_STD']
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
@@ -114,10 +115,31 @@ class PreActBlock(nn.Module):
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x_pre = self.norm1(x)
+        return self.residual(x, self.norm1(x))
+
+    def residual(self, x: torch.Tensor, x_pre: torch.Tensor) -> torch.Tensor:
+        """The block's output from its input ``x`` and the pre-activated input ``x_pre = norm1(x)``."""
         shortcut = x if self.downsample is None else self.downsample(x_pre)
         x = self.conv2(self.drop(self.norm2(self.conv1(x_pre))))
         return self.drop_path(x) + shortcut
+
+
+class SharedPoolPreActBlock(PreActBlock):
+    """:class:`PreActBlock` with one spectral pooling of the pre-activated input, read by both the first
+    convolution and the projection shortcut (both at stride 1). Set up by :func:`~timm_asap.models.asapify`.
+
+    Shape:
+        - Input: (N, C_in, H, W)
+        - Output: (N, C_out, H_out, W_out), as the base block's.
+    """
+
+    pool: nn.Module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.residual(x, self.pool(self.norm1(x)))
+
+
+register_shared_pool_block(PreActBlock, SharedPoolPreActBlock, ('conv1', 'downsample'))
 
 
 class PreActResNet(nn.Module):

@@ -17,6 +17,10 @@ at stride 1" (Grabinski, Keuper & Keuper, arXiv:2307.09804):
   the model (``BlurPool2d``): replaced by the spectral pooling alone (the paper's "stem max-pool ->
   ASAP").
 
+Where several strided operations of one block read the same tensor (the strided 3x3 convolution and
+the projection shortcut of a ResNet ``BasicBlock`` both read the block input), that tensor is pooled
+once for all of them (:func:`register_shared_pool_block`): the same values, with fewer pooling kernels.
+
 Nothing is added to or removed from the state dict: the pooling layers have no parameters or
 persistent buffers, converted convolutions keep their class's parameters (their class becomes a
 subclass that pools first), so a checkpoint of the base model loads with ``strict=True``.
@@ -43,6 +47,7 @@ from timm.layers import (
 )
 from timm.layers.conv2d_same import Conv2dSameExport
 from timm.layers.pool2d_same import AvgPool2dSame, MaxPool2dSame
+from timm.models.resnet import BasicBlock
 from torch import nn
 
 from timm_asap.layers import create_pool, output_size
@@ -50,7 +55,7 @@ from timm_asap.layers.create import POOL_LAYERS
 
 __all__ = [
     'asapify', 'plan_conversion', 'StridedOp', 'ConversionError', 'PooledConvMixin', 'SpectralDownsample',
-    'is_converted', 'spectral_pool_modules', 'PATCHIFY_CHOICES',
+    'is_converted', 'spectral_pool_modules', 'PATCHIFY_CHOICES', 'register_shared_pool_block', 'SharedPoolBasicBlock',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -273,6 +278,99 @@ class SpectralDownsample(nn.Module):
         return 'fit=' + ', '.join(f"(k={a.kernel}, s={a.stride}, p={a.padding})" for a in self.axes)
 
 
+# ---------------------------------------------------------------------------------------------------
+# One pooling for the strided operations of a block that read the same tensor
+# ---------------------------------------------------------------------------------------------------
+
+# block class -> (its shared-pool subclass, paths of the strided ops that read the shared tensor)
+_SHARED_POOL_BLOCKS: dict[type, tuple[type, tuple[str, ...]]] = {}
+
+
+def register_shared_pool_block(block_cls: type, shared_cls: type, strided: tuple[str, ...]) -> None:
+    """Declare that the strided operations ``strided`` of ``block_cls`` all read one tensor.
+
+    After converting, :func:`asapify` gives each block of exactly this class whose listed operations
+    all pool first with equal pooling layers (and need no size fitting) one pooling, the child module
+    ``pool``, and makes its class ``shared_cls``; the listed convolutions become plain stride-1
+    convolutions again and listed pooling layers (e.g. the spectral pooling that replaced a resnet-d
+    shortcut's ``AvgPool2d``) become ``nn.Identity``. ``shared_cls`` is a subclass of ``block_cls``
+    whose forward applies ``self.pool`` to that tensor; the outputs are those of the unshared model.
+
+    Args:
+        block_cls: the block class (matched exactly, not its subclasses).
+        shared_cls: its subclass that applies ``self.pool`` once.
+        strided: the operations' module paths inside the block, e.g. ``('conv1', 'downsample.0')``.
+    """
+    if not (isinstance(shared_cls, type) and issubclass(shared_cls, block_cls)):
+        raise TypeError(f"register_shared_pool_block needs a subclass of {block_cls.__name__}, got {shared_cls!r}")
+    if len(strided) < 2:
+        raise ValueError(f"register_shared_pool_block needs at least two strided op paths, got {strided!r}")
+    _SHARED_POOL_BLOCKS[block_cls] = (shared_cls, tuple(strided))
+
+
+class SharedPoolBasicBlock(BasicBlock):
+    """timm's ResNet ``BasicBlock`` with one spectral pooling of the block input, read by both the
+    first convolution and the projection shortcut (both at stride 1). Set up by :func:`asapify`.
+
+    Shape:
+        - Input: (N, C_in, H, W)
+        - Output: (N, C_out, H_out, W_out), as the base block's (``mode='centered'``: the base
+          block's strided output size).
+    """
+
+    pool: nn.Module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(self.pool(x))
+
+
+register_shared_pool_block(BasicBlock, SharedPoolBasicBlock, ('conv1', 'downsample.0'))
+
+
+def _leading_pool(m: nn.Module) -> nn.Module | None:
+    """The pooling ``m`` applies to its input before anything else: a converted conv's pool (pool
+    first, no size fitting) or a bare spectral pooling layer; None otherwise."""
+    if isinstance(m, PooledConvMixin):
+        return m.pool if m.pool_position == 'before' and m.fit_axes is None else None
+    return m if isinstance(m, POOL_TYPES) else None
+
+
+def _unpool(block: nn.Module, path: str) -> None:
+    """Remove the leading pooling of the op at ``path`` (a converted conv keeps its weights and stride 1)."""
+    m = block.get_submodule(path)
+    if isinstance(m, PooledConvMixin):
+        del m._modules['pool']
+        for attr in ('conv_stride', 'pool_position', 'fit_axes'):
+            delattr(m, attr)
+        m.__class__ = type(m).__bases__[1]
+    else:
+        parent, child = _get_parent(block, path)
+        setattr(parent, child, nn.Identity())
+
+
+def _share_block_pools(model: nn.Module) -> int:
+    """Give each registered block whose strided ops pool the same tensor one shared pooling; returns
+    how many blocks were changed."""
+    changed = 0
+    for block in model.modules():
+        entry = _SHARED_POOL_BLOCKS.get(type(block))
+        if entry is None:
+            continue
+        shared_cls, paths = entry
+        try:
+            pools = [_leading_pool(block.get_submodule(path)) for path in paths]
+        except AttributeError:  # e.g. no projection shortcut
+            continue
+        if any(p is None for p in pools) or len({(type(p), repr(p)) for p in pools}) != 1:
+            continue
+        for path in paths:
+            _unpool(block, path)
+        block.__class__ = shared_cls
+        block.add_module('pool', pools[0])
+        changed += 1
+    return changed
+
+
 for _cls in (PooledConv2d, PooledConv2dSame, PooledConv2dSameExport, PooledStdConv2d, PooledStdConv2dSame,
              PooledScaledStdConv2d, PooledScaledStdConv2dSame, PooledCondConv2d, SpectralDownsample):
     register_notrace_module(_cls)
@@ -462,7 +560,8 @@ def asapify(
 
     Every stride-2 downsampling becomes "pool, then the same op at stride 1"; stride 2**m becomes m
     poolings. See the module docstring for the handling of each layer type and of kernel == stride
-    "patchify" convolutions. Parameter and buffer names and shapes do not change, so the base
+    "patchify" convolutions. Blocks whose strided ops read the same tensor (ResNet's ``BasicBlock``,
+    see :func:`register_shared_pool_block`) pool it once. Parameter and buffer names and shapes do not change, so the base
     model's state dict loads with ``strict=True``; feature_info reductions and (in ``'centered'``
     mode) every output size stay those of the base model.
 
@@ -556,5 +655,7 @@ def asapify(
                 new = pools[0] if halvings == 1 else nn.Sequential(*pools)
             parent, child = _get_parent(model, op.name)
             setattr(parent, child, new)
-    _logger.debug('asapify converted %d layers (pool=%s, mode=%s)', len(ops) - len(bad), pool, mode)
+    shared = _share_block_pools(model)
+    _logger.debug('asapify converted %d layers (pool=%s, mode=%s); %d blocks share one pooling',
+                  len(ops) - len(bad), pool, mode, shared)
     return model
