@@ -5,6 +5,7 @@ import csv
 import json
 import os
 import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -291,3 +292,75 @@ def test_streaming_dataset_trains_and_resumes(tmp_path, fmnist, monkeypatch):
     assert resumed['history'][1]['train_loss'] == reference['history'][1]['train_loss']
     a, b = (load_file(tmp_path / d / 'model.safetensors') for d in ('run', 'ref'))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_stop_request_checks_the_loss_before_writing_on_cuda():
+    """On CUDA the loss is read every log_interval updates; a signal between two reads must not save NaN weights."""
+    from types import SimpleNamespace
+    from timm_asap.train.trainer import _Trainer
+    trainer = SimpleNamespace(
+        cfg=SimpleNamespace(train=SimpleNamespace(log_interval=50), data=SimpleNamespace(max_unreadable=0.0)),
+        env=SimpleNamespace(distributed=False), signals=SimpleNamespace(signum=signal.SIGTERM), cuda=True,
+        num_updates=9, batches_per_epoch=12, out=Path('run'), history=[], data=SimpleNamespace(train_size=96))
+    with pytest.raises(NonFiniteLossError, match='NaN/Inf in epoch 1'):
+        _Trainer._sync_point(trainer, torch.tensor(float('nan')), 0, force=False, epoch=0, batch=9)
+    assert _Trainer._sync_point(trainer, torch.tensor(1.0), 0, force=False, epoch=0, batch=9) is True
+    trainer.signals.signum = None  # no stop, not periodic: the loss is not read (no device sync)
+    assert _Trainer._sync_point(trainer, torch.tensor(float('nan')), 0, force=False, epoch=0, batch=9) is False
+
+
+def test_validation_gives_the_teacher_its_own_normalisation(tmp_path, fmnist, monkeypatch):
+    """A teacher with other mean/std sees the same re-normalised input in training and in validation."""
+    import timm_asap.train.trainer as trainer_module
+    from timm_asap.train.model import BaseModel
+    seen: list[float] = []  # the smallest input value of each call
+
+    class Teacher(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = timm.create_model('resnet18_cifar', num_classes=10, in_chans=1, **TINY_ARGS)
+            self.pretrained_cfg = {'mean': (0.8,), 'std': (0.1,)}
+
+        def forward(self, x):
+            seen.append(float(x.min()))
+            return self.net(x)
+
+    monkeypatch.setattr(trainer_module, 'create_teacher',
+                        lambda cfg, base=None: BaseModel(Teacher().eval(), 'other', 10, True))
+    path, _ = _base_file(tmp_path)
+    cfg = tiny_config(fmnist, model={'base': 'resnet18_cifar', 'base_file': str(path)},
+                      data={'no_aug': True},
+                      train={'epochs': 1, 'distill': {'enabled': True, 'alpha': 0.5, 'teacher': 'other'}})
+    _run(cfg, tmp_path / 'run')
+    # 6 training batches, then 2 validation batches; black pixels are (0 - 0.8) / 0.1 = -8 for the teacher
+    # ((0 - 0.2) / 0.3 = -0.67 with the student's normalisation)
+    assert len(seen) == 8 and all(v < -7.5 for v in seen), seen
+
+
+def test_imagenet_folder_names_are_not_taken_as_label_names():
+    from timm_asap.train.trainer import _imagenet_synsets
+    synsets = [f"n{i:08d}" for i in range(1000)]
+    assert _imagenet_synsets(synsets)
+    assert not _imagenet_synsets(synsets[:10])  # another class count: the folder names are the names
+    assert not _imagenet_synsets(synsets[:-1] + ['tench'])
+
+
+def test_ema_added_on_resume_chooses_the_best_epoch_again(tmp_path, fmnist):
+    cfg = tiny_config(fmnist, train={'epochs': 1, 'export': 'best'})
+    out = tmp_path / 'run'
+    _run(cfg, out)
+    with_ema = apply_overrides(cfg, ['train.epochs=2', 'train.model_ema=true'])
+    m = _run(with_ema, out, resume=True)
+    assert m['best_metric_name'] == 'val_ema_top1' and m['best_epoch'] == 2
+    assert m['best_metric'] == m['history'][1]['val_ema_top1'] and m['export'] == {
+        'kind': 'best', 'epoch': 2, 'file': 'model.safetensors'}
+
+
+def test_any_training_failure_is_recorded(tmp_path, fmnist):
+    def broken(state):
+        raise RuntimeError('device lost')
+    out = tmp_path / 'run'
+    with pytest.raises(RuntimeError, match='device lost'):
+        _run(tiny_config(fmnist, train={'epochs': 1}), out, callbacks=[broken])
+    status = json.loads((out / 'metrics.json').read_text())
+    assert status['status'] == 'failed' and status['error'] == 'RuntimeError: device lost'

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from timm_asap.config import save_config
-from timm_asap.train import finetune, load_checkpoint
+from timm_asap.train import TrainingInterrupted, finetune, load_checkpoint
 
 from finetune_helpers import TINY_ARGS, tiny_config, write_fake_fashion_mnist
 
@@ -66,3 +67,85 @@ def test_sigterm_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
         for key in ('train_loss', 'val_loss', 'val_top1', 'val_ema_top1', 'lr', 'train_images'):
             assert ra[key] == rb[key], key
     assert resumed['status'] == 'finished' and resumed['epochs_completed'] == 2
+
+
+def _record_lrs(monkeypatch) -> list[float]:
+    """The learning rate of every optimizer step of the runs that follow (wraps timm's optimizer factory)."""
+    import timm_asap.train.trainer as trainer_module
+    lrs: list[float] = []
+    create = trainer_module.create_optimizer_v2
+
+    def create_recording(*args, **kwargs):
+        opt = create(*args, **kwargs)
+        step = opt.step
+
+        def recording_step(*a, **k):
+            lrs.append(opt.param_groups[0]['lr'])
+            return step(*a, **k)
+        opt.step = recording_step
+        return opt
+    monkeypatch.setattr(trainer_module, 'create_optimizer_v2', create_recording)
+    return lrs
+
+
+def _stop_at(update: int):
+    def callback(state):
+        if state.num_updates == update:
+            os.kill(os.getpid(), signal.SIGTERM)
+    return callback
+
+
+def test_resume_with_another_world_size_continues_the_epoch_on_this_runs_schedule(tmp_path, monkeypatch):
+    """A checkpoint of a 2-process run (4 batches of 8 per process and epoch) resumed by 1 process (8 batches)."""
+    data = write_fake_fashion_mnist(tmp_path / 'data', n_train=64, n_test=16)
+    cfg = tiny_config(data, train={'epochs': 2, 'warmup_epochs': 1, 'warmup_lr': 0.001})
+    lrs = _record_lrs(monkeypatch)
+    finetune(cfg, tmp_path / 'ref', device='cpu', progress=False)
+    reference, lrs[:] = list(lrs), []
+    assert len(reference) == 16
+
+    run = tmp_path / 'run'
+    with pytest.raises(TrainingInterrupted):
+        finetune(cfg, run, device='cpu', progress=False, callbacks=[_stop_at(11)])
+    ckpt = load_checkpoint(run / 'last.pth')
+    # as the 2-process run would have saved it: 1 batch per process into epoch 2, 4 + 1 updates
+    ckpt.update(world_size=2, batches_per_epoch=4, batches_done=1, num_updates=5, rng=ckpt['rng'] * 2)
+    torch.save(ckpt, run / 'last.pth')
+    lrs[:] = []
+    resumed = finetune(cfg, run, resume=True, device='cpu', progress=False)
+    text = (run / 'train.log').read_text()
+    assert 'continues after the 2 batches already seen (2 per process)' in text
+    assert 'an epoch now has 8 optimizer updates instead of 4' in text
+    assert lrs == reference[10:]  # updates 11..16 at the rates of an uninterrupted 1-process run
+    assert load_checkpoint(run / 'last.pth')['num_updates'] == 16
+    assert resumed['status'] == 'finished' and resumed['epochs_completed'] == 2
+
+
+def test_resume_with_a_changed_schedule_uses_it_from_the_first_update(tmp_path, monkeypatch):
+    data = write_fake_fashion_mnist(tmp_path / 'data', n_train=64, n_test=16)
+    cfg = tiny_config(data, train={'epochs': 2})
+    slow = tiny_config(data, train={'epochs': 2, 'lr': 0.01})
+    lrs = _record_lrs(monkeypatch)
+    finetune(cfg, tmp_path / 'ref', device='cpu', progress=False)
+    reference, lrs[:] = list(lrs), []
+    run = tmp_path / 'run'
+    with pytest.raises(TrainingInterrupted):
+        finetune(slow, run, device='cpu', progress=False, callbacks=[_stop_at(11)])
+    lrs[:] = []
+    finetune(cfg, run, resume=True, device='cpu', progress=False)
+    assert lrs == reference[11:]
+
+
+def test_resume_into_another_folder_brings_best_pth_along(tmp_path):
+    data = write_fake_fashion_mnist(tmp_path / 'data', n_train=32, n_test=16)
+    cfg = tiny_config(data, train={'epochs': 1, 'export': 'best'})
+    longer = tiny_config(data, train={'epochs': 2, 'export': 'best'})
+    first = tmp_path / 'a'
+    finetune(cfg, first, device='cpu', progress=False)
+    m = finetune(longer, tmp_path / 'b', resume=first / 'last.pth', device='cpu', progress=False)
+    assert m['status'] == 'finished' and (tmp_path / 'b' / 'best.pth').is_file()
+    assert m['export']['epoch'] == m['best_epoch'] and m['best_epoch'] in (1, 2)
+    # without the old folder's best.pth the best epoch is chosen among the resumed run's epochs
+    (first / 'best.pth').unlink()
+    m = finetune(longer, tmp_path / 'c', resume=first / 'last.pth', device='cpu', progress=False)
+    assert m['status'] == 'finished' and m['best_epoch'] == 2 and m['export']['epoch'] == 2

@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from huggingface_hub import ModelCard, constants
 import timm_asap.models  # noqa: F401  (registers the architectures)
 from timm_asap import hub as H
 from timm_asap.cli.publish import main as publish_main
-from timm_asap.config import ConfigError, list_hub_configs, load_config
+from timm_asap.config import ConfigError, apply_overrides, list_hub_configs, load_config
 from timm_asap.hub import (HubPublishError, IntegrityError, MissingEvaluationError, UnregisteredArchitectureError)
 
 from conftest_hub import HUB_CONFIG, make_eval_dir, make_train_dir
@@ -193,6 +194,26 @@ def test_failed_build_keeps_the_previous_folder(folder, run_dirs, tmp_path, monk
     assert not leftovers(tmp_path)
 
 
+@pytest.mark.parametrize('exchange', [True, False], ids=['exchange', 'rename-aside'])
+def test_replace_dir_swaps_in_the_new_folder(tmp_path, monkeypatch, exchange):
+    from timm_asap.hub import _io
+    if not exchange:
+        monkeypatch.setattr(_io, '_exchange', lambda a, b: False)
+    elif not _io._exchange(Path(tempfile.mkdtemp(dir=tmp_path)), Path(tempfile.mkdtemp(dir=tmp_path))):
+        pytest.skip('no renameat2(RENAME_EXCHANGE) on this system')
+    target = tmp_path / 'out' / 'hub'
+    target.parent.mkdir()
+    for content in ('first', 'second'):
+        staging = Path(tempfile.mkdtemp(dir=target.parent))
+        (staging / f'{content}.txt').write_text(content)
+        _io.replace_dir(staging, target)
+        assert [p.name for p in target.iterdir()] == [f'{content}.txt'] and not staging.exists()
+    assert [p.name for p in target.parent.iterdir()] == ['hub']
+    (tmp_path / 'file').write_text('x')
+    with pytest.raises(FileExistsError, match='not a folder'):
+        _io.replace_dir(target, tmp_path / 'file')
+
+
 def test_truncated_checkpoint_is_refused_and_nothing_written(run_dirs, tmp_path):
     train, ev = run_dirs
     bad = Path(shutil.copytree(train, tmp_path / 'train'))
@@ -225,6 +246,17 @@ def _garble_header(folder):
     p.write_bytes(bytes(data))
 
 
+def _string_offsets(folder):
+    p = folder / 'model.safetensors'
+    data = p.read_bytes()
+    n = int.from_bytes(data[:8], 'little')
+    header = json.loads(data[8:8 + n])
+    name = next(k for k in header if k != '__metadata__')
+    header[name]['data_offsets'] = [str(v) for v in header[name]['data_offsets']]
+    raw = json.dumps(header).encode()
+    p.write_bytes(len(raw).to_bytes(8, 'little') + raw + data[8 + n:])
+
+
 def _edit_config(**changes):
     def edit(folder):
         p = folder / 'config.json'
@@ -238,9 +270,10 @@ def _edit_config(**changes):
     (_truncate, 'model.safetensors', 'truncated'),
     (_flip_data_byte, 'model.safetensors', 'sha256'),
     (_garble_header, 'model.safetensors', 'not valid JSON'),
+    (_string_offsets, 'model.safetensors', 'malformed header entry'),
     (_edit_config(architecture='preactresnet18_asap'), 'model.safetensors', 'does not fit'),
     (_edit_config(num_classes=100), 'model.safetensors', 'fc.weight (file [10, 512], architecture [100, 512])'),
-], ids=['truncated', 'flipped-byte', 'garbled-header', 'other-architecture', 'wrong-shape'])
+], ids=['truncated', 'flipped-byte', 'garbled-header', 'string-offsets', 'other-architecture', 'wrong-shape'])
 def test_damaged_folder_fails_naming_the_file(folder, tmp_path, damage, file, words):
     bad = copy_folder(folder, tmp_path)
     damage(bad)
@@ -317,6 +350,26 @@ def test_cli_dry_run_writes_the_folder(run_dirs, tmp_path, capsys):
     assert 'dry run' in capsys.readouterr().out
     H.verify_hub_folder(out)
     assert (out / 'README.md').is_file() and (out / 'results.json').is_file()
+
+
+def test_cli_set_changes_the_trained_runs_config(run_dirs, tmp_path):
+    # the checkpoint folder's config.yaml supplies model/data/train; --set reaches those sections too
+    train, ev = run_dirs
+    names = [f'class {i}' for i in range(10)]
+    out = tmp_path / 'hub'
+    assert publish_main([HUB_CONFIG, '--checkpoint', str(train), '--eval-dir', str(ev), '--output', str(out),
+                         '--dry-run', '--set', f'data.label_names={json.dumps(names)}', '--set', 'hub.license=mit']) == 0
+    assert json.loads((out / 'config.json').read_text())['label_names'] == names
+    assert 'license: mit' in (out / 'README.md').read_text()
+    with pytest.raises(ConfigError, match='unknown key'):
+        H.resolve_run_config(HUB_CONFIG, train, ['data.no_such_key=1'])
+
+
+def test_given_config_names_the_published_tag(run_dirs, tmp_path):
+    train, _ = run_dirs
+    given = apply_overrides(load_config(HUB_CONFIG), ['model.tag=other_tag'])
+    assert H.resolve_run_config(given, train).model.tag == 'other_tag'
+    assert H.resolve_run_config(None, train).model.tag == load_config(train / 'config.yaml').model.tag
 
 
 def test_cli_refuses_without_evaluation(run_dirs, tmp_path, capsys):

@@ -70,7 +70,8 @@ def main(argv=None) -> int:
         output = Path(args.output) if args.output else ckpt_dir / 'hub' / repo_id.split('/')[-1]
         folder, result = publish(ckpt, output, config=cfg, eval_dir=args.eval_dir, allow_no_eval=args.allow_no_eval,
                                  repo_id=repo_id, dry_run=args.dry_run, private=args.private,
-                                 commit_message=args.commit_message, eval_model=args.eval_model)
+                                 commit_message=args.commit_message, eval_model=args.eval_model,
+                                 overrides=args.overrides)
     except (ValueError, OSError, HubPublishError, UnregisteredArchitectureError) as e:
         # ConfigError, IntegrityError, DataError and unreadable results are ValueErrors; missing files OSErrors
         print(f"timm-asap-publish: error: {e}", file=sys.stderr)

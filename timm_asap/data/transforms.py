@@ -20,10 +20,17 @@ def is_fashion_mnist(dataset: str) -> bool:
     return dataset.lower() in _FASHION_MNIST_NAMES
 
 
-def fit_channels(key: str, values, in_chans: int, average: bool) -> tuple[float, ...]:
+def fit_channels(key: str, values, in_chans: int, average: bool, remedy: str | None = None) -> tuple[float, ...]:
     """Fit per-channel statistics to ``in_chans`` channels.
 
     One value is repeated; with ``average``, RGB statistics become their mean for grey input.
+
+    Args:
+        key: what the values are, for the error message (e.g. ``data.mean``).
+        values: the statistics.
+        in_chans: the model's input channels.
+        average: allow averaging several values into one for a 1-channel model.
+        remedy: what the message tells the user to do (default: set ``data.<name>`` to ``in_chans`` values).
 
     Raises:
         DataError: the count fits neither way (the message names ``key``).
@@ -35,8 +42,8 @@ def fit_channels(key: str, values, in_chans: int, average: bool) -> tuple[float,
         return values * in_chans
     if in_chans == 1 and average:  # an RGB model's statistics for grey input: the channel average
         return (sum(values) / len(values),)
-    raise DataError(f"{key} has {len(values)} values but the model takes {in_chans} channels; "
-                    f"set data.{key.split('.')[-1]} to {in_chans} values (or one)")
+    remedy = remedy or f"set data.{key.split('.')[-1]} to {in_chans} values (or one)"
+    raise DataError(f"{key} has {len(values)} values but the model takes {in_chans} channels; {remedy}")
 
 
 def resolve_data_config(cfg: RunConfig, model: nn.Module | None = None) -> dict[str, Any]:

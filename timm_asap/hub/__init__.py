@@ -11,6 +11,7 @@ errors. Importing this package installs the transformers integration (see :mod:`
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 from .errors import (HubAuthError, HubDownloadError, HubPublishError, IntegrityError, MissingEvaluationError,
                      UnregisteredArchitectureError)
@@ -40,7 +41,7 @@ install_transformers_integration()
 def publish(checkpoint: str | Path, output_dir: str | Path, *, config=None, eval_dir: str | Path | None = None,
             allow_no_eval: bool = False, repo_id: str | None = None, dry_run: bool = False,
             private: bool | None = None, commit_message: str | None = None,
-            eval_model: str | None = None) -> tuple[Path, UploadResult | None]:
+            eval_model: str | None = None, overrides: Sequence[str] = ()) -> tuple[Path, UploadResult | None]:
     """Write the Hub folder of a trained checkpoint and, unless ``dry_run``, upload it.
 
     Args:
@@ -54,14 +55,16 @@ def publish(checkpoint: str | Path, output_dir: str | Path, *, config=None, eval
         private: create the repository private (default: ``hub.private``).
         commit_message: commit message of the upload.
         eval_model: the model's name in the evaluation results (default: found by name).
+        overrides: ``section.key=value`` changes to the resolved run config (the checkpoint folder's
+            config.yaml with the given config's hub section and tag).
 
     Returns:
         ``(folder, upload result or None for a dry run)``.
     """
-    cfg = resolve_run_config(config, checkpoint)
+    cfg = resolve_run_config(config, checkpoint, overrides)
     repo_id = repo_id or cfg.hub.repo_id
-    folder = export_output_dir(checkpoint, output_dir, config=cfg, eval_dir=eval_dir, allow_no_eval=allow_no_eval,
-                               repo_id=repo_id, eval_model=eval_model)
+    folder = export_output_dir(checkpoint, output_dir, config=config, eval_dir=eval_dir, allow_no_eval=allow_no_eval,
+                               repo_id=repo_id, eval_model=eval_model, overrides=overrides)
     if dry_run:
         return folder, None
     result = upload_hub_folder(folder, repo_id, private=cfg.hub.private if private is None else private,

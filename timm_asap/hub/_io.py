@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -50,17 +53,43 @@ def staging_dir(target: str | Path):
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one step (Linux ``renameat2`` with ``RENAME_EXCHANGE``); False where
+    the system or the file system does not offer it."""
+    if not sys.platform.startswith('linux'):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(a), None, str(b))
+
+
 def replace_dir(staging: str | Path, target: str | Path) -> Path:
     """Move a finished ``staging`` folder to ``target``, replacing an existing folder there.
 
-    The old folder is first renamed aside, so ``target`` always names either the complete old or the
-    complete new folder; the old one is deleted afterwards.
+    ``target`` always names either the complete old or the complete new folder: on Linux the two are
+    swapped in one step (``renameat2(RENAME_EXCHANGE)``); elsewhere, or on file systems without it,
+    the old folder is renamed aside first, so for a moment ``target`` is missing while both complete
+    folders exist. The old folder is deleted afterwards.
     """
     staging, target = Path(staging), Path(target)
     old = None
     if target.exists() or target.is_symlink():
         if not target.is_dir():
             raise FileExistsError(f"{target} exists and is not a folder; refusing to replace it")
+        if not target.is_symlink() and _exchange(staging, target):
+            shutil.rmtree(staging, ignore_errors=True)  # now the old folder
+            return target
         old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix='.old', dir=target.parent))
         os.replace(target, old / 'folder')
     try:

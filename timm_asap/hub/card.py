@@ -198,8 +198,8 @@ def _recipe(cfg: RunConfig, recipe_file: str, pcfg: dict[str, Any]) -> str:
          else 'random initialisation'),
         ('Pooling', f"{cfg.model.pool} (mode `{cfg.model.mode}`)"),
         ('Dataset', f"{dataset_label(cfg)} (train split `{d.train_split}`"
-                    f"{f', first {d.train_subset} images' if d.train_subset else ''}; "
-                    f"evaluation split `{d.val_split}`{f', first {d.val_subset} images' if d.val_subset else ''})"),
+                    f"{f', a fixed random subset of {d.train_subset} images' if d.train_subset else ''}; "
+                    f"evaluation split `{d.val_split}`{f', a fixed random subset of {d.val_subset} images' if d.val_subset else ''})"),
         ('Input', f"{cfg.model.in_chans} x {cfg.model.img_size} x {cfg.model.img_size}, interpolation "
                   f"{pcfg.get('interpolation', d.interpolation)}, crop_pct {_fmt(pcfg.get('crop_pct', d.crop_pct))}"),
         ('Normalisation', f"mean {_fmt(pcfg.get('mean', d.mean))}, std {_fmt(pcfg.get('std', d.std))}"),

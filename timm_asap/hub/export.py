@@ -18,13 +18,13 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import timm
 import torch
 from torch import nn
 
-from ..config import RunConfig, ConfigError, load_config, save_config
+from ..config import ConfigError, RunConfig, apply_overrides, load_config, save_config
 from ..version import __version__
 from ._io import atomic_write_text, replace_dir, staging_dir
 from .card import build_model_card
@@ -297,16 +297,18 @@ def build_hub_folder(model: nn.Module, cfg: RunConfig, output_dir: str | Path, *
     return output_dir
 
 
-def resolve_run_config(config: RunConfig | str | Path | None, checkpoint: str | Path) -> RunConfig:
+def resolve_run_config(config: RunConfig | str | Path | None, checkpoint: str | Path,
+                       overrides: Sequence[str] = ()) -> RunConfig:
     """The run config to publish with.
 
     The fine-tuning tool saves the resolved config (``config.yaml``) beside ``model.safetensors``: it
-    describes what was trained, so its model, data and train sections are used. The hub section comes from
-    ``config`` when given (where to publish), else from the saved config. Both must name the same
-    architecture, class count and input channels.
+    describes what was trained, so its model, data and train sections are used. The hub section and the
+    weight tag (``model.tag``) come from ``config`` when given (where to publish, under which name), else
+    from the saved config. Both must name the same architecture, class count and input channels.
+    ``overrides`` (``section.key=value``) apply to the result.
 
     Raises:
-        ConfigError: no config anywhere, or the two disagree.
+        ConfigError: no config anywhere, the two disagree, or a bad override.
     """
     ckpt = Path(checkpoint)
     folder = ckpt if ckpt.is_dir() else ckpt.parent
@@ -315,17 +317,18 @@ def resolve_run_config(config: RunConfig | str | Path | None, checkpoint: str | 
     if saved is None and given is None:
         raise ConfigError(f"no run config: pass a hub_configs YAML, or a checkpoint folder holding "
                           f"{TRAIN_CONFIG_NAME} (looked in {folder})")
-    if saved is None:
-        return given
-    if given is None:
-        return saved
-    for key in ('architecture', 'num_classes', 'in_chans'):
-        a, b = getattr(saved.model, key), getattr(given.model, key)
-        if a != b:
-            raise ConfigError(f"model.{key}: the checkpoint's {folder / TRAIN_CONFIG_NAME} says {a!r}, the "
-                              f"given config says {b!r}")
-    saved.hub = given.hub
-    return saved
+    if saved is None or given is None:
+        cfg = saved or given
+    else:
+        for key in ('architecture', 'num_classes', 'in_chans'):
+            a, b = getattr(saved.model, key), getattr(given.model, key)
+            if a != b:
+                raise ConfigError(f"model.{key}: the checkpoint's {folder / TRAIN_CONFIG_NAME} says {a!r}, the "
+                                  f"given config says {b!r}")
+        saved.hub = given.hub
+        saved.model.tag = given.model.tag
+        cfg = saved
+    return apply_overrides(cfg, list(overrides)) if overrides else cfg
 
 
 def _checkpoint_file(checkpoint: str | Path) -> Path:
@@ -340,7 +343,8 @@ def _checkpoint_file(checkpoint: str | Path) -> Path:
 
 def export_output_dir(checkpoint: str | Path, output_dir: str | Path, *, config: RunConfig | str | Path | None = None,
                       eval_dir: str | Path | None = None, allow_no_eval: bool = False,
-                      repo_id: str | None = None, eval_model: str | None = None) -> Path:
+                      repo_id: str | None = None, eval_model: str | None = None,
+                      overrides: Sequence[str] = ()) -> Path:
     """Write the Hub folder of a trained checkpoint (no network): a dry-run publish.
 
     Args:
@@ -354,11 +358,12 @@ def export_output_dir(checkpoint: str | Path, output_dir: str | Path, *, config:
         allow_no_eval: write the folder without evaluation results.
         repo_id: override ``hub.repo_id``.
         eval_model: the model's name in the evaluation results (default: found by name).
+        overrides: ``section.key=value`` changes to the resolved run config (:func:`resolve_run_config`).
 
     Returns:
         ``output_dir``.
     """
-    cfg = resolve_run_config(config, checkpoint)
+    cfg = resolve_run_config(config, checkpoint, overrides)
     ckpt_file = _checkpoint_file(checkpoint)
     if eval_dir is not None:
         results = load_eval_results(eval_dir)

@@ -112,7 +112,9 @@ def read_safetensors_header(path: str | Path) -> tuple[dict[str, dict[str, Any]]
     for name, entry in header.items():
         try:
             dtype, shape, (begin, end) = entry['dtype'], entry['shape'], entry['data_offsets']
-            nbytes = _DTYPE_SIZES[dtype] * math.prod(int(s) for s in shape)
+            if not all(type(v) is int for v in (begin, end, *shape)):
+                raise TypeError('offsets and shape must be integers')
+            nbytes = _DTYPE_SIZES[dtype] * math.prod(shape)
         except (KeyError, TypeError, ValueError):
             raise IntegrityError(path, f"tensor {name!r} has a malformed header entry {entry!r}") from None
         if end - begin != nbytes or begin < 0:

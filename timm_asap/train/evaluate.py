@@ -5,7 +5,6 @@ from contextlib import nullcontext
 from typing import Callable
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
@@ -17,7 +16,7 @@ __all__ = ['validate']
 @torch.no_grad()
 def validate(model: Callable[[torch.Tensor], torch.Tensor], loader, env: DistEnv, *,
              autocast: Callable[[], object] = nullcontext, channels_last: bool = False,
-             teacher: nn.Module | None = None, labelled: bool = True, progress: bool = False) -> dict[str, float]:
+             teacher: Callable[[torch.Tensor], torch.Tensor] | None = None, labelled: bool = True, progress: bool = False) -> dict[str, float]:
     """Evaluate ``model`` on ``loader`` (this rank's shard) and combine the counts of all ranks.
 
     Args:
@@ -26,7 +25,8 @@ def validate(model: Callable[[torch.Tensor], torch.Tensor], loader, env: DistEnv
         env: the process's distributed environment.
         autocast: context factory for mixed precision.
         channels_last: feed channels_last inputs.
-        teacher: when given, also report the share of images where student and teacher agree on the top class.
+        teacher: eval-mode callable (the model's inputs -> teacher logits); when given, also report the share
+            of images where student and teacher agree on the top class.
         labelled: compute loss and accuracy (False: labels are placeholders).
         progress: show a tqdm bar.
 

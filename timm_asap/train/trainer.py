@@ -23,6 +23,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import re
 import signal
 import threading
 import time
@@ -37,7 +38,7 @@ import torch.nn as nn
 from timm.data import Mixup
 from timm.loss import create_classification_loss
 from timm.optim import create_optimizer_v2
-from timm.scheduler import create_scheduler_v2
+from timm.scheduler import PlateauLRScheduler, create_scheduler_v2
 from timm.task import ClassificationTask, LogitDistillationTask
 from timm.task.distillation import DistillationTeacher
 from timm.utils import NativeScaler, distribute_bn, random_seed
@@ -152,6 +153,15 @@ def _ignore_signals_in_worker(worker_id: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
+_SYNSET = re.compile(r'n\d{8}')
+
+
+def _imagenet_synsets(classes: Sequence[str]) -> bool:
+    """True for ImageNet-1k's folder names (1000 WordNet ids such as n01440764): those are not filled
+    in as label names, so that timm and transformers show their own ImageNet-1k class names."""
+    return len(classes) == 1000 and all(_SYNSET.fullmatch(str(c)) for c in classes)
+
+
 def _resolve_resume(resume: str | Path | bool | None, out: Path) -> Path | None:
     last = out / 'last.pth'
     if resume is None or resume is False:
@@ -232,7 +242,8 @@ class _Trainer:
         # data
         self.data = create_run_data(cfg, model, rank=env.rank, world_size=env.world_size, pin_memory=self.cuda,
                                     labelled=self.labelled, worker_init_fn=_ignore_signals_in_worker)
-        if self.data.classes is not None and cfg.data.label_names is None and self.labelled:
+        if (self.data.classes is not None and cfg.data.label_names is None and self.labelled
+                and not _imagenet_synsets(self.data.classes)):
             cfg.data.label_names = list(self.data.classes)
         self.batches_per_epoch = len(self.data.train_loader)
         if self.batches_per_epoch == 0:
@@ -268,15 +279,20 @@ class _Trainer:
                 t_mean, t_std = norm['mean'], norm['std']
             else:
                 pcfg = tmodel.pretrained_cfg
-                t_mean = fit_channels('teacher mean', pcfg.get('mean', norm['mean']), c, average=True)
-                t_std = fit_channels('teacher std', pcfg.get('std', norm['std']), c, average=True)
+                remedy = f"distill from a teacher whose pretrained_cfg has {c} values (or one, or three for 1 channel)"
+                t_mean = fit_channels("the teacher's pretrained_cfg mean", pcfg.get('mean', norm['mean']), c,
+                                      average=True, remedy=remedy)
+                t_std = fit_channels("the teacher's pretrained_cfg std", pcfg.get('std', norm['std']), c,
+                                     average=True, remedy=remedy)
             for module, names, (m_, s_) in ((self.task, ('student_mean', 'student_std'), (norm['mean'], norm['std'])),
                                             (kd_teacher, ('mean_kd', 'std_kd'), (t_mean, t_std))):
                 module.register_buffer(names[0], torch.tensor(m_, device=self.device).view(1, -1, 1, 1),
                                        persistent=False)
                 module.register_buffer(names[1], torch.tensor(s_, device=self.device).view(1, -1, 1, 1),
                                        persistent=False)
-            self.teacher_eval = tmodel
+            task = self.task
+            # validation hands the teacher what the training loss does: the input re-normalised for it
+            self.teacher_eval = lambda x: tmodel(kd_teacher.normalize_input(x, task.student_mean, task.student_std))
         else:
             self.task = ClassificationTask(model, criterion=criterion, device=self.device, verbose=False)
             self.teacher_eval = None
@@ -307,6 +323,7 @@ class _Trainer:
 
         if ckpt is not None:
             self._restore(ckpt, ckpt_path)
+            self._carry_best(ckpt_path)
 
         if t.compile:
             self.task.compile()
@@ -367,15 +384,24 @@ class _Trainer:
         except (ValueError, KeyError) as e:
             raise CheckpointError(f"{path}: optimizer state does not fit this run ({e}); resume with the run's own "
                                   f"settings (did train.opt or train.weight_decay change?)") from None
-        if any(k in self._resume_diff for k in _SCHEDULE_KEYS):
-            _logger.warning("the schedule settings changed; the learning rate follows the new schedule")
+        old_accum = int(ckpt['config'].get('train', {}).get('grad_accum_steps', 1))
+        old_updates_per_epoch = math.ceil(ckpt['batches_per_epoch'] / old_accum)
+        # per-update schedules count in updates: their saved state is stale when an epoch's update count changed
+        units_changed = old_updates_per_epoch != self.updates_per_epoch and not self.scheduler.t_in_epochs
+        schedule_changed = any(k in self._resume_diff for k in _SCHEDULE_KEYS)
+        if schedule_changed or units_changed:
+            why = "the schedule settings changed" if schedule_changed else (
+                f"an epoch now has {self.updates_per_epoch} optimizer updates instead of {old_updates_per_epoch}")
+            _logger.warning(f"{why}; the learning rate follows the schedule of this run from the resume position")
         else:
             self.scheduler.load_state_dict(ckpt['scheduler'])
         if self.ema is not None:
             if ckpt.get('state_dict_ema') is not None:
                 self.ema.module.load_state_dict(ckpt['state_dict_ema'])
             else:
-                _logger.warning(f"{path} has no EMA weights; the EMA restarts from the current weights")
+                _logger.warning(f"{path} has no EMA weights; the EMA restarts from the current weights, and the "
+                                f"best epoch is chosen again by the EMA's metric")
+                ckpt = dict(ckpt, best_metric=None, best_epoch=None)
         if self.scaler is not None and ckpt.get('scaler'):
             self.scaler.load_state_dict(ckpt['scaler'])
         self.history = list(ckpt['history'])
@@ -383,20 +409,65 @@ class _Trainer:
         self.best_epoch = ckpt['best_epoch']
         self.num_updates = ckpt['num_updates']
         self.start_epoch = ckpt['epoch']
-        batches = ckpt['batches_done']
-        if batches and ckpt['world_size'] != self.env.world_size:
-            batches = batches * ckpt['world_size'] // self.env.world_size
-            _logger.warning(f"world size changed from {ckpt['world_size']} to {self.env.world_size}: the "
-                            f"interrupted epoch continues at the same fraction of its data")
-        if batches and ckpt['batches_per_epoch'] != self.batches_per_epoch:
-            _logger.warning("batches per epoch changed; the interrupted epoch restarts from its beginning")
-            batches = 0
-        self.start_batches = min(batches, self.batches_per_epoch)
+        self.start_batches = self._resume_batches(ckpt)
         self.partial = dict(ckpt.get('partial') or {}) if self.start_batches else {}
+        if old_updates_per_epoch != self.updates_per_epoch:  # count updates in this run's units
+            self.num_updates = self.start_epoch * self.updates_per_epoch + self.start_batches // self.cfg.train.grad_accum_steps
+        if schedule_changed or units_changed:
+            self._set_lr_at_resume()
         if self.env.is_primary:
             where = f"epoch {self.start_epoch + 1}, batch {self.start_batches}" if self.start_batches \
                 else f"the end of epoch {self.start_epoch}"
             _logger.info(f"resumed from {path} at {where} ({self.num_updates} optimizer updates done)")
+
+    def _carry_best(self, ckpt_path: Path) -> None:
+        """Resuming a checkpoint of another folder: bring its run's best.pth along (train.export 'best'
+        reads it), or, where it has none, restart the choice of the best epoch."""
+        if self.best_epoch is None or ckpt_path.parent.resolve() == self.out.resolve():
+            return
+        src = ckpt_path.parent / 'best.pth'
+        if src.is_file():
+            if self.env.is_primary:
+                self.out.mkdir(parents=True, exist_ok=True)
+                link_or_copy(src, self.out / 'best.pth')
+            return
+        if self.env.is_primary:
+            _logger.warning(f"{src} does not exist: the best epoch is chosen again from the epochs of this run")
+        self.best_metric = self.best_epoch = None
+
+    def _resume_batches(self, ckpt: dict) -> int:
+        """Batches of the interrupted epoch to skip. The ranks of a run together consume the epoch's
+        permutation from its start, so with another world size (and the same data and batch size) the
+        epoch continues after the samples already seen, rounded down to whole batches of this run."""
+        batches, old_world, old_per_epoch = ckpt['batches_done'], ckpt['world_size'], ckpt['batches_per_epoch']
+        if not batches:
+            return 0
+        world = self.env.world_size
+        data_changed = any(k == 'train.batch_size' or k.startswith('data.') for k in self._resume_diff)
+        if old_world == world:
+            fits = old_per_epoch == self.batches_per_epoch
+        else:  # per-rank batches scale with 1 / world size, up to the rounding of each rank's share
+            fits = abs(self.batches_per_epoch - old_per_epoch * old_world / world) <= old_world / world + 1
+        if data_changed or not fits:
+            _logger.warning(f"the training data or batches per epoch changed ({old_per_epoch} -> "
+                            f"{self.batches_per_epoch} per process); the interrupted epoch restarts from its beginning")
+            return 0
+        if old_world != world:
+            batches = batches * old_world // world
+            _logger.warning(f"world size changed from {old_world} to {world}: the interrupted epoch continues "
+                            f"after the {ckpt['batches_done'] * old_world} batches already seen ({batches} per process)")
+        return min(batches, self.batches_per_epoch)
+
+    def _set_lr_at_resume(self) -> None:
+        """Set the learning rate the schedule of this run gives at the resume position (the optimizer
+        state just loaded carries the old schedule's rate)."""
+        sched = self.scheduler
+        if not sched.t_in_epochs:
+            sched.step_update(num_updates=self.num_updates)
+        elif isinstance(sched, PlateauLRScheduler) and self.start_epoch > sched.warmup_t:
+            sched.update_groups(sched.base_values)  # a fresh plateau schedule starts at the base rate
+        else:
+            sched.step(self.start_epoch)
 
     # ------------------------------------------------------------------ helpers
     def _eval_model(self, ema: bool = False):
@@ -501,7 +572,8 @@ class _Trainer:
                 [float(self.signals.signum is not None), float(not torch.isfinite(loss_sum).item()), unreadable])
         else:
             stop = self.signals.signum is not None
-            bad_loss = (periodic or not self.cuda) and not torch.isfinite(loss_sum).item()
+            # on CUDA the loss is read (a device sync) every log_interval updates, and always before a stop writes
+            bad_loss = (periodic or stop or not self.cuda) and not torch.isfinite(loss_sum).item()
             unreadable_total = unreadable
         if bad_loss:
             raise NonFiniteLossError(
@@ -755,9 +827,12 @@ def finetune(cfg: RunConfig, output_dir: str | Path, *, resume: str | Path | boo
         if env.is_primary:
             _logger.warning(str(e))
         raise
-    except (NonFiniteLossError, DataError) as e:
+    except Exception as e:
         if trainer is not None and trainer.data is not None:
-            trainer._write_records('failed', f"{type(e).__name__}: {e}")
+            try:
+                trainer._write_records('failed', f"{type(e).__name__}: {e}")
+            except Exception as record_error:  # the original error matters more
+                _logger.warning(f"could not record the failure in metrics.json: {record_error!r}")
         raise
     finally:
         signals.restore()
