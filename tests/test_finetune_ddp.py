@@ -13,7 +13,7 @@ import torch.distributed as dist
 from safetensors.torch import load_file
 
 from timm_asap.config import save_config
-from timm_asap.train import load_checkpoint
+from timm_asap.train import finetune, load_checkpoint
 
 from finetune_helpers import tiny_config, write_fake_fashion_mnist
 
@@ -56,3 +56,32 @@ def test_torchrun_two_cpu_processes_gloo(tmp_path):
     assert log.count('epoch 1/2') == 1 and log.count('epoch 2/2') == 1
     assert sorted(p.name for p in out.iterdir()) == ['best.pth', 'config.yaml', 'last.pth', 'metrics.json',
                                                      'model.safetensors', 'summary.csv', 'train.log']
+
+
+@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason='torch.distributed gloo missing')
+def test_two_process_run_resumed_by_one_process(tmp_path):
+    """Preempted in epoch 2 of a 2-process run, continued by 1 process: the epoch goes on after the samples
+    both ranks had seen, and the per-update schedule is that of a 1-process run from the same point."""
+    data = write_fake_fashion_mnist(tmp_path / 'data', n_train=48, n_test=12)
+    cfg = tiny_config(data, train={'epochs': 2, 'batch_size': 6, 'log_interval': 1, 'warmup_epochs': 1,
+                                   'warmup_lr': 0.001})
+    cfg_path = save_config(cfg, tmp_path / 'cfg.yaml')
+    out = tmp_path / 'run'
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    env['PYTHONPATH'] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get('PYTHONPATH', '')])
+    # 4 updates per epoch with 2 processes: update 5 is the first batch of epoch 2
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nnodes', '1', '--nproc_per_node', '2',
+           str(WORKER), str(cfg_path), str(out), '--kill-at', '5']
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and (out / 'last.pth').is_file(), proc.stdout[-2000:] + proc.stderr[-4000:]
+    ckpt = load_checkpoint(out / 'last.pth')
+    assert (ckpt['world_size'], ckpt['epoch'], ckpt['batches_done'], ckpt['num_updates']) == (2, 1, 1, 5)
+
+    m = finetune(cfg, out, resume=True, device='cpu', progress=False)
+    log = (out / 'train.log').read_text()
+    assert 'continues after the 2 batches already seen (2 per process)' in log
+    assert 'an epoch now has 8 optimizer updates instead of 4' in log
+    assert m['status'] == 'finished' and m['world_size'] == 1 and m['epochs_completed'] == 2
+    # 1 process: 8 updates per epoch; epoch 2 skipped the 12 images seen and ran the remaining 6 batches
+    last = load_checkpoint(out / 'last.pth')
+    assert last['num_updates'] == 16 and m['history'][1]['train_images'] == 48

@@ -411,6 +411,8 @@ class _Trainer:
         self.start_epoch = ckpt['epoch']
         self.start_batches = self._resume_batches(ckpt)
         self.partial = dict(ckpt.get('partial') or {}) if self.start_batches else {}
+        if self.partial and not self.env.is_primary:  # the saved sums are over all ranks: counted once, on rank 0
+            self.partial.update(loss_sum=0.0, samples=0, unreadable=0)
         if old_updates_per_epoch != self.updates_per_epoch:  # count updates in this run's units
             self.num_updates = self.start_epoch * self.updates_per_epoch + self.start_batches // self.cfg.train.grad_accum_steps
         if schedule_changed or units_changed:
@@ -665,7 +667,9 @@ class _Trainer:
                 bar.close()
                 if self.cuda:
                     torch.cuda.synchronize(self.device)
-                stats = {'loss_sum': loss_sum.item(), 'samples': samples, 'unreadable': unreadable,
+                # the epoch's sums so far over all ranks (a resumed run gives them to its rank 0)
+                loss_total, samples_total, unreadable_total = env.all_reduce_sum([loss_sum.item(), samples, unreadable])
+                stats = {'loss_sum': loss_total, 'samples': int(samples_total), 'unreadable': int(unreadable_total),
                          'time': time_before + time.perf_counter() - t0}
                 path = self._save(epoch, batch_idx + 1, stats)
                 raise TrainingInterrupted(self.signals.signum, str(path))
