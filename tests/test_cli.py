@@ -17,6 +17,12 @@ def test_list_models_command(capsys):
     assert 'resnet50_asap' in out and 'tv_in1k_base' in out and 'not published yet: ft_in1k' in out
     with pytest.raises(SystemExit, match='no registered ASAP/FLC architecture or CIFAR-size baseline matches'):
         main(['nosuchnet'])
+    # no pattern: every architecture, the baselines whose names have no underscore included
+    assert main([]) == 0
+    listed = {line.split()[0] for line in capsys.readouterr().out.splitlines()}
+    assert {'preactresnet18', 'preactresnet18_asap', 'resnet50_flc', 'wide_resnet28_10'} <= listed
+    assert {r['architecture']: r['pool'] for r in model_rows('preact*')} == {
+        'preactresnet18': 'none', 'preactresnet18_asap': 'asap', 'preactresnet18_flc': 'flc'}
 
 
 def test_dispatcher(capsys):

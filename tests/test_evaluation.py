@@ -430,6 +430,7 @@ def test_options_reject_unknown_and_bad_values(trained, test_images):
         evaluate_models([('m', trained)], test_images, {'severities': [0]})
     with pytest.raises(ValueError, match='unknown corruption'):
         evaluate_models([('m', trained)], test_images, {'corruptions': ['rain']})
+    assert EvalOptions(corruptions='none').validate().corruptions == []  # as --corruptions none
     with pytest.raises(ValueError, match='no models'):
         evaluate_models([], test_images, {})
 

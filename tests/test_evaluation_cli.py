@@ -90,6 +90,12 @@ def test_cli_yaml_defaults_and_errors(image_folder, tmp_path, capsys):
     empty.mkdir(parents=True)
     assert main(['--model', 'test_resnet', '--dataset', 'folder', '--data-dir', str(empty.parent),
                  '--output', str(tmp_path / 'e'), '--progress', 'false', '--workers', '0']) == 2
+    capsys.readouterr()
+    for data_dir, message in (([], "dataset 'folder' needs a data folder"),
+                              (['--data-dir', str(tmp_path / 'missing')], 'missing does not exist')):
+        assert main(['--model', 'test_resnet', '--dataset', 'folder', *data_dir, '--output', str(tmp_path / 'e'),
+                     '--progress', 'false', '--workers', '0']) == 2
+        assert message in capsys.readouterr().err
 
 
 def test_parse_model_spec():
@@ -129,3 +135,30 @@ def test_cli_run_config_supplies_model_and_data(tmp_path):
     assert config['model'] == [name] and config['dataset'] == 'fashion_mnist' and config['crop_pct'] == 1.0
     rows = json.loads((out / 'results.json').read_text())['rows']
     assert rows[0]['model'] == name and rows[0]['num_classes'] == 10
+
+
+def test_checkpoint_of_a_finetuning_run_brings_its_normalisation(tmp_path):
+    """A fine-tuned checkpoint is evaluated with the statistics it was trained with (its folder's config.yaml),
+    not the architecture's pretrained_cfg; explicit values still win."""
+    pytest.importorskip('timm_asap.data')
+    import timm
+    from safetensors.torch import save_file
+
+    import timm_asap.models  # noqa: F401
+    from timm_asap.config import load_config, save_config
+    from timm_asap.evaluation import create_eval_model
+    run = tmp_path / 'run'
+    cfg = load_config('resnet18_cifar_asap.fmnist')  # trained with mean 0.2860, std 0.3530
+    save_config(cfg, run / 'config.yaml')
+    model = timm.create_model('resnet18_cifar_asap', num_classes=10, in_chans=1, layers=[1, 1, 1, 1])
+    save_file(model.state_dict(), run / 'model.safetensors')
+    assert model.pretrained_cfg['mean'] != (0.2860,)  # the architecture's default is CIFAR-10's
+    kwargs = dict(num_classes=10, in_chans=1, layers=[1, 1, 1, 1])
+    wrapped = create_eval_model('resnet18_cifar_asap', checkpoint_path=str(run / 'model.safetensors'), **kwargs)
+    assert wrapped.mean.flatten().tolist() == pytest.approx([0.2860]) and wrapped.std.flatten().tolist() == pytest.approx([0.3530])
+    explicit = create_eval_model('resnet18_cifar_asap', checkpoint_path=str(run / 'model.safetensors'),
+                                 mean=[0.5], std=[0.25], **kwargs)
+    assert explicit.mean.flatten().tolist() == [0.5] and explicit.std.flatten().tolist() == [0.25]
+    (run / 'config.yaml').unlink()  # a bare checkpoint: the pretrained_cfg's statistics
+    bare = create_eval_model('resnet18_cifar_asap', checkpoint_path=str(run / 'model.safetensors'), **kwargs)
+    assert bare.mean.flatten().tolist() != pytest.approx([0.2860])

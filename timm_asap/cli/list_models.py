@@ -5,7 +5,7 @@ import argparse
 
 import timm
 
-from ..models import unpublished_tags
+from ..models import VARIANTS, unpublished_tags
 
 
 # the module registering the CIFAR-size families, whose strided baselines are ours too
@@ -21,8 +21,7 @@ def model_rows(pattern: str = '*') -> list[dict]:
     for name in names:
         pending = {t.split('.', 1)[1] for t in unpublished_tags(name)}
         tags = [p.split('.', 1)[1] for p in timm.list_pretrained(f'{name}.*')]
-        suffix = name.rsplit('_', 1)[1]
-        rows.append(dict(architecture=name, pool=suffix if suffix in ('asap', 'flc') else 'none',
+        rows.append(dict(architecture=name, pool=VARIANTS[name].pool,
                          tags=[t for t in tags if t not in pending], unpublished=sorted(pending)))
     return rows
 

@@ -213,6 +213,11 @@ def create_eval_dataset(name: str, root: str | None = None, split: str = 'valida
         return FashionMNIST(root, split=split, in_chans=in_chans, transform=transform, download=False)
     from timm.data import create_dataset
     name = '' if name == 'folder' else name
+    if not name:  # an ImageFolder tree: timm asserts on a missing root; say what is wrong instead
+        if not root:
+            raise ValueError("dataset 'folder' needs a data folder (--data-dir / root) holding <split>/<class>/ images")
+        if not Path(root).is_dir():
+            raise ValueError(f"dataset 'folder': data folder {root} does not exist")
     try:
         dataset = create_dataset(name, root=root, split=split, is_training=False, transform=transform,
                                  input_img_mode='L' if in_chans == 1 else 'RGB')

@@ -9,6 +9,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Sequence
 
+from .._files import set_new_file_mode
 from .corruptions import ALL_CORRUPTIONS, CORRUPTIONS
 
 __all__ = [
@@ -23,7 +24,7 @@ def _atomic_path(path: Path):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
     os.close(fd)
-    return Path(tmp)
+    return set_new_file_mode(tmp)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:

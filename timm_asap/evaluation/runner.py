@@ -41,7 +41,8 @@ class EvalOptions:
         amp: AMP for clean/corruption/shift passes: ``'auto'`` (bf16 on CUDA), ``'bf16'``, ``'fp16'``, ``'none'``.
             Attacks always run in float32.
         clean: evaluate clean top-1/top-5.
-        corruptions: corruption names, ``'benchmark'`` (the 15), ``'all'`` (15 + 4 extra) or empty to skip.
+        corruptions: corruption names, ``'benchmark'`` (the 15), ``'all'`` (15 + 4 extra), or empty or
+            ``'none'`` to skip.
         severities: severities 1..5.
         corruption_protocol: ``'auto'``, ``'imagenet'``, ``'cifar'`` parameter tables (generated source).
         corruption_source: ``'generated'``, ``'imagenet_c'`` or ``'cifar_c'``.
@@ -117,6 +118,10 @@ class EvalOptions:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.corruptions, str) and self.corruptions.strip().lower() in ('none', ''):
+            self.corruptions = []  # as the command line's --corruptions none
 
     def validate(self, image_shape: Sequence[int] | None = None) -> 'EvalOptions':
         """Check choices and ranges (eps ranges need the image shape).

@@ -1,12 +1,17 @@
 """Models as evaluated: inputs in [0, 1], normalisation inside (the RobustBench convention), eval mode."""
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from typing import Sequence
 
 import torch
 from torch import nn
 
-__all__ = ['NormalizedModel', 'wrap_model', 'create_eval_model', 'check_eval_mode', 'model_input_info']
+__all__ = ['NormalizedModel', 'wrap_model', 'create_eval_model', 'trained_normalisation', 'check_eval_mode',
+           'model_input_info']
+
+_logger = logging.getLogger(__name__)
 
 
 class NormalizedModel(nn.Module):
@@ -98,8 +103,9 @@ def create_eval_model(
         checkpoint_path: a local checkpoint for ``timm.create_model(checkpoint_path=...)``.
         num_classes: classifier outputs (None: the model's default).
         in_chans: input channels (None: the model's default).
-        mean: normalisation mean inside the wrapper (None: the model's pretrained_cfg).
-        std: normalisation std.
+        mean: normalisation mean inside the wrapper (None: the statistics the checkpoint was trained with
+            when its folder holds the fine-tuning tool's ``config.yaml``, else the model's pretrained_cfg).
+        std: normalisation std (None: as ``mean``).
         **kwargs: further ``timm.create_model`` arguments.
 
     Returns:
@@ -115,7 +121,28 @@ def create_eval_model(
     if in_chans is not None:
         kwargs['in_chans'] = in_chans
     model = timm.create_model(name, pretrained=pretrained, checkpoint_path=checkpoint_path or '', **kwargs)
+    if checkpoint_path and (mean is None or std is None):
+        trained = trained_normalisation(checkpoint_path)
+        if trained is not None:
+            mean = trained[0] if mean is None else mean
+            std = trained[1] if std is None else std
     return wrap_model(model, mean, std)
+
+
+def trained_normalisation(checkpoint_path: str | Path) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """The (mean, std) a checkpoint was trained with, read from the fine-tuning tool's ``config.yaml`` in
+    its folder (the statistics the training pipeline resolved); None where there is no such file."""
+    folder = Path(checkpoint_path)
+    folder = folder if folder.is_dir() else folder.parent
+    if not (folder / 'config.yaml').is_file():
+        return None
+    from timm_asap.config import load_config
+    from timm_asap.data import resolve_data_config
+    cfg = load_config(folder / 'config.yaml')
+    dc = resolve_data_config(cfg)
+    _logger.info(f"{checkpoint_path}: normalisation mean {tuple(dc['mean'])}, std {tuple(dc['std'])} from "
+                 f"{folder / 'config.yaml'}")
+    return tuple(dc['mean']), tuple(dc['std'])
 
 
 def check_eval_mode(model: nn.Module, name: str = 'model') -> None:

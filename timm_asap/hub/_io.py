@@ -10,6 +10,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from .._files import set_new_file_mode
+
 __all__ = ['atomic_write_bytes', 'atomic_write_text', 'staging_dir', 'replace_dir']
 
 
@@ -23,6 +25,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        set_new_file_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -45,7 +48,7 @@ def staging_dir(target: str | Path):
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix='.tmp', dir=target.parent))
+    tmp = set_new_file_mode(tempfile.mkdtemp(prefix=f".{target.name}.", suffix='.tmp', dir=target.parent))
     try:
         yield tmp
     finally:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from .._files import set_new_file_mode
 from .errors import CheckpointError
 
 __all__ = ['CHECKPOINT_FORMAT', 'save_checkpoint', 'load_checkpoint', 'link_or_copy', 'save_weights',
@@ -93,6 +94,7 @@ def save_weights(state_dict: dict[str, torch.Tensor], path: str | os.PathLike,
     tmp = _atomic_target(path)
     try:
         save_file(tensors, str(tmp), metadata={'format': 'pt', **(metadata or {})})
+        set_new_file_mode(tmp)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
