@@ -159,6 +159,12 @@ def test_checkpoint_of_a_finetuning_run_brings_its_normalisation(tmp_path):
     explicit = create_eval_model('resnet18_cifar_asap', checkpoint_path=str(run / 'model.safetensors'),
                                  mean=[0.5], std=[0.25], **kwargs)
     assert explicit.mean.flatten().tolist() == [0.5] and explicit.std.flatten().tolist() == [0.25]
+    # a config without data.mean/std: the model's pretrained_cfg, as training resolved it (not ImageNet's)
+    from timm_asap.config import apply_overrides
+    save_config(apply_overrides(cfg, ['data.mean=null', 'data.std=null']), run / 'config.yaml')
+    unset = create_eval_model('resnet18_cifar_asap', checkpoint_path=str(run / 'model.safetensors'), **kwargs)
+    cifar_mean = sum(model.pretrained_cfg['mean']) / 3  # 1 channel: the average of the RGB statistics
+    assert unset.mean.flatten().tolist() == pytest.approx([cifar_mean])
     (run / 'config.yaml').unlink()  # a bare checkpoint: the pretrained_cfg's statistics
     bare = create_eval_model('resnet18_cifar_asap', checkpoint_path=str(run / 'model.safetensors'), **kwargs)
     assert bare.mean.flatten().tolist() != pytest.approx([0.2860])

@@ -364,3 +364,11 @@ def test_any_training_failure_is_recorded(tmp_path, fmnist):
         _run(tiny_config(fmnist, train={'epochs': 1}), out, callbacks=[broken])
     status = json.loads((out / 'metrics.json').read_text())
     assert status['status'] == 'failed' and status['error'] == 'RuntimeError: device lost'
+    # a resume that fails before training leaves the run's records as they were
+    done = tmp_path / 'done'
+    cfg = tiny_config(fmnist, train={'epochs': 1})
+    _run(cfg, done)
+    with pytest.raises(CheckpointError, match='optimizer state does not fit'):
+        _run(apply_overrides(cfg, ['train.opt=adamw']), done, resume=True)
+    status = json.loads((done / 'metrics.json').read_text())
+    assert status['status'] == 'finished' and status['epochs_completed'] == 1

@@ -149,3 +149,20 @@ def test_resume_into_another_folder_brings_best_pth_along(tmp_path):
     (first / 'best.pth').unlink()
     m = finetune(longer, tmp_path / 'c', resume=first / 'last.pth', device='cpu', progress=False)
     assert m['status'] == 'finished' and m['best_epoch'] == 2 and m['export']['epoch'] == 2
+
+
+def test_restarted_epoch_counts_updates_from_its_start(tmp_path, monkeypatch):
+    """Another sample order (here the seed) restarts the interrupted epoch: its updates are not counted twice."""
+    data = write_fake_fashion_mnist(tmp_path / 'data', n_train=64, n_test=16)
+    cfg = tiny_config(data, train={'epochs': 2})
+    lrs = _record_lrs(monkeypatch)
+    finetune(cfg, tmp_path / 'ref', device='cpu', progress=False)
+    reference, lrs[:] = list(lrs), []
+    run = tmp_path / 'run'
+    with pytest.raises(TrainingInterrupted):
+        finetune(cfg, run, device='cpu', progress=False, callbacks=[_stop_at(11)])
+    lrs[:] = []
+    m = finetune(tiny_config(data, train={'epochs': 2, 'seed': 8}), run, resume=True, device='cpu', progress=False)
+    assert 'train.seed changed: the interrupted epoch restarts' in (run / 'train.log').read_text()
+    assert lrs == reference[8:] and load_checkpoint(run / 'last.pth')['num_updates'] == 16
+    assert m['history'][1]['train_images'] == 64

@@ -308,7 +308,11 @@ def run_study(opts: StudyOptions | None = None, log: Callable[[str], None] = _st
     start = time.perf_counter()
 
     data_dir, source = locate_data(opts.data_dir)
+    preset = full_options() if opts.full else default_options()
+    changed = [k for k in ('families', 'seeds', 'epochs', 'train_subset', 'val_subset', 'eval_count', 'attack_count',
+                           'pgd_steps', 'shift_trials') if getattr(opts, k) != getattr(preset, k)]
     size = ('full recipe' if opts.full else 'CPU default: a subset and few epochs') + \
+        (f" with changed {', '.join(changed)}" if changed else '') + \
         f" - {opts.train_subset or 60000} training images, {opts.epochs or 'recipe'} epoch(s), " \
         f"{opts.eval_count} test images ({opts.attack_count} attacked), seeds {opts.seeds}, device {device.type}"
     log(f"data: Fashion-MNIST from {source}")

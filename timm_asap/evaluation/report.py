@@ -305,16 +305,24 @@ def plot_aliasing(rows: Sequence[dict], path) -> Path | None:
             per_model[r['model']].append(r)
     if not per_model:
         return None
-    fig, axes = _figure(1, 2, size=(6.5, 2.6))
+    # each model's layers in a block of their own, labelled by name: models need not have the same number
+    # of downsampling layers (a shared pooling stands in for two strided ops), so bars are not paired by index
+    positions, labels, start = {}, [], 0
+    for model, layers in per_model.items():
+        layers.sort(key=lambda r: r['index'])
+        positions[model] = list(range(start, start + len(layers)))
+        labels += [r['layer'] for r in layers]
+        start += len(layers) + 1
+    fig, axes = _figure(1, 2, size=(max(6.5, 0.35 * start), 3.2))
     for ax, key, title in ((axes[0, 0], 'input_high_energy', 'input energy above the new Nyquist'),
                            (axes[1, 0], 'output_alias_energy', 'aliased share of the output energy')):
-        width = 0.8 / len(per_model)
-        for i, (model, layers) in enumerate(per_model.items()):
-            layers = sorted(layers, key=lambda r: r['index'])
-            ax.bar([j + i * width for j in range(len(layers))], [r[key] for r in layers], width=width, label=model)
+        for model, layers in per_model.items():
+            ax.bar(positions[model], [r[key] for r in layers], width=0.8, label=model)
         ax.set_title(title, fontsize=9)
-        ax.set_xlabel('downsampling layer (in order)', fontsize=8)
         ax.set_ylabel('fraction', fontsize=8)
         ax.grid(alpha=0.3, axis='y')
+    axes[1, 0].set_xticks([x for model in per_model for x in positions[model]], labels, rotation=60, ha='right',
+                          fontsize=6)
+    axes[0, 0].set_xticks([])
     axes[0, 0].legend(fontsize=7)
     return _save(fig, path)

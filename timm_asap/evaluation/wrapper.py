@@ -122,16 +122,18 @@ def create_eval_model(
         kwargs['in_chans'] = in_chans
     model = timm.create_model(name, pretrained=pretrained, checkpoint_path=checkpoint_path or '', **kwargs)
     if checkpoint_path and (mean is None or std is None):
-        trained = trained_normalisation(checkpoint_path)
+        trained = trained_normalisation(checkpoint_path, model)
         if trained is not None:
             mean = trained[0] if mean is None else mean
             std = trained[1] if std is None else std
     return wrap_model(model, mean, std)
 
 
-def trained_normalisation(checkpoint_path: str | Path) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
-    """The (mean, std) a checkpoint was trained with, read from the fine-tuning tool's ``config.yaml`` in
-    its folder (the statistics the training pipeline resolved); None where there is no such file."""
+def trained_normalisation(checkpoint_path: str | Path,
+                          model: nn.Module | None = None) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """The (mean, std) a checkpoint was trained with: resolved as the training pipeline did, from the
+    fine-tuning tool's ``config.yaml`` in its folder and ``model``'s pretrained_cfg (where the config
+    sets none); None where there is no such file."""
     folder = Path(checkpoint_path)
     folder = folder if folder.is_dir() else folder.parent
     if not (folder / 'config.yaml').is_file():
@@ -139,7 +141,7 @@ def trained_normalisation(checkpoint_path: str | Path) -> tuple[tuple[float, ...
     from timm_asap.config import load_config
     from timm_asap.data import resolve_data_config
     cfg = load_config(folder / 'config.yaml')
-    dc = resolve_data_config(cfg)
+    dc = resolve_data_config(cfg, model)
     _logger.info(f"{checkpoint_path}: normalisation mean {tuple(dc['mean'])}, std {tuple(dc['std'])} from "
                  f"{folder / 'config.yaml'}")
     return tuple(dc['mean']), tuple(dc['std'])

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import errno
 import os
 import shutil
 import sys
@@ -66,15 +65,12 @@ def _exchange(a: Path, b: Path) -> bool:
     if not sys.platform.startswith('linux'):
         return False
     try:
-        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+        renameat2 = ctypes.CDLL(None).renameat2
     except (AttributeError, OSError):
         return False
-    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-        return False
-    raise OSError(err, os.strerror(err), str(a), None, str(b))
+    # any failure (no such flag on this file system, FUSE refusals, ...) leaves both paths as they were:
+    # the caller then renames aside, which raises the real error if there is one
+    return renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0
 
 
 def replace_dir(staging: str | Path, target: str | Path) -> Path:

@@ -326,7 +326,7 @@ def resolve_run_config(config: RunConfig | str | Path | None, checkpoint: str | 
                 raise ConfigError(f"model.{key}: the checkpoint's {folder / TRAIN_CONFIG_NAME} says {a!r}, the "
                                   f"given config says {b!r}")
         saved.hub = given.hub
-        saved.model.tag = given.model.tag
+        saved.model.tag = given.model.tag or saved.model.tag
         cfg = saved
     return apply_overrides(cfg, list(overrides)) if overrides else cfg
 

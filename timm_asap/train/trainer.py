@@ -61,6 +61,8 @@ _logger = logging.getLogger(__name__)
 
 # keys that do not change what a run computes: ignored when comparing a finished run's config
 _NON_SEMANTIC = {'data.workers', 'data.label_names', 'train.log_interval', 'train.tensorboard', 'hub'}
+# keys whose change alters the order of an epoch's training samples (an interrupted epoch then restarts)
+_SAMPLE_ORDER_KEYS = ('train.batch_size', 'data.dataset', 'data.train_split', 'data.train_subset', 'train.seed')
 # keys whose change makes a saved scheduler state stale (the schedule then follows the new config)
 _SCHEDULE_KEYS = ('train.epochs', 'train.sched', 'train.lr', 'train.warmup_epochs', 'train.warmup_lr',
                   'train.min_lr', 'train.decay_epochs', 'train.decay_rate', 'train.batch_size',
@@ -201,6 +203,7 @@ class _Trainer:
         self.data = None
         self.ema = None
         self.labelled = True
+        self.training = False  # set once the epochs start: failures before that leave metrics.json alone
         self.amp_name = 'off'
         self.channels_last = False
 
@@ -413,9 +416,10 @@ class _Trainer:
         self.partial = dict(ckpt.get('partial') or {}) if self.start_batches else {}
         if self.partial and not self.env.is_primary:  # the saved sums are over all ranks: counted once, on rank 0
             self.partial.update(loss_sum=0.0, samples=0, unreadable=0)
-        if old_updates_per_epoch != self.updates_per_epoch:  # count updates in this run's units
+        if old_updates_per_epoch != self.updates_per_epoch or self.start_batches != ckpt['batches_done']:
+            # the updates up to the resume position, in this run's units (a restarted epoch counts none of its own)
             self.num_updates = self.start_epoch * self.updates_per_epoch + self.start_batches // self.cfg.train.grad_accum_steps
-        if schedule_changed or units_changed:
+        if schedule_changed or units_changed or self.num_updates != ckpt['num_updates']:
             self._set_lr_at_resume()
         if self.env.is_primary:
             where = f"epoch {self.start_epoch + 1}, batch {self.start_batches}" if self.start_batches \
@@ -445,17 +449,19 @@ class _Trainer:
         if not batches:
             return 0
         world = self.env.world_size
-        data_changed = any(k == 'train.batch_size' or k.startswith('data.') for k in self._resume_diff)
+        changed = sorted(k for k in self._resume_diff if k in _SAMPLE_ORDER_KEYS)
         if old_world == world:
             fits = old_per_epoch == self.batches_per_epoch
         else:  # per-rank batches scale with 1 / world size, up to the rounding of each rank's share
             fits = abs(self.batches_per_epoch - old_per_epoch * old_world / world) <= old_world / world + 1
-        if data_changed or not fits:
-            _logger.warning(f"the training data or batches per epoch changed ({old_per_epoch} -> "
-                            f"{self.batches_per_epoch} per process); the interrupted epoch restarts from its beginning")
+        if changed or not fits:
+            why = f"{', '.join(changed)} changed" if changed else (
+                f"batches per epoch changed from {old_per_epoch} to {self.batches_per_epoch} per process")
+            _logger.warning(f"{why}: the interrupted epoch restarts from its beginning")
             return 0
         if old_world != world:
-            batches = batches * old_world // world
+            accum = self.cfg.train.grad_accum_steps  # whole accumulation groups: the first update is a full one
+            batches = batches * old_world // world // accum * accum
             _logger.warning(f"world size changed from {old_world} to {world}: the interrupted epoch continues "
                             f"after the {ckpt['batches_done'] * old_world} batches already seen ({batches} per process)")
         return min(batches, self.batches_per_epoch)
@@ -704,6 +710,7 @@ class _Trainer:
 
     def run(self) -> dict[str, Any]:
         t, env = self.cfg.train, self.env
+        self.training = True
         for epoch in range(self.start_epoch, t.epochs):
             t_epoch = time.perf_counter()
             stats = self._train_epoch(epoch)
@@ -832,7 +839,7 @@ def finetune(cfg: RunConfig, output_dir: str | Path, *, resume: str | Path | boo
             _logger.warning(str(e))
         raise
     except Exception as e:
-        if trainer is not None and trainer.data is not None:
+        if trainer is not None and trainer.training:
             try:
                 trainer._write_records('failed', f"{type(e).__name__}: {e}")
             except Exception as record_error:  # the original error matters more
