@@ -95,23 +95,30 @@ def _stop_at(update: int):
     return callback
 
 
+def _reference_then_interrupted(tmp_path, monkeypatch, cfg, interrupted=None):
+    """The learning rate of every update of an uninterrupted run of ``cfg`` (8 updates per epoch), then a run
+    of ``interrupted`` (default ``cfg``) stopped by SIGTERM after update 11, the 3rd of epoch 2. Returns the
+    reference rates, the live list recording the rates of later runs (emptied) and the stopped run's folder."""
+    lrs = _record_lrs(monkeypatch)
+    finetune(cfg, tmp_path / 'ref', device='cpu', progress=False)
+    reference = list(lrs)
+    assert len(reference) == 16
+    run = tmp_path / 'run'
+    with pytest.raises(TrainingInterrupted):
+        finetune(interrupted or cfg, run, device='cpu', progress=False, callbacks=[_stop_at(11)])
+    lrs[:] = []
+    return reference, lrs, run
+
+
 def test_resume_with_another_world_size_continues_the_epoch_on_this_runs_schedule(tmp_path, monkeypatch):
     """A checkpoint of a 2-process run (4 batches of 8 per process and epoch) resumed by 1 process (8 batches)."""
     data = write_fake_fashion_mnist(tmp_path / 'data', n_train=64, n_test=16)
     cfg = tiny_config(data, train={'epochs': 2, 'warmup_epochs': 1, 'warmup_lr': 0.001})
-    lrs = _record_lrs(monkeypatch)
-    finetune(cfg, tmp_path / 'ref', device='cpu', progress=False)
-    reference, lrs[:] = list(lrs), []
-    assert len(reference) == 16
-
-    run = tmp_path / 'run'
-    with pytest.raises(TrainingInterrupted):
-        finetune(cfg, run, device='cpu', progress=False, callbacks=[_stop_at(11)])
+    reference, lrs, run = _reference_then_interrupted(tmp_path, monkeypatch, cfg)
     ckpt = load_checkpoint(run / 'last.pth')
     # as the 2-process run would have saved it: 1 batch per process into epoch 2, 4 + 1 updates
     ckpt.update(world_size=2, batches_per_epoch=4, batches_done=1, num_updates=5, rng=ckpt['rng'] * 2)
     torch.save(ckpt, run / 'last.pth')
-    lrs[:] = []
     resumed = finetune(cfg, run, resume=True, device='cpu', progress=False)
     text = (run / 'train.log').read_text()
     assert 'continues after the 2 batches already seen (2 per process)' in text
@@ -125,13 +132,7 @@ def test_resume_with_a_changed_schedule_uses_it_from_the_first_update(tmp_path, 
     data = write_fake_fashion_mnist(tmp_path / 'data', n_train=64, n_test=16)
     cfg = tiny_config(data, train={'epochs': 2})
     slow = tiny_config(data, train={'epochs': 2, 'lr': 0.01})
-    lrs = _record_lrs(monkeypatch)
-    finetune(cfg, tmp_path / 'ref', device='cpu', progress=False)
-    reference, lrs[:] = list(lrs), []
-    run = tmp_path / 'run'
-    with pytest.raises(TrainingInterrupted):
-        finetune(slow, run, device='cpu', progress=False, callbacks=[_stop_at(11)])
-    lrs[:] = []
+    reference, lrs, run = _reference_then_interrupted(tmp_path, monkeypatch, cfg, interrupted=slow)
     finetune(cfg, run, resume=True, device='cpu', progress=False)
     assert lrs == reference[11:]
 
@@ -155,13 +156,7 @@ def test_restarted_epoch_counts_updates_from_its_start(tmp_path, monkeypatch):
     """Another sample order (here the seed) restarts the interrupted epoch: its updates are not counted twice."""
     data = write_fake_fashion_mnist(tmp_path / 'data', n_train=64, n_test=16)
     cfg = tiny_config(data, train={'epochs': 2})
-    lrs = _record_lrs(monkeypatch)
-    finetune(cfg, tmp_path / 'ref', device='cpu', progress=False)
-    reference, lrs[:] = list(lrs), []
-    run = tmp_path / 'run'
-    with pytest.raises(TrainingInterrupted):
-        finetune(cfg, run, device='cpu', progress=False, callbacks=[_stop_at(11)])
-    lrs[:] = []
+    reference, lrs, run = _reference_then_interrupted(tmp_path, monkeypatch, cfg)
     m = finetune(tiny_config(data, train={'epochs': 2, 'seed': 8}), run, resume=True, device='cpu', progress=False)
     assert 'train.seed changed: the interrupted epoch restarts' in (run / 'train.log').read_text()
     assert lrs == reference[8:] and load_checkpoint(run / 'last.pth')['num_updates'] == 16
