@@ -24,7 +24,11 @@ import yaml
 __all__ = [
     'ConfigError', 'ModelConfig', 'DataConfig', 'DistillConfig', 'TrainConfig', 'HubConfig', 'RunConfig',
     'load_config', 'config_from_dict', 'apply_overrides', 'list_hub_configs', 'hub_config_dir', 'save_config',
+    'RUN_CONFIG_FILE', 'find_run_config',
 ]
+
+# the resolved config the fine-tuning tool writes into its output folder, beside model.safetensors
+RUN_CONFIG_FILE = 'config.yaml'
 
 
 class ConfigError(ValueError):
@@ -432,6 +436,15 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
             raise ConfigError(f"{dotted}: unknown key in override {item!r}; allowed keys here: {sorted(node)}")
         node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
     return config_from_dict(data)
+
+
+def find_run_config(checkpoint: str | Path) -> Path | None:
+    """The fine-tuning tool's :data:`RUN_CONFIG_FILE` for a checkpoint file (in its folder) or an output
+    folder; None where there is none."""
+    folder = Path(checkpoint)
+    folder = folder if folder.is_dir() else folder.parent
+    path = folder / RUN_CONFIG_FILE
+    return path if path.is_file() else None
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> Path:

@@ -228,7 +228,7 @@ def _build_models(args):
             raise ValueError(f"two models share the label {label!r}; give labels with LABEL=NAME")
         labels.add(label)
         if not (args.pretrained or ckpt):
-            logging.getLogger(__name__).warning(
+            _logger.warning(
                 f"{label}: no weights given (neither --pretrained nor NAME@CHECKPOINT): evaluating random weights")
         model = create_eval_model(name, pretrained=args.pretrained, checkpoint_path=ckpt, num_classes=args.num_classes,
                                   in_chans=args.in_chans, mean=args.mean, std=args.std)

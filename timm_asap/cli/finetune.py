@@ -25,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from ..config import ConfigError, apply_overrides, load_config
+from ..config import RUN_CONFIG_FILE, ConfigError, apply_overrides, load_config
 
 __all__ = ['main', 'build_parser']
 
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.config is None:
         if not (args.resume and args.output):
             parser.error('--config is required (it may be left out only with --resume and --output)')
-        args.config = str(Path(args.output) / 'config.yaml')
+        args.config = str(Path(args.output) / RUN_CONFIG_FILE)
     try:
         cfg = apply_overrides(load_config(args.config), overrides)
     except ConfigError as e:

@@ -134,16 +134,13 @@ def trained_normalisation(checkpoint_path: str | Path,
     """The (mean, std) a checkpoint was trained with: resolved as the training pipeline did, from the
     fine-tuning tool's ``config.yaml`` in its folder and ``model``'s pretrained_cfg (where the config
     sets none); None where there is no such file."""
-    folder = Path(checkpoint_path)
-    folder = folder if folder.is_dir() else folder.parent
-    if not (folder / 'config.yaml').is_file():
+    from timm_asap.config import find_run_config, load_config
+    path = find_run_config(checkpoint_path)
+    if path is None:
         return None
-    from timm_asap.config import load_config
     from timm_asap.data import resolve_data_config
-    cfg = load_config(folder / 'config.yaml')
-    dc = resolve_data_config(cfg, model)
-    _logger.info(f"{checkpoint_path}: normalisation mean {tuple(dc['mean'])}, std {tuple(dc['std'])} from "
-                 f"{folder / 'config.yaml'}")
+    dc = resolve_data_config(load_config(path), model)
+    _logger.info(f"{checkpoint_path}: normalisation mean {tuple(dc['mean'])}, std {tuple(dc['std'])} from {path}")
     return tuple(dc['mean']), tuple(dc['std'])
 
 

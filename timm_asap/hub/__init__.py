@@ -20,7 +20,8 @@ from .integration import (check_architecture, install_transformers_integration, 
 from .integrity import (read_safetensors_header, save_safetensors, verify_hub_folder, verify_safetensors,
                         check_weights_match_config)
 from .results import EvalResults, Metric, load_eval_results
-from .export import build_hub_folder, check_publishable, export_output_dir, load_trained_model, resolve_run_config
+from .export import (build_hub_folder, check_publishable, export_output_dir, export_resolved, load_trained_model,
+                     resolve_run_config)
 from .upload import UploadResult, upload_hub_folder
 from .load import (download_hub_files, load_hub_folder, load_model, load_transformers_model, seed_hub_cache,
                    transformers_pipeline)
@@ -63,8 +64,8 @@ def publish(checkpoint: str | Path, output_dir: str | Path, *, config=None, eval
     """
     cfg = resolve_run_config(config, checkpoint, overrides)
     repo_id = repo_id or cfg.hub.repo_id
-    folder = export_output_dir(checkpoint, output_dir, config=config, eval_dir=eval_dir, allow_no_eval=allow_no_eval,
-                               repo_id=repo_id, eval_model=eval_model, overrides=overrides)
+    folder = export_resolved(cfg, checkpoint, output_dir, eval_dir=eval_dir, allow_no_eval=allow_no_eval,
+                             repo_id=repo_id, eval_model=eval_model)
     if dry_run:
         return folder, None
     result = upload_hub_folder(folder, repo_id, private=cfg.hub.private if private is None else private,

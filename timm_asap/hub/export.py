@@ -24,7 +24,7 @@ import timm
 import torch
 from torch import nn
 
-from ..config import ConfigError, RunConfig, apply_overrides, load_config, save_config
+from ..config import RUN_CONFIG_FILE, ConfigError, RunConfig, apply_overrides, find_run_config, load_config, save_config
 from ..version import __version__
 from ._io import atomic_write_text, replace_dir, staging_dir
 from .card import build_model_card
@@ -36,10 +36,10 @@ from .results import EvalResults, find_eval_results, load_eval_results
 
 __all__ = ['RUN_CONFIG_NAME', 'TRAIN_CONFIG_NAME', 'resolve_label_names', 'check_publishable', 'create_model_from_config',
            'load_checkpoint_state_dict', 'load_trained_model', 'hub_config_json', 'build_hub_folder',
-           'resolve_run_config', 'export_output_dir']
+           'resolve_run_config', 'export_output_dir', 'export_resolved']
 
 RUN_CONFIG_NAME = 'run_config.yaml'
-TRAIN_CONFIG_NAME = 'config.yaml'  # the resolved config the fine-tuning tool writes beside model.safetensors
+TRAIN_CONFIG_NAME = RUN_CONFIG_FILE  # the resolved config the fine-tuning tool writes beside model.safetensors
 
 
 def resolve_label_names(cfg: RunConfig, num_classes: int) -> list[str] | None:
@@ -312,7 +312,8 @@ def resolve_run_config(config: RunConfig | str | Path | None, checkpoint: str | 
     """
     ckpt = Path(checkpoint)
     folder = ckpt if ckpt.is_dir() else ckpt.parent
-    saved = load_config(folder / TRAIN_CONFIG_NAME) if (folder / TRAIN_CONFIG_NAME).is_file() else None
+    saved_path = find_run_config(ckpt)
+    saved = load_config(saved_path) if saved_path is not None else None
     given = config if isinstance(config, RunConfig) or config is None else load_config(config)
     if saved is None and given is None:
         raise ConfigError(f"no run config: pass a hub_configs YAML, or a checkpoint folder holding "
@@ -363,7 +364,14 @@ def export_output_dir(checkpoint: str | Path, output_dir: str | Path, *, config:
     Returns:
         ``output_dir``.
     """
-    cfg = resolve_run_config(config, checkpoint, overrides)
+    return export_resolved(resolve_run_config(config, checkpoint, overrides), checkpoint, output_dir,
+                           eval_dir=eval_dir, allow_no_eval=allow_no_eval, repo_id=repo_id, eval_model=eval_model)
+
+
+def export_resolved(cfg: RunConfig, checkpoint: str | Path, output_dir: str | Path, *,
+                    eval_dir: str | Path | None = None, allow_no_eval: bool = False,
+                    repo_id: str | None = None, eval_model: str | None = None) -> Path:
+    """:func:`export_output_dir` with the run config already resolved (:func:`resolve_run_config`)."""
     ckpt_file = _checkpoint_file(checkpoint)
     if eval_dir is not None:
         results = load_eval_results(eval_dir)

@@ -561,8 +561,8 @@ def asapify(
     Every stride-2 downsampling becomes "pool, then the same op at stride 1"; stride 2**m becomes m
     poolings. See the module docstring for the handling of each layer type and of kernel == stride
     "patchify" convolutions. Blocks whose strided ops read the same tensor (ResNet's ``BasicBlock``,
-    see :func:`register_shared_pool_block`) pool it once. Parameter and buffer names and shapes do not change, so the base
-    model's state dict loads with ``strict=True``; feature_info reductions and (in ``'centered'``
+    see :func:`register_shared_pool_block`) pool it once. Parameter and buffer names and shapes do not
+    change, so the base model's state dict loads with ``strict=True``; feature_info reductions and (in ``'centered'``
     mode) every output size stay those of the base model.
 
     Args:

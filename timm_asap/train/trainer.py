@@ -44,7 +44,7 @@ from timm.task.distillation import DistillationTeacher
 from timm.utils import NativeScaler, distribute_bn, random_seed
 from tqdm import tqdm
 
-from ..config import ConfigError, RunConfig, config_from_dict, save_config
+from ..config import RUN_CONFIG_FILE, ConfigError, RunConfig, config_from_dict, save_config
 from ..data import DataError, create_run_data
 from ..data.transforms import fit_channels
 from .checkpoint import (
@@ -337,7 +337,7 @@ class _Trainer:
 
         if env.is_primary:
             self.out.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, self.out / 'config.yaml')
+            save_config(cfg, self.out / RUN_CONFIG_FILE)
             self.tb = TensorBoardLogger(self.out / 'tensorboard', enabled=t.tensorboard)
             nparams = sum(p.numel() for p in model.parameters())
             _logger.info(f"{cfg.name}: {nparams / 1e6:.2f}M parameters, {self.batches_per_epoch} batches of "
@@ -774,7 +774,7 @@ class _Trainer:
             save_weights(weights, self.out / 'model.safetensors', metadata={
                 'architecture': self.cfg.model.architecture, 'name': self.cfg.name, 'export': kind,
                 'epoch': str(export_epoch)})
-            save_config(self.cfg, self.out / 'config.yaml')
+            save_config(self.cfg, self.out / RUN_CONFIG_FILE)
         self.status = {'export': {'kind': kind, 'epoch': export_epoch, 'file': 'model.safetensors'}}
         metrics = self._write_records('finished')
         if self.env.is_primary:
