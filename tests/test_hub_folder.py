@@ -196,7 +196,7 @@ def test_failed_build_keeps_the_previous_folder(folder, run_dirs, tmp_path, monk
 
 @pytest.mark.parametrize('exchange', [True, False], ids=['exchange', 'rename-aside'])
 def test_replace_dir_swaps_in_the_new_folder(tmp_path, monkeypatch, exchange):
-    from timm_asap.hub import _io
+    from timm_asap import _files as _io
     if not exchange:
         monkeypatch.setattr(_io, '_exchange', lambda a, b: False)
     elif not _io._exchange(Path(tempfile.mkdtemp(dir=tmp_path)), Path(tempfile.mkdtemp(dir=tmp_path))):
@@ -294,6 +294,27 @@ def test_pickle_weights_are_refused(folder, tmp_path):
 def test_written_weights_carry_a_data_digest(folder):
     _, metadata, _ = H.read_safetensors_header(folder / 'model.safetensors')
     assert len(metadata['timm_asap.data_sha256']) == 64 and metadata['architecture'] == 'resnet18_cifar_asap'
+    assert json.loads(metadata['timm_asap.pooling']) == ["ASAP2d(padding='one', mode='centered')"]
+
+
+@pytest.mark.parametrize('changes, words', [
+    (dict(architecture='resnet18_cifar_flc'), "architecture 'resnet18_cifar_asap' (its header records it) but"),
+    (dict(pool_mode='reference'), "trained with pooling [\"ASAP2d(padding='one', mode='centered')\"]"),
+    (dict(pool_args={'padding': 'large'}), "padding='large'"),
+], ids=['same-keys-other-architecture', 'other-pool-mode', 'other-pool-args'])
+def test_config_naming_other_pooling_with_the_same_tensors_is_refused(folder, tmp_path, changes, words):
+    """resnet18_cifar_flc (or another band mode) has the same tensors as the ASAP weights: the header's
+    record of the architecture and pooling catches what the shapes cannot."""
+    bad = copy_folder(folder, tmp_path)
+    config = json.loads((bad / 'config.json').read_text())
+    if 'architecture' not in changes:
+        changes = dict(model_args={**config['model_args'], **changes})
+    _edit_config(**changes)(bad)
+    for check in (H.verify_hub_folder, H.load_hub_folder, lambda f: H.load_model(f'local-dir:{f}')):
+        with pytest.raises(IntegrityError) as e:
+            check(bad)
+        assert e.value.path.endswith('model.safetensors') and words in str(e.value)
+        assert 'config.json' in str(e.value)
 
 
 # ---- unregistered architectures ---------------------------------------------------------------------
@@ -308,34 +329,36 @@ def test_unregistered_architecture_says_import_timm_asap(folder, tmp_path):
     assert str(bad / 'config.json') in msg
 
 
-def test_transformers_gets_our_error_for_unregistered_asap_architecture(folder, tmp_path):
+def test_our_transformers_loader_gives_our_error_for_unregistered_asap_architecture(folder, tmp_path):
     from transformers import AutoModelForImageClassification
     bad = copy_folder(folder, tmp_path)
     _edit_config(architecture='resnet19_cifar_asap')(bad)
-    with pytest.raises(UnregisteredArchitectureError) as e:
-        AutoModelForImageClassification.from_pretrained(str(bad))
-    assert 'import timm_asap' in str(e.value) and 'upgrade timm' not in str(e.value)
-    assert 'resnet18_cifar_asap' in str(e.value)
-    # other unknown names keep transformers' own advice
-    _edit_config(architecture='resnet19_unheard_of')(bad)
+    for load in (H.load_transformers_model, H.transformers_pipeline):
+        with pytest.raises(UnregisteredArchitectureError) as e:
+            load(bad)
+        assert 'import timm_asap' in str(e.value) and 'upgrade timm' not in str(e.value)
+        assert 'resnet18_cifar_asap' in str(e.value) and isinstance(e.value, ImportError)
+    # transformers itself is not changed: its own loader keeps its own advice
     with pytest.raises(ImportError, match='upgrade timm'):
         AutoModelForImageClassification.from_pretrained(str(bad))
 
 
-def test_import_timm_asap_installs_the_transformers_integration():
-    code = ("import sys, timm_asap; assert 'transformers' not in sys.modules; "
-            "assert any(type(f).__name__ == '_TransformersImportHook' for f in sys.meta_path)")
+def test_import_timm_asap_changes_nothing_in_transformers():
+    code = ("import sys, timm_asap, timm_asap.hub; assert 'transformers' not in sys.modules; "
+            "assert not [f for f in sys.meta_path if type(f).__module__.startswith('timm_asap')]; "
+            "from transformers.models.auto.image_processing_auto import get_image_processor_class_from_name as g; "
+            "import transformers.models.timm_wrapper.modeling_timm_wrapper as m; "
+            "assert m._create_timm_model_with_error_handling.__module__ == m.__name__; "
+            "assert g('TimmAsapImageProcessor') is None")
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr
 
 
-def test_integration_applies_when_transformers_was_imported_first():
-    code = ("import transformers.models.timm_wrapper.modeling_timm_wrapper as m, "
-            "transformers.models.auto.image_processing_auto as a; import timm_asap.hub as h; "
-            "assert m._create_timm_model_with_error_handling._timm_asap_checked; "
-            "assert h.integration._image_processor_registered(a); "
+def test_register_image_processor_makes_transformers_find_it():
+    code = ("import timm_asap.hub as h; cls = h.register_image_processor(); "
+            "assert h.register_image_processor() is cls; "
             "from transformers.models.auto.image_processing_auto import get_image_processor_class_from_name as g; "
-            "assert g('TimmAsapImageProcessor').__name__ == 'TimmAsapImageProcessor'")
+            "assert g('TimmAsapImageProcessor') is cls and cls.__name__ == 'TimmAsapImageProcessor'")
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr
 
@@ -457,3 +480,12 @@ def test_written_files_and_folders_follow_the_umask(run_dirs, tmp_path):
     for p in [*out.iterdir(), weights, text]:
         if p.is_file():
             assert p.stat().st_mode & 0o777 == 0o644, p
+
+
+def test_deprecated_integration_names_still_work():
+    with pytest.warns(DeprecationWarning, match='registered_plugin_models is deprecated'):
+        names = H.registered_plugin_models()
+    assert 'resnet18_cifar_asap' in names and 'resnet18_cifar' not in names
+    for _ in range(2):  # every use warns, not only the first import
+        with pytest.warns(DeprecationWarning, match='install_transformers_integration is deprecated'):
+            H.install_transformers_integration()

@@ -59,12 +59,33 @@ def logits(model, x=None):
     return getattr(out, 'logits', out)
 
 
-def publish_small_tag(monkeypatch) -> None:
-    """Mark the registry's tag published (the shipped config is not yet) with the small test model's args."""
-    from timm_asap.models import TAG_INFO
-    info = TAG_INFO[ASAP]
-    monkeypatch.setitem(TAG_INFO, ASAP, dataclasses.replace(info, published=True,
-                                                            model_args={**info.model_args, **SMALL_ARGS}))
+def _register_again(arch: str) -> None:
+    """Register ``arch`` again, its pretrained cfgs rebuilt from the (changed) weight-tag table."""
+    import sys
+    import warnings
+    from timm.models import generate_default_cfgs, model_entrypoint, register_model
+    fn = model_entrypoint(arch)
+    module = sys.modules[fn.__module__]
+    module.default_cfgs.update(generate_default_cfgs(module.variant_pretrained_cfgs(arch)))
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')  # timm warns about overwriting the registration
+        register_model(fn)
+
+
+def publish_small_tag(request) -> None:
+    """Mark the registry's tag published (the shipped table has it unpublished) with the small test model's
+    args, as a release that publishes it would; undone after the test."""
+    from timm_asap.models import weight_tags
+    old = weight_tags.WEIGHT_TAGS
+    weight_tags.WEIGHT_TAGS = tuple(
+        dataclasses.replace(t, published=True, model_args={**t.model_args, **SMALL_ARGS}) if t.name == ASAP else t
+        for t in old)
+    _register_again(ASAP.split('.')[0])
+
+    def undo():
+        weight_tags.WEIGHT_TAGS = old
+        _register_again(ASAP.split('.')[0])
+    request.addfinalizer(undo)
 
 
 def publish(env, folder: Path, repo_id: str, **kwargs):
@@ -96,15 +117,18 @@ def test_publish_list_and_download(hub_env, run):
     assert not any(n.endswith(('.bin', '.pth', '.pt')) for n in remote)
 
 
-def test_create_by_name_through_hf_hub_and_the_registry(hub_env, run, monkeypatch):
+def test_create_by_name_through_hf_hub_and_the_registry(hub_env, run, request):
     publish(hub_env, run.folder, REGISTRY_REPO)
     ref = logits(run.model)
     # hf-hub: name, plain timm and our checked loader
     assert torch.equal(logits(timm.create_model(f'hf-hub:{REGISTRY_REPO}', pretrained=True).eval()), ref)
     assert torch.equal(logits(H.load_model(f'hf-hub:{REGISTRY_REPO}')), ref)
-    # the registry's <architecture>.<tag>: its pretrained cfg points at hub.repo_id of the shipped config
+    # the registry's <architecture>.<tag>: unpublished, timm does not advertise it; once published its
+    # pretrained cfg points at hub.repo_id of the shipped recipe
+    assert not timm.is_model_pretrained(ASAP) and timm.models.get_pretrained_cfg(ASAP).hf_hub_id is None
+    publish_small_tag(request)
+    assert timm.is_model_pretrained(ASAP) and ASAP in timm.list_pretrained('resnet18_cifar_asap*')
     assert timm.models.get_pretrained_cfg(ASAP).hf_hub_id == load_config(HUB_CONFIG).hub.repo_id == REGISTRY_REPO
-    publish_small_tag(monkeypatch)
     assert torch.equal(logits(timm.create_model(ASAP, pretrained=True).eval()), ref)
     assert torch.equal(logits(H.load_model(ASAP)), ref)
 
@@ -118,7 +142,9 @@ def test_transformers_auto_model_and_pipeline(hub_env, run):
     model = AutoModelForImageClassification.from_pretrained(repo).eval()
     assert torch.equal(logits(model), logits(run.model))
     assert model.config.id2label[0] == 'T-shirt/top'
-    # the pipeline (RGB images in; the config's grey-aware processor converts them back) against timm
+    # the pipeline (RGB images in; the config's grey-aware processor converts them back) against timm;
+    # transformers' own pipeline finds that processor once it is registered (our loaders do it, or this call)
+    H.register_image_processor()
     img = grey_image()
     classify = pipeline('image-classification', model=repo)
     out = classify(img, top_k=10)
@@ -134,10 +160,10 @@ def test_transformers_auto_model_and_pipeline(hub_env, run):
 
 # ---- offline ------------------------------------------------------------------------------------------
 
-def test_offline_use_with_a_filled_cache(hub_env, run, monkeypatch):
+def test_offline_use_with_a_filled_cache(hub_env, run, request):
     from transformers import AutoModelForImageClassification, pipeline
     publish(hub_env, run.folder, REGISTRY_REPO)
-    publish_small_tag(monkeypatch)
+    publish_small_tag(request)
     ref = logits(run.model)
     H.load_model(f'hf-hub:{REGISTRY_REPO}')  # fills the cache
     H.transformers_pipeline(REGISTRY_REPO)

@@ -7,6 +7,8 @@ a local file run on small inputs, with the largest models marked slow.
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 
 import pytest
 import timm
@@ -19,7 +21,7 @@ from timm_asap.layers import ASAP2d, FLC2d
 from timm_asap.models.convert import PooledConvMixin
 
 VARIANTS = sorted(timm.list_models('*_asap') + timm.list_models('*_flc'))
-BASELINES = sorted(n for n, v in M.VARIANTS.items() if v.pool == 'none')
+BASELINES = M.list_variants(pool='none')
 # real-tensor tests of the largest models (60M+ parameters) run in the slow suite only; their meta-device
 # checks (state dict, shapes, features, kwargs, cfgs) stay in the default run
 HEAVY = {f"{b}_{p}" for b in ('vgg16_bn', 'wide_resnet101_2', 'wide_resnet50_2', 'resnet152') for p in ('asap', 'flc')}
@@ -76,10 +78,10 @@ def test_registry_lists_every_supported_base():
 
 
 def test_registered_in_modules_timm_does_not_use():
-    modules = {v.module for v in M.VARIANTS.values()}
+    modules = {M.get_variant(n).module for n in M.list_variants()}
     assert modules == {'asap_timm', 'asap_cifar'}
     for module in modules:
-        assert set(timm.list_models(module=module)) == {n for n, v in M.VARIANTS.items() if v.module == module}
+        assert set(timm.list_models(module=module)) == {n for n in M.list_variants() if M.get_variant(n).module == module}
     timm_modules = {m.rsplit('.', 1)[-1] for m in dir(timm.models)}
     assert not modules & timm_modules
 
@@ -200,7 +202,7 @@ def test_pretrained_from_local_file_loads_base_weights(name, tmp_path):
     state = _random_state_dict(timm.create_model(base_name, device='meta'))
     path = tmp_path / f"{base_name}.safetensors"
     save_file(state, str(path))
-    tags = [t for t, i in M.TAG_INFO.items() if t.split('.')[0] == name and i.kind == 'base']
+    tags = [t for t in get_arch_pretrained_cfgs(name) if t.endswith('_base')]
     full = tags[0] if tags else name
     model = timm.create_model(full, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
     loaded = model.state_dict()
@@ -217,27 +219,25 @@ def test_pretrained_cfgs(name):
     cfgs = get_arch_pretrained_cfgs(name)
     assert cfgs, name
     variant = M.get_variant(name)
+    trained = {t.name: t for t in M.WEIGHT_TAGS}
     for full, cfg in cfgs.items():
-        info = M.TAG_INFO[full]
         assert cfg.paper_ids == M.PAPER_IDS
         assert cfg.license
         assert len(cfg.input_size) == 3 and cfg.num_classes >= 0  # 0: headless base checkpoints
-        if info.kind == 'none':
-            assert not cfg.has_weights
-            continue
-        org, _, repo = cfg.hf_hub_id.partition('/')
-        assert org and repo, f"{full}: hf_hub_id must be '<org>/<name>', got {cfg.hf_hub_id!r}"
-        if info.kind == 'base':
-            assert cfg.tag.endswith('_base')
-            base_cfg = get_pretrained_cfg(info.source)
-            assert info.source == f"{variant.base}.{cfg.tag[:-len('_base')]}"
-            assert cfg.hf_hub_id == base_cfg.hf_hub_id
+        # timm says pretrained exactly where weights can be downloaded
+        assert timm.is_model_pretrained(full) == bool(cfg.has_weights) == (full in timm.list_pretrained(f'{name}.*'))
+        if full in trained:
+            assert bool(cfg.has_weights) == trained[full].published
+            assert cfg.hf_hub_id == (trained[full].hf_hub_id if trained[full].published else None)
+            assert cfg.input_size == trained[full].input_size and cfg.license == trained[full].license
+        elif cfg.tag and cfg.tag.endswith('_base'):
+            base_cfg = get_pretrained_cfg(f"{variant.base}.{cfg.tag[:-len('_base')]}")
+            assert base_cfg.has_weights and cfg.hf_hub_id == base_cfg.hf_hub_id
             assert cfg.input_size == base_cfg.input_size and cfg.mean == base_cfg.mean
-        else:
-            assert org == M.HUB_ORG
+        else:  # the untagged cfg of a CIFAR-size family: random initialisation
+            assert not cfg.tag and not cfg.has_weights
     default = get_pretrained_cfg(name)
-    if default.has_weights:  # the default tag must be loadable
-        assert M.is_loadable(name), f"{name}: default tag {default.tag} is not loadable"
+    assert M.is_loadable(name) == bool(default.has_weights), f"{name}: default tag {default.tag}"
 
 
 def test_base_tag_points_at_base_checkpoint():
@@ -255,9 +255,13 @@ def test_unpublished_tag_raises_listing_what_exists():
         timm.create_model('resnet50_asap.ft_in1k', pretrained=True)
     msg = str(e.value)
     assert 'not published' in msg and 'resnet50_asap.tv_in1k_base' in msg and 'timm-asap/resnet50_asap.ft_in1k' in msg
+    # timm does not advertise it
+    assert not timm.is_model_pretrained('resnet50_asap.ft_in1k')
+    assert 'resnet50_asap.ft_in1k' not in timm.list_pretrained('resnet50_asap*')
+    assert 'resnet50_asap.tv_in1k_base' in timm.list_pretrained('resnet50_asap*')
     # without pretrained the tag builds (its input config applies)
     model = timm.create_model('resnet50_asap.ft_in1k', device='meta')
-    assert model.pretrained_cfg['hf_hub_id'] == 'timm-asap/resnet50_asap.ft_in1k'
+    assert model.pretrained_cfg['tag'] == 'ft_in1k' and not model.pretrained_cfg.get('hf_hub_id')
 
 
 def test_unpublished_cifar_tag_and_weightless_default_raise():
@@ -281,60 +285,108 @@ def test_unpublished_tag_loads_an_explicit_local_file(tmp_path):
 
 def test_hub_config_tags_carry_input_config_and_labels():
     cfg = get_pretrained_cfg('preactresnet18_asap.fmnist')
-    assert cfg.hf_hub_id == 'timm-asap/preactresnet18_asap.fmnist'
+    assert cfg.hf_hub_id is None and 'timm-asap/preactresnet18_asap.fmnist' in ' '.join(cfg.notes)
     assert cfg.input_size == (1, 32, 32) and cfg.num_classes == 10
     assert cfg.label_names[0] == 'T-shirt/top' and len(cfg.label_names) == 10
     assert cfg.paper_ids == 'arXiv:2307.09804'
     model = timm.create_model('preactresnet18_asap.fmnist', device='meta')
     assert model.stem.in_channels == 1 and model.num_classes == 10
     cfg = get_pretrained_cfg('resnet18_cifar.fmnist')  # baseline, pool none
-    assert cfg.hf_hub_id == 'timm-asap/resnet18_cifar.fmnist'
+    assert cfg.input_size == (1, 32, 32) and not cfg.has_weights
     model = timm.create_model('resnet18_cifar.fmnist', device='meta')
     assert not any(isinstance(m, (ASAP2d, FLC2d, PooledConvMixin)) for m in model.modules())
 
 
-def test_every_hub_config_names_a_registered_architecture():
+def test_weight_tag_table_agrees_with_the_recipes():
+    """The registry's table (WEIGHT_TAGS) and the training recipes (hub_configs/*.yaml) describe the same tags."""
     from timm_asap.config import list_hub_configs, load_config
     shipped = list_hub_configs()
-    assert {'resnet18_asap.ft_in1k', 'resnet50_asap.ft_in1k', 'resnet50_flc.ft_in1k', 'resnet18_cifar_asap.fmnist',
-            'resnet18_cifar_flc.fmnist', 'resnet18_cifar.fmnist', 'preactresnet18_asap.fmnist'} <= set(shipped)
-    for stem, path in shipped.items():
-        cfg = load_config(path)
-        assert cfg.model.architecture in M.VARIANTS
-        assert f"{cfg.model.architecture}.{cfg.model.tag}" == stem
-        assert cfg.hub.repo_id == f"timm-asap/{stem}"
-        assert get_pretrained_cfg(stem).hf_hub_id == cfg.hub.repo_id
-        if cfg.model.base:
-            assert M.check_model_name(cfg.model.base) == M.base_architecture(stem)
-        if cfg.data.dataset == 'fashion_mnist':
-            assert cfg.model.img_size == 32 and cfg.model.num_classes == 10 and len(cfg.data.label_names) == 10
+    assert set(shipped) == {t.name for t in M.WEIGHT_TAGS}
+    for t in M.WEIGHT_TAGS:
+        cfg = load_config(shipped[t.name])
+        m, d, h = cfg.model, cfg.data, cfg.hub
+        assert (m.architecture, m.tag) == (t.architecture, t.tag)
+        assert m.pool == M.get_variant(t.architecture).pool
+        assert (m.in_chans, m.img_size, m.img_size) == t.input_size and m.num_classes == t.num_classes
+        assert m.base == t.base and h.repo_id == t.hf_hub_id and h.license == t.license and h.published == t.published
+        assert {**m.model_args, **({'pool_mode': m.mode} if m.pool != 'none' else {})} == t.model_args
+        assert tuple(d.mean or ()) == (t.mean or ()) and tuple(d.std or ()) == (t.std or ())
+        assert (d.interpolation, d.crop_pct) == (t.interpolation, t.crop_pct)
+        assert tuple(d.label_names or ()) == (t.label_names or ())
+        assert t.recipe == shipped[t.name].name
+        if m.base:
+            assert M.check_model_name(m.base) == M.base_architecture(t.name)
 
 
-def test_hub_config_with_unregistered_architecture_is_an_error(monkeypatch, tmp_path):
-    from timm_asap.config import ConfigError, load_config
-    from timm_asap.models import _builder
-    src = load_config('resnet50_asap.ft_in1k')
-    src.model.architecture = 'resnet50_aasp'
-    monkeypatch.setattr(_builder, 'hub_configs_by_architecture',
-                        lambda: {'resnet50_aasp': [(src, tmp_path / 'resnet50_aasp.ft_in1k.yaml')]})
-    with pytest.raises(ConfigError, match=r"not registered by timm_asap.*resnet50_asap"):
-        _builder.check_hub_configs()
+def test_fashion_mnist_labels_are_the_datasets():
+    from timm_asap.data.fashion_mnist import FASHION_MNIST_CLASSES
+    assert tuple(FASHION_MNIST_CLASSES) == M.weight_tags.FASHION_MNIST_LABELS
+
+
+def test_broken_or_missing_recipe_never_breaks_import_or_creation(tmp_path):
+    """The registry does not read the recipes: a broken recipe (and a recipe folder without any) leaves
+    ``import timm_asap`` and model creation working; fine-tuning that recipe fails with a ConfigError."""
+    import shutil
+    import subprocess
+    import sys
+    import timm_asap
+    from timm_asap.config import ConfigError, hub_config_dir, load_config
+    pkg = tmp_path / 'timm_asap'
+    shutil.copytree(Path(timm_asap.__file__).parent, pkg, ignore=shutil.ignore_patterns('__pycache__'))
+    shutil.copytree(hub_config_dir(), pkg / 'hub_configs', dirs_exist_ok=True)
+    recipe = pkg / 'hub_configs' / 'resnet50_asap.ft_in1k.yaml'
+    recipe.write_text(recipe.read_text().replace('lr: 0.02', 'lr: fast') + '\n  : [unbalanced\n')
+    (pkg / 'hub_configs' / 'resnet18_cifar.fmnist.yaml').unlink()
+    code = ("import timm, timm_asap; assert timm_asap.__file__.startswith(%r); "
+            "m = timm.create_model('resnet50_asap.ft_in1k', device='meta'); "
+            "assert timm.create_model('resnet18_cifar.fmnist', device='meta').num_classes == 10; "
+            "print(m.pretrained_cfg['tag'])" % str(pkg))
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=tmp_path,
+                       env={**os.environ, 'PYTHONPATH': str(tmp_path)})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == 'ft_in1k'
+    with pytest.raises(ConfigError):
+        load_config(recipe)
 
 
 def test_unknown_names_say_import_timm_asap():
     with pytest.raises(M.UnknownModelError, match=r"import timm_asap.*resnet50_asap"):
         M.check_model_name('resnet50_aasp')
     with pytest.raises(M.UnknownModelError, match=r"tv_in1k_base"):
-        M.create_model('resnet50_asap.tv_in1k')
+        M.check_model_name('resnet50_asap.tv_in1k')
     assert M.check_model_name('resnet50_asap.tv_in1k_base') == 'resnet50_asap'
+    assert issubclass(M.UnknownModelError, ImportError) and issubclass(M.UnknownModelError, RuntimeError)
+
+
+def test_deprecated_names_still_work():
+    with pytest.warns(DeprecationWarning, match='timm.create_model'):
+        create = M.create_model
+    with pytest.raises(M.UnknownModelError, match=r"tv_in1k_base"):
+        create('resnet50_asap.tv_in1k')
+    assert create('resnet18_cifar', device='meta').num_classes == 10
+    with pytest.warns(DeprecationWarning, match='list_variants'):
+        variants = M.VARIANTS
+    assert set(variants) == set(M.list_variants()) and variants['resnet50_asap'].base == 'resnet50'
+    with pytest.warns(DeprecationWarning):
+        info = M.TAG_INFO
+    assert info['resnet50_asap.ft_in1k'].kind == 'hub' and not info['resnet50_asap.ft_in1k'].published
+    assert info['resnet50_asap.tv_in1k_base'].source == 'resnet50.tv_in1k' and info['resnet18_cifar'].kind == 'none'
+    import importlib
+    import sys
+    sys.modules.pop('timm_asap.models.factory', None)
+    with pytest.warns(DeprecationWarning, match='factory'):
+        factory = importlib.import_module('timm_asap.models.factory')
+    assert factory.check_model_name is M.check_model_name
 
 
 def test_local_dir_config_naming_unregistered_architecture(tmp_path):
     import json
+    from timm_asap import hub
     (tmp_path / 'config.json').write_text(json.dumps(dict(
         architecture='preactresnet18_aasp', num_classes=10, pretrained_cfg=dict(input_size=[3, 32, 32]))))
+    save_file({'x': torch.zeros(1)}, str(tmp_path / 'model.safetensors'))
     with pytest.raises(M.UnknownModelError, match=r"import timm_asap.*preactresnet18_asap"):
-        M.create_model(f'local-dir:{tmp_path}')
+        hub.load_model(f'local-dir:{tmp_path}')
 
 
 def test_pool_mode_and_args_kwargs():
@@ -371,34 +423,28 @@ def test_pretrained_cfg_and_data_config_like_base():
     assert 'num_classes' not in feats.pretrained_cfg  # timm's features cfg handling
 
 
-def test_hub_cfg_dict_keeps_tag_model_args():
-    """A full cfg dict (as timm builds from a Hub config.json) naming a hub-config tag gets its model args."""
-    from timm_asap.models import _builder
+def _with_tag(monkeypatch, name: str, **changes):
+    """Replace the weight-tag table entry ``name`` for one test."""
+    import dataclasses
+    from timm_asap.models import weight_tags
+    table = tuple(dataclasses.replace(t, **changes) if t.name == name else t for t in weight_tags.WEIGHT_TAGS)
+    monkeypatch.setattr(weight_tags, 'WEIGHT_TAGS', table)
+
+
+def test_hub_cfg_dict_keeps_tag_model_args(monkeypatch):
+    """A full cfg dict (as timm builds from a Hub config.json) naming a weight tag gets its model args."""
     cfg = get_pretrained_cfg('resnet50_asap.ft_in1k').to_dict()
-    key = 'resnet50_asap.ft_in1k'
-    old = _builder.TAG_INFO[key]
-    _builder.TAG_INFO[key] = _builder.TagInfo('hub', False, old.source, dict(pool_mode='reference'))
-    try:
-        model = timm.create_model('resnet50_asap', pretrained_cfg=cfg, device='meta')
-    finally:
-        _builder.TAG_INFO[key] = old
+    _with_tag(monkeypatch, 'resnet50_asap.ft_in1k', model_args=dict(pool_mode='reference'))
+    model = timm.create_model('resnet50_asap', pretrained_cfg=cfg, device='meta')
     assert {m.mode for m in model.modules() if isinstance(m, ASAP2d)} == {'reference'}
 
 
-def test_published_hub_config_becomes_the_default_tag(monkeypatch, tmp_path):
-    from timm_asap.config import load_config
-    from timm_asap.models import _builder
-    cfg = load_config('resnet50_asap.ft_in1k')
-    cfg.hub.published = True
-    monkeypatch.setattr(_builder, 'hub_configs_by_architecture',
-                        lambda: {'resnet50_asap': [(cfg, tmp_path / 'resnet50_asap.ft_in1k.yaml')]})
-    monkeypatch.setattr(_builder, 'TAG_INFO', dict(_builder.TAG_INFO))
-    base_entries = _builder.base_tag_cfgs('resnet50_asap', 'resnet50', 'asap')
-    published, unpublished = _builder.hub_tag_cfgs('resnet50_asap', 'asap', base_entries[0][1])
-    assert [t for t, _ in published] == ['ft_in1k'] and unpublished == []
-    default = _builder.make_default_cfg(published + base_entries + unpublished)
+def test_published_weight_tag_becomes_the_default_tag(monkeypatch):
+    from timm.models import generate_default_cfgs
+    from timm_asap.models import registry
+    _with_tag(monkeypatch, 'resnet50_asap.ft_in1k', published=True)
+    base_entries = registry.base_tag_cfgs('resnet50_asap', 'resnet50', 'asap')
+    cfgs = registry.variant_cfgs('resnet50_asap', base_entries[0][1], base_entries)
+    default = generate_default_cfgs(cfgs)['resnet50_asap']
     assert default.tags[0] == 'ft_in1k' and default.cfgs['ft_in1k'].hf_hub_id == 'timm-asap/resnet50_asap.ft_in1k'
-    assert _builder.TAG_INFO['resnet50_asap.ft_in1k'].published
-    cfg.model.pool = 'flc'
-    with pytest.raises(Exception, match="model.pool is 'flc'"):
-        _builder.hub_tag_cfgs('resnet50_asap', 'asap', base_entries[0][1])
+    assert default.cfgs['ft_in1k'].has_weights

@@ -230,7 +230,8 @@ def test_blocks_with_unequal_pools_are_not_shared():
     assert type(model[0]) is SharedPoolBasicBlock
     mixed = nn.Sequential(copy.deepcopy(block))
     M.asapify(mixed.get_submodule('0.downsample'), pool='flc')  # the shortcut pools with FLC
-    M.asapify(mixed)
+    M.asapify(mixed.get_submodule('0.conv1'))  # the main branch with ASAP
+    assert convert._share_block_pools(mixed) == 0
     assert type(mixed[0]) is BasicBlock and isinstance(mixed[0].conv1.pool, ASAP2d)
     assert isinstance(mixed[0].downsample[0].pool, FLC2d)
 

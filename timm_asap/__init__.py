@@ -1,12 +1,26 @@
 """timm-asap: ASAP and FLC pooling for timm CNNs (Grabinski, Keuper & Keuper, arXiv:2307.09804).
 
 ``import timm_asap`` registers the ``<base>_asap`` / ``<base>_flc`` architectures (and the CIFAR-size
-families) in timm's model registry, so ``timm.create_model('resnet50_asap', pretrained=True)`` works.
+families) in timm's model registry, so ``timm.create_model('resnet50_asap', pretrained=True)`` works;
+it imports nothing beyond torch and timm and changes nothing in other libraries. The checked Hub
+loaders are in :mod:`timm_asap.hub` (imported on first use of ``timm_asap.hub``).
+
+Public API: the layers (:class:`ASAP2d`, :class:`FLC2d`, :func:`asap_pool2d`, :func:`flc_pool2d`,
+:func:`create_pool`), the conversion (:func:`asapify`), the registry lookups (:func:`list_variants`,
+:class:`UnknownModelError`, :class:`WeightsNotAvailableError`) and :data:`__version__`.
 """
+import importlib
+
 from . import models  # noqa: F401  (registers the architectures with timm)
-from . import hub  # noqa: F401  (transformers integration: our error for unregistered architectures)
 from .layers import ASAP2d, FLC2d, asap_pool2d, create_pool, flc_pool2d
-from .models import asapify, list_variants
+from .models import UnknownModelError, WeightsNotAvailableError, asapify, list_variants
 from .version import __version__
 
-__all__ = ['ASAP2d', 'FLC2d', 'asap_pool2d', 'flc_pool2d', 'create_pool', 'asapify', 'list_variants', '__version__']
+__all__ = ['ASAP2d', 'FLC2d', 'asap_pool2d', 'flc_pool2d', 'create_pool', 'asapify', 'list_variants',
+           'UnknownModelError', 'WeightsNotAvailableError', '__version__']
+
+
+def __getattr__(name: str):
+    if name == 'hub':  # the Hub loaders: imported when first used, not by ``import timm_asap``
+        return importlib.import_module(f"{__name__}.hub")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -22,6 +22,7 @@ from typing import Any, Callable
 import torch
 
 from .config import RunConfig, apply_overrides, load_config
+from .models.weight_tags import HUB_ORG
 
 __all__ = ['StudyOptions', 'FAMILIES', 'VARIANT_SUFFIXES', 'default_options', 'full_options', 'run_study',
            'study_table']
@@ -31,7 +32,6 @@ _logger = logging.getLogger(__name__)
 FAMILIES = ('resnet18_cifar', 'preactresnet18', 'wide_resnet28_10')
 VARIANT_SUFFIXES = ('', '_flc', '_asap')  # baseline, FLC, ASAP
 RECIPE = 'resnet18_cifar.fmnist'          # the shipped config every model of the study is trained with
-HUB_ORG = 'timm-asap'
 
 
 @dataclass

@@ -5,7 +5,7 @@ import argparse
 
 import timm
 
-from ..models import VARIANTS, unpublished_tags
+from ..models import get_variant, unpublished_tags
 
 
 # the module registering the CIFAR-size families, whose strided baselines are ours too
@@ -21,7 +21,7 @@ def model_rows(pattern: str = '*') -> list[dict]:
     for name in names:
         pending = {t.split('.', 1)[1] for t in unpublished_tags(name)}
         tags = [p.split('.', 1)[1] for p in timm.list_pretrained(f'{name}.*')]
-        rows.append(dict(architecture=name, pool=VARIANTS[name].pool,
+        rows.append(dict(architecture=name, pool=get_variant(name).pool,
                          tags=[t for t in tags if t not in pending], unpublished=sorted(pending)))
     return rows
 

@@ -4,12 +4,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Sequence
 
-from .._files import set_new_file_mode
+from .._files import atomic_path, atomic_write_text
 from .corruptions import ALL_CORRUPTIONS, CORRUPTIONS
 
 __all__ = [
@@ -20,24 +19,9 @@ __all__ = [
 RESULTS_SCHEMA = 'timm-asap-evaluation/1'
 
 
-def _atomic_path(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-    os.close(fd)
-    return set_new_file_mode(tmp)
-
-
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file and ``os.replace``."""
-    path = Path(path)
-    tmp = _atomic_path(path)
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    """Write ``text`` to ``path`` atomically (:func:`timm_asap._files.atomic_write_text`)."""
+    return atomic_write_text(path, text)
 
 
 def _clean_value(v):
@@ -203,13 +187,8 @@ def _figure(ncols: int, nrows: int, size=(3.2, 2.6)):
 
 def _save(fig, path) -> Path:
     path = Path(path)
-    tmp = _atomic_path(path)
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format='png', dpi=110)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

@@ -9,7 +9,7 @@ from huggingface_hub import EvalResult, ModelCardData
 
 from ..config import RunConfig
 from ..version import __version__
-from .integration import is_plugin_name
+from ..models import is_variant
 from .results import EvalResults
 
 __all__ = ['CITATIONS', 'DATASET_NAMES', 'dataset_label', 'base_model_repo', 'card_metadata', 'build_model_card']
@@ -156,7 +156,7 @@ loads a copy of this repository from a local folder."""
 
 
 def _import_note(arch: str) -> str:
-    if is_plugin_name(arch):
+    if is_variant(arch):
         return (f"Without `import timm_asap`, timm does not know the architecture `{arch}` and loading fails "
                 "(transformers then wrongly suggests upgrading timm).")
     return f"`{arch}` is a plain timm architecture; `import timm_asap` is harmless and keeps the snippets uniform."
@@ -246,7 +246,7 @@ def build_model_card(cfg: RunConfig, repo_id: str, config_json: dict[str, Any], 
     details = [
         ('Model type', 'image classification / feature backbone'),
         ('Architecture', f"`{cfg.model.architecture}`" + (" (registered in timm by `import timm_asap`)"
-                                                         if is_plugin_name(cfg.model.architecture) else '')),
+                                                         if is_variant(cfg.model.architecture) else '')),
         ('Pooling', f"{pool.upper()}, band mode `{cfg.model.mode}`" if pool != 'none' else 'none (baseline)'),
         ('Base checkpoint', f"`{cfg.model.base}`" if cfg.model.base else 'none (trained from scratch)'),
         ('Dataset', dataset),

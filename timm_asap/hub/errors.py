@@ -1,6 +1,8 @@
 """Errors raised by the Hub publishing and loading helpers."""
 from __future__ import annotations
 
+from ..models.registry import UnknownModelError
+
 __all__ = ['HubPublishError', 'HubAuthError', 'MissingEvaluationError', 'IntegrityError', 'HubDownloadError',
            'UnregisteredArchitectureError']
 
@@ -33,5 +35,6 @@ class HubDownloadError(OSError):
     """A download from the Hub broke off (connection lost, incomplete transfer); nothing partial is kept."""
 
 
-class UnregisteredArchitectureError(ImportError):
-    """A config names an architecture that timm's registry does not hold (timm-asap not imported or too old)."""
+UnregisteredArchitectureError = UnknownModelError
+"""A config names an architecture that timm's registry does not hold: the one unknown-architecture error,
+:class:`timm_asap.models.UnknownModelError` (also an ImportError), under its earlier name."""

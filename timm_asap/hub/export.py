@@ -26,12 +26,13 @@ from torch import nn
 
 from ..config import RUN_CONFIG_FILE, ConfigError, RunConfig, apply_overrides, find_run_config, load_config, save_config
 from ..version import __version__
-from ._io import atomic_write_text, replace_dir, staging_dir
+from .._files import atomic_write_text, replace_dir, staging_dir
 from .card import build_model_card
 from .errors import HubPublishError, IntegrityError, MissingEvaluationError
-from .integration import IMAGE_PROCESSOR_NAME, check_architecture
+from ..models import check_architecture
+from .image_processor import IMAGE_PROCESSOR_NAME
 from .integrity import (CONFIG_NAME, PICKLE_SUFFIXES, WEIGHTS_NAME, load_safetensors, save_safetensors,
-                        state_shape_mismatch, verify_hub_folder)
+                        state_shape_mismatch, verify_hub_folder, weights_metadata)
 from .results import EvalResults, find_eval_results, load_eval_results
 
 __all__ = ['RUN_CONFIG_NAME', 'TRAIN_CONFIG_NAME', 'resolve_label_names', 'check_publishable', 'create_model_from_config',
@@ -276,7 +277,7 @@ def build_hub_folder(model: nn.Module, cfg: RunConfig, output_dir: str | Path, *
     output_dir = Path(output_dir)
     with staging_dir(output_dir) as tmp:
         save_safetensors(model.state_dict(), tmp / WEIGHTS_NAME,
-                         metadata={'architecture': cfg.model.architecture, 'timm_asap': __version__})
+                         metadata={**weights_metadata(model, cfg.model.architecture), 'timm_asap': __version__})
         config = hub_config_json(model, cfg, tmp / CONFIG_NAME, label_names)
         save_config(cfg, tmp / RUN_CONFIG_NAME)
         plots = []

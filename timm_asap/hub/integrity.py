@@ -9,28 +9,29 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 import safetensors.torch
 import torch
+from safetensors import SafetensorError, safe_open
 
-from ._io import atomic_write_bytes
+from .._files import atomic_write_bytes
+from ..models.convert import pooling_signature
+from ..models.registry import check_architecture
 from .errors import IntegrityError
-from .integration import check_architecture
 
-__all__ = ['WEIGHTS_NAME', 'CONFIG_NAME', 'DIGEST_KEY', 'PICKLE_SUFFIXES', 'save_safetensors', 'read_safetensors_header',
-           'verify_safetensors', 'load_safetensors', 'read_config_json', 'expected_state_shapes',
-           'check_weights_match_config', 'verify_hub_folder']
+__all__ = ['WEIGHTS_NAME', 'CONFIG_NAME', 'DIGEST_KEY', 'ARCHITECTURE_KEY', 'POOLING_KEY', 'PICKLE_SUFFIXES',
+           'save_safetensors', 'read_safetensors_header', 'verify_safetensors', 'load_safetensors', 'read_config_json',
+           'config_model', 'expected_state_shapes', 'weights_metadata', 'check_weights_match_config',
+           'state_shape_mismatch', 'verify_hub_folder']
 
 WEIGHTS_NAME = 'model.safetensors'
 CONFIG_NAME = 'config.json'
 DIGEST_KEY = 'timm_asap.data_sha256'
 PICKLE_SUFFIXES = ('.bin', '.pt', '.pth', '.pkl', '.pickle', '.ckpt', '.tar')
-_MAX_HEADER = 100 * 1024 * 1024
-_DTYPE_SIZES = {'F64': 8, 'F32': 4, 'F16': 2, 'BF16': 2, 'I64': 8, 'I32': 4, 'I16': 2, 'I8': 1, 'U64': 8, 'U32': 4,
-                'U16': 2, 'U8': 1, 'BOOL': 1, 'F8_E4M3': 1, 'F8_E5M2': 1, 'F8_E8M0': 1, 'C64': 8, 'C128': 16}
+ARCHITECTURE_KEY = 'architecture'
+POOLING_KEY = 'timm_asap.pooling'
 
 
 def _cpu_tensors(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -78,62 +79,48 @@ def save_safetensors(state_dict: dict[str, torch.Tensor], path: str | Path,
     return digest
 
 
+def _header_problem(size: int, detail: str) -> str:
+    """Our explanation of a safetensors header error (safetensors' own text kept in brackets)."""
+    if 'too small' in detail:
+        return f"only {size} bytes: too short to be a safetensors file (truncated?)"
+    if 'too large' in detail:
+        return (f"header length does not fit in the file's {size} bytes (truncated, corrupted or not a "
+                f"safetensors file)")
+    if 'not fully covered' in detail or 'incomplete' in detail:
+        return (f"its {size} bytes do not match the tensors its header describes: the file is truncated (or has "
+                f"trailing bytes) [{detail}]")
+    if any(w in detail for w in ('invalid type', 'unknown variant', 'missing field', 'invalid shape')):
+        return f"malformed header entry: a tensor's dtype, shape or offsets are invalid (corrupted header) [{detail}]"
+    return f"safetensors header is not valid JSON; the file is corrupted [{detail}]"
+
+
 def read_safetensors_header(path: str | Path) -> tuple[dict[str, dict[str, Any]], dict[str, str], int]:
-    """Parse and check a safetensors header against the file size.
+    """Read a safetensors header with safetensors' ``safe_open`` (which checks it against the file size).
 
     Returns:
-        ``(tensors, metadata, data_start)``: tensor name -> ``{'dtype', 'shape', 'data_offsets'}``,
-        the ``__metadata__`` strings, and the byte offset of the data section.
+        ``(tensors, metadata, data_start)``: tensor name -> ``{'dtype', 'shape'}``, the
+        ``__metadata__`` strings, and the byte offset of the data section.
 
     Raises:
         IntegrityError: the file is missing, too short, truncated, has trailing bytes, or its header is
-            not valid safetensors.
+            not valid safetensors (naming the file; safetensors' own errors do not).
     """
     path = Path(path)
     if not path.is_file():
         raise IntegrityError(path, 'weights file not found')
     size = path.stat().st_size
-    if size < 8:
-        raise IntegrityError(path, f"only {size} bytes: too short to be a safetensors file (truncated?)")
-    with open(path, 'rb') as f:
-        n = int.from_bytes(f.read(8), 'little')
-        if n > size - 8 or n > _MAX_HEADER:
-            raise IntegrityError(path, f"header length {n} does not fit in the file's {size} bytes "
-                                       "(truncated, corrupted or not a safetensors file)")
-        raw = f.read(n)
     try:
-        header = json.loads(raw.decode('utf-8'))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise IntegrityError(path, f"safetensors header is not valid JSON ({e}); the file is corrupted") from None
-    if not isinstance(header, dict):
-        raise IntegrityError(path, f"safetensors header must be a JSON object, got {type(header).__name__}")
-    metadata = header.pop('__metadata__', None) or {}
-    spans = []
-    for name, entry in header.items():
-        try:
-            dtype, shape, (begin, end) = entry['dtype'], entry['shape'], entry['data_offsets']
-            if not all(type(v) is int for v in (begin, end, *shape)):
-                raise TypeError('offsets and shape must be integers')
-            nbytes = _DTYPE_SIZES[dtype] * math.prod(shape)
-        except (KeyError, TypeError, ValueError):
-            raise IntegrityError(path, f"tensor {name!r} has a malformed header entry {entry!r}") from None
-        if end - begin != nbytes or begin < 0:
-            raise IntegrityError(path, f"tensor {name!r} ({dtype}, shape {list(shape)}) needs {nbytes} bytes but its "
-                                       f"offsets {begin}..{end} span {end - begin} (corrupted header)")
-        spans.append((begin, end, name))
-    position = 0
-    for begin, end, name in sorted(spans):
-        if begin != position:
-            raise IntegrityError(path, f"tensor {name!r} starts at data offset {begin}, expected {position} "
-                                       "(overlapping or missing data; corrupted header)")
-        position = end
-    expected = 8 + n + position
-    if size < expected:
-        raise IntegrityError(path, f"file has {size} bytes but its header describes {expected}: the file is truncated")
-    if size > expected:
-        raise IntegrityError(path, f"file has {size} bytes but its header describes {expected}: "
-                                   f"{size - expected} unexpected trailing bytes (corrupted)")
-    return header, metadata, 8 + n
+        with safe_open(str(path), framework='pt') as f:
+            metadata = dict(f.metadata() or {})
+            tensors = {}
+            for name in f.keys():
+                view = f.get_slice(name)
+                tensors[name] = {'dtype': view.get_dtype(), 'shape': list(view.get_shape())}
+    except SafetensorError as e:
+        raise IntegrityError(path, _header_problem(size, str(e).split('header: ', 1)[-1])) from None
+    with open(path, 'rb') as f:  # the format: an 8-byte little-endian header length, the header, the data
+        data_start = 8 + int.from_bytes(f.read(8), 'little')
+    return tensors, metadata, data_start
 
 
 def verify_safetensors(path: str | Path) -> dict[str, tuple[str, tuple[int, ...]]]:
@@ -196,11 +183,11 @@ def read_config_json(path: str | Path) -> dict[str, Any]:
     return cfg
 
 
-def expected_state_shapes(config: dict[str, Any], source: str | None = None) -> dict[str, tuple[int, ...]]:
-    """State-dict shapes of the model a config.json describes (built on the meta device: no memory, no init).
+def config_model(config: dict[str, Any], source: str | None = None) -> torch.nn.Module:
+    """The (untrained) model a config.json describes, built on the meta device (no memory, no init).
 
     Raises:
-        UnregisteredArchitectureError: the architecture is not registered (the message says ``import timm_asap``).
+        UnknownModelError: the architecture is not registered (the message says ``import timm_asap``).
     """
     import timm
     arch = check_architecture(config['architecture'], source)
@@ -210,10 +197,46 @@ def expected_state_shapes(config: dict[str, Any], source: str | None = None) -> 
         kwargs['num_classes'] = config['num_classes']
     try:
         with torch.device('meta'):
-            model = timm.create_model(arch, pretrained=False, **kwargs)
+            return timm.create_model(arch, pretrained=False, **kwargs)
     except (RuntimeError, NotImplementedError):  # a model whose init needs real tensors
-        model = timm.create_model(arch, pretrained=False, **kwargs)
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        return timm.create_model(arch, pretrained=False, **kwargs)
+
+
+def expected_state_shapes(config: dict[str, Any], source: str | None = None) -> dict[str, tuple[int, ...]]:
+    """State-dict shapes of the model a config.json describes (see :func:`config_model`)."""
+    return {k: tuple(v.shape) for k, v in config_model(config, source).state_dict().items()}
+
+
+def weights_metadata(model: torch.nn.Module, architecture: str) -> dict[str, str]:
+    """What a weights file records about the model it holds: the architecture and its spectral pooling.
+
+    Two architectures (or pooling options) can share every state-dict name and shape, e.g.
+    ``resnet18_cifar_asap`` and ``resnet18_cifar_flc``: the checked loaders compare these entries with
+    the config.json so such a mix-up is an error, not a silently different model.
+    """
+    return {ARCHITECTURE_KEY: architecture, POOLING_KEY: json.dumps(pooling_signature(model))}
+
+
+def _check_recorded_model(weights_path, config_path, config: dict[str, Any], metadata: dict[str, str],
+                          model: torch.nn.Module) -> None:
+    recorded = metadata.get(ARCHITECTURE_KEY)
+    if recorded and recorded != config['architecture']:
+        raise IntegrityError(weights_path, f"holds weights of architecture {recorded!r} (its header records it) but "
+                                           f"{config_path} names {config['architecture']!r}; they have the same "
+                                           f"tensors but compute different functions: fix 'architecture' in the config")
+    if POOLING_KEY not in metadata:
+        return
+    built = pooling_signature(model)
+    try:
+        trained = json.loads(metadata[POOLING_KEY])
+    except json.JSONDecodeError:
+        raise IntegrityError(weights_path, f"header entry {POOLING_KEY} is not valid JSON: "
+                                           f"{metadata[POOLING_KEY]!r}") from None
+    if trained != built:
+        raise IntegrityError(weights_path, f"was trained with pooling {trained} (its header records it) but "
+                                           f"{config_path} (model_args={config.get('model_args') or {}}) builds "
+                                           f"{built or 'no spectral pooling'}: fix pool_mode/pool_args in the "
+                                           f"config's model_args")
 
 
 def _preview(names, limit: int = 6) -> str:
@@ -240,7 +263,10 @@ def state_shape_mismatch(expected: dict, got: dict, got_name: str, expected_name
 
 def check_weights_match_config(weights_path: str | Path, config_path: str | Path,
                                tensors: dict[str, tuple[str, tuple[int, ...]]] | None = None) -> None:
-    """Check that the weights file holds exactly the tensors (names and shapes) the config's model has.
+    """Check that the weights file holds the model the config describes.
+
+    The tensors (names and shapes) must be exactly those of the config's model, and where the file's
+    header records the architecture and pooling (:func:`weights_metadata`) they must be the config's.
 
     Args:
         weights_path: model.safetensors.
@@ -248,13 +274,15 @@ def check_weights_match_config(weights_path: str | Path, config_path: str | Path
         tensors: the weights' header as returned by :func:`verify_safetensors` (read when None).
 
     Raises:
-        IntegrityError: naming the weights file, listing missing, unexpected and wrong-shaped tensors.
-        UnregisteredArchitectureError: the config's architecture is not registered.
+        IntegrityError: naming the weights file, listing missing, unexpected and wrong-shaped tensors,
+            or naming the recorded and the configured architecture or pooling.
+        UnknownModelError: the config's architecture is not registered.
     """
     config = read_config_json(config_path)
     if tensors is None:
         tensors = verify_safetensors(weights_path)
-    expected = expected_state_shapes(config, str(config_path))
+    model = config_model(config, str(config_path))
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     got = {k: shape for k, (_, shape) in tensors.items()}
     problems = state_shape_mismatch(expected, got, 'file', 'architecture', 'missing from the file',
                                     'not in the architecture')
@@ -263,6 +291,7 @@ def check_weights_match_config(weights_path: str | Path, config_path: str | Path
                 f"num_classes={config.get('num_classes')} and model_args={config.get('model_args') or {}} "
                 f"expects {len(expected)} tensors, the file has {len(got)}")
         raise IntegrityError(weights_path, '; '.join([head, *problems]))
+    _check_recorded_model(weights_path, config_path, config, read_safetensors_header(weights_path)[1], model)
 
 
 def verify_hub_folder(folder: str | Path, allow_pickle: bool = False) -> dict[str, Any]:

@@ -3,7 +3,8 @@
 timm and transformers load our Hub repositories directly once ``import timm_asap`` has registered the
 architectures. These helpers add what they do not: the weights are checked (truncation, corruption,
 architecture/weights disagreement) before any model is built, an unregistered architecture gets an
-error that says ``import timm_asap``, and a bad file or a failed download leaves nothing in the cache.
+error that says ``import timm_asap``, a bad file or a failed download leaves nothing in the cache, and
+no connection gives one line saying what was looked for, where, and how to work offline.
 Offline use (``HF_HUB_OFFLINE=1`` with a filled cache) works as with plain huggingface_hub.
 """
 from __future__ import annotations
@@ -19,8 +20,9 @@ from huggingface_hub import constants, hf_hub_download
 from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 from torch import nn
 
+from ..models.registry import check_architecture, check_model_name
 from .errors import HubDownloadError, IntegrityError
-from .integration import check_architecture, install_transformers_integration
+from .image_processor import register_image_processor
 from .integrity import CONFIG_NAME, WEIGHTS_NAME, check_weights_match_config, read_config_json, verify_hub_folder
 
 __all__ = ['download_hub_files', 'load_hub_folder', 'load_model', 'load_transformers_model',
@@ -50,6 +52,37 @@ def _purge_cached(path: Path) -> None:
             blob.unlink()
 
 
+def _not_reachable(name: str, repo_id: str, revision: str | None, cache_dir, error: Exception) -> HubDownloadError:
+    """One line for a file that is neither downloadable (no connection, offline mode) nor in the cache."""
+    where = f"{constants.ENDPOINT}/{repo_id}" + (f" (revision {revision})" if revision else '')
+    why = 'offline mode (HF_HUB_OFFLINE=1) is on' if constants.HF_HUB_OFFLINE else 'the Hub could not be reached'
+    return HubDownloadError(
+        f"cannot load {name} of {repo_id}: {why} and it is not in the cache {cache_dir or constants.HF_HUB_CACHE} "
+        f"(looked for {where}). To work offline, fill the cache once with network (or "
+        f"timm_asap.hub.seed_hub_cache) and set HF_HUB_OFFLINE=1, or load a local file with "
+        f"pretrained_cfg_overlay=dict(file='<weights file>') or a folder with 'local-dir:<folder>' "
+        f"[{type(error).__name__}]")
+
+
+def _fetch(repo_id: str, name: str, revision: str | None, cache_dir) -> Path:
+    """hf_hub_download with our errors: a broken transfer leaves no partial file behind."""
+    try:
+        return Path(hf_hub_download(repo_id, name, revision=revision, cache_dir=cache_dir, library_name='timm-asap'))
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled) as e:
+        _remove_incomplete(repo_id, cache_dir)
+        raise _not_reachable(name, repo_id, revision, cache_dir, e) from None
+    except (HfHubHTTPError, ValueError):
+        _remove_incomplete(repo_id, cache_dir)
+        raise  # huggingface_hub's own errors say what is wrong (no such repo or file, ...)
+    except Exception as e:
+        _remove_incomplete(repo_id, cache_dir)
+        raise HubDownloadError(f"download of {name} from {repo_id} failed ({type(e).__name__}: {e}); "
+                               "the partial file was removed from the cache") from e
+    except BaseException:
+        _remove_incomplete(repo_id, cache_dir)
+        raise
+
+
 def download_hub_files(repo_id: str, revision: str | None = None, cache_dir: str | Path | None = None,
                        filename: str = WEIGHTS_NAME) -> Path:
     """Download (or find in the cache) a repository's config.json and weights, and check them.
@@ -66,26 +99,16 @@ def download_hub_files(repo_id: str, revision: str | None = None, cache_dir: str
     Raises:
         IntegrityError: a file is truncated, corrupted or does not fit the config; it is removed from the
             cache so the next call downloads it again.
-        HubDownloadError: the transfer broke off (the partial file is removed).
-        UnregisteredArchitectureError: the config's architecture is not registered (``import timm_asap``).
+        HubDownloadError: the transfer broke off (the partial file is removed), or the files are neither
+            reachable (no connection, offline mode) nor cached; one line naming the file, the repository,
+            the endpoint and the offline options.
+        UnknownModelError: the config's architecture is not registered (``import timm_asap``).
     """
     repo_id, _, at_revision = repo_id.partition('@')
     revision = revision or at_revision or None
     paths = {}
     for name in (CONFIG_NAME, filename):
-        try:
-            paths[name] = Path(hf_hub_download(repo_id, name, revision=revision, cache_dir=cache_dir,
-                                               library_name='timm-asap'))
-        except (HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled, ValueError):
-            _remove_incomplete(repo_id, cache_dir)
-            raise  # huggingface_hub's own errors say what is wrong (no such repo or file, offline, ...)
-        except Exception as e:
-            _remove_incomplete(repo_id, cache_dir)
-            raise HubDownloadError(f"download of {name} from {repo_id} failed ({type(e).__name__}: {e}); "
-                                   "the partial file was removed from the cache") from e
-        except BaseException:
-            _remove_incomplete(repo_id, cache_dir)
-            raise
+        paths[name] = _fetch(repo_id, name, revision, cache_dir)
         if name == CONFIG_NAME:
             try:
                 config = read_config_json(paths[name])
@@ -189,11 +212,10 @@ def load_model(name: str, pretrained: bool = True, device: str | torch.device | 
             download_hub_files(ident, cache_dir=cache_dir)
         else:
             repo_id, _, revision = ident.partition('@')
-            config = read_config_json(hf_hub_download(repo_id, CONFIG_NAME, revision=revision or None,
-                                                           cache_dir=cache_dir))
+            config = read_config_json(_fetch(repo_id, CONFIG_NAME, revision or None, cache_dir))
             check_architecture(config['architecture'], f"{CONFIG_NAME} of {repo_id}")
     else:
-        check_architecture(name)
+        check_model_name(name)
         cfg = timm.models.get_pretrained_cfg(name)
         if pretrained and cfg is not None and cfg.hf_hub_id:
             download_hub_files(cfg.hf_hub_id, cache_dir=cache_dir, filename=cfg.hf_hub_filename or WEIGHTS_NAME)
@@ -202,7 +224,7 @@ def load_model(name: str, pretrained: bool = True, device: str | torch.device | 
 
 
 def _transformers_source(repo_or_path: str | Path, cache_dir) -> str:
-    install_transformers_integration()
+    register_image_processor()
     path = Path(repo_or_path)
     if path.is_dir():
         verify_hub_folder(path, allow_pickle=True)
@@ -214,6 +236,10 @@ def _transformers_source(repo_or_path: str | Path, cache_dir) -> str:
 def load_transformers_model(repo_or_path: str | Path, cache_dir: str | Path | None = None, **kwargs):
     """``AutoModelForImageClassification.from_pretrained`` (TimmWrapper) with the checks of this module.
 
+    The files are checked first (an unregistered architecture raises
+    :class:`~timm_asap.models.UnknownModelError` saying ``import timm_asap``, not transformers' "upgrade
+    timm"), and the grey-aware image processor is registered (:func:`register_image_processor`).
+
     Returns:
         The transformers model in eval mode.
     """
@@ -223,7 +249,7 @@ def load_transformers_model(repo_or_path: str | Path, cache_dir: str | Path | No
 
 
 def transformers_pipeline(repo_or_path: str | Path, cache_dir: str | Path | None = None, **kwargs):
-    """``pipeline('image-classification', model=...)`` with the checks of this module."""
+    """``pipeline('image-classification', model=...)`` with the checks of :func:`load_transformers_model`."""
     from transformers import pipeline
     source = _transformers_source(repo_or_path, cache_dir)
     model_kwargs = dict(kwargs.pop('model_kwargs', None) or {})

@@ -3,26 +3,34 @@
 Importing this package registers ``<base>_asap``/``<base>_flc`` for the supported timm bases
 (:mod:`timm_asap.models.asap_timm`) and the CIFAR-size families ``resnet18_cifar``,
 ``preactresnet18``, ``wide_resnet28_10`` with their variants (:mod:`timm_asap.models.asap_cifar`).
+Their weight tags are declared in :mod:`timm_asap.models.weight_tags`; every lookup here
+(:func:`list_variants`, :func:`is_loadable`, ...) reads timm's registry.
 """
-from ._builder import HUB_ORG, PAPER_IDS, TAG_INFO, VARIANTS, TagInfo, Variant, WeightsNotAvailableError, check_hub_configs
+from . import asap_cifar, asap_timm  # noqa: F401  (register the architectures with timm)
+from ._deprecated import deprecated_attribute
 from .asap_cifar import CIFAR_ARCHITECTURES, CifarResNet, PreActBlock, PreActResNet
 from .asap_timm import BASE_ARCHITECTURES
 from .convert import (
     ConversionError, PooledConvMixin, SpectralDownsample, StridedOp, asapify, is_converted, plan_conversion,
-    spectral_pool_modules,
+    pool_kwarg_names, pooling_signature, spectral_pool_modules,
 )
-from .factory import (
-    UnknownModelError, base_architecture, check_model_name, create_model, get_variant, is_loadable, list_variants,
-    loadable_tags, unpublished_tags,
+from .creation import WeightsNotAvailableError
+from .registry import (
+    UnknownModelError, Variant, base_architecture, check_architecture, check_model_name, get_variant, is_loadable,
+    is_variant,
+    list_variants, loadable_tags, unpublished_tags,
 )
-
-check_hub_configs()
+from .weight_tags import HUB_ORG, PAPER_IDS, WEIGHT_TAGS, WeightTag
 
 __all__ = [
     'asapify', 'plan_conversion', 'StridedOp', 'ConversionError', 'PooledConvMixin', 'SpectralDownsample',
-    'is_converted', 'spectral_pool_modules',
+    'is_converted', 'spectral_pool_modules', 'pooling_signature', 'pool_kwarg_names',
     'BASE_ARCHITECTURES', 'CIFAR_ARCHITECTURES', 'CifarResNet', 'PreActBlock', 'PreActResNet',
-    'HUB_ORG', 'PAPER_IDS', 'TAG_INFO', 'VARIANTS', 'TagInfo', 'Variant', 'WeightsNotAvailableError',
-    'UnknownModelError', 'check_model_name', 'create_model', 'list_variants', 'get_variant', 'base_architecture',
-    'is_loadable', 'loadable_tags', 'unpublished_tags', 'check_hub_configs',
+    'HUB_ORG', 'PAPER_IDS', 'WEIGHT_TAGS', 'WeightTag', 'Variant', 'WeightsNotAvailableError', 'UnknownModelError',
+    'check_model_name', 'check_architecture', 'list_variants', 'get_variant', 'is_variant', 'base_architecture', 'is_loadable',
+    'loadable_tags', 'unpublished_tags',
 ]
+
+
+def __getattr__(name: str):
+    return deprecated_attribute(__name__, name)

@@ -15,23 +15,23 @@ Example:
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Optional, Union
 
 import torch
 from timm.layers import BatchNormAct2d, DropPath, create_classifier, get_act_layer
-from timm.models import PretrainedCfg, build_model_with_cfg, register_model
-from timm.models._features import feature_take_indices
-from timm.models._manipulate import checkpoint_seq
+from timm.models import PretrainedCfg, build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices  # not re-exported by timm.models; timm's own models use it
 from timm.models.resnet import BasicBlock, ResNet
 from torch import nn
 
-from ._builder import (
-    PAPER_IDS, VARIANTS, Variant, create_variant, hub_tag_cfgs, make_default_cfg, make_entrypoint, no_weights_cfg,
-)
-from .convert import register_shared_pool_block
+from .convert import NotScriptableMixin, register_shared_pool_block
+from .creation import create_variant
+from .registry import make_entrypoint, variant_cfgs
+from .weight_tags import PAPER_IDS
 
-__all__ = ['CifarResNet', 'PreActBlock', 'SharedPoolPreActBlock', 'PreActResNet', 'CIFAR_ARCHITECTURES', 'CIFAR10_MEAN', 'CIFAR10_STD']
+__all__ = ['variant_pretrained_cfgs', 'CifarResNet', 'PreActBlock', 'SharedPoolPreActBlock', 'PreActResNet', 'CIFAR_ARCHITECTURES', 'CIFAR10_MEAN', 'CIFAR10_STD']
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
@@ -50,8 +50,9 @@ class CifarResNet(ResNet):
         in_chans: input channels.
         device: parameter device.
         dtype: parameter dtype.
-        **kwargs: further :class:`ResNet` arguments (``num_classes``, ``drop_rate``, ``act_layer`` ...),
-            except the stem options ``stem_type``/``stem_width``/``replace_stem_pool``.
+        **kwargs: further :class:`ResNet` arguments (``num_classes``, ``drop_rate``, ``act_layer``,
+            ``channels`` for narrower stages ...), except the stem options
+            ``stem_type``/``stem_width``/``replace_stem_pool``.
 
     Shape:
         - Input: (N, in_chans, H, W), 32x32 for CIFAR-size data
@@ -61,7 +62,9 @@ class CifarResNet(ResNet):
     def __init__(self, block, layers, output_stride: int = 8, in_chans: int = 3, device=None, dtype=None, **kwargs):
         stem_args = sorted(k for k in ('stem_type', 'stem_width', 'replace_stem_pool') if k in kwargs)
         if stem_args:
-            raise ValueError(f"CifarResNet has a fixed 3x3/1 stem; got stem arguments {stem_args}")
+            raise ValueError(f"CifarResNet has a fixed 3x3/1 stem of 64 channels (timm's ResNet uses stem_width "
+                             f"for deep stems only); got stem arguments {stem_args}. Narrow the stages with "
+                             f"channels=(...)")
         if output_stride not in (2, 4, 8):
             raise ValueError(f"CifarResNet output_stride must be 8, 4 or 2, got {output_stride}")
         # ResNet counts a stride-4 stem; this stem has stride 1, so its output_stride is 4x ours.
@@ -124,7 +127,7 @@ class PreActBlock(nn.Module):
         return self.drop_path(x) + shortcut
 
 
-class SharedPoolPreActBlock(PreActBlock):
+class SharedPoolPreActBlock(NotScriptableMixin, PreActBlock):
     """:class:`PreActBlock` with one spectral pooling of the pre-activated input, read by both the first
     convolution and the projection shortcut (both at stride 1). Set up by :func:`~timm_asap.models.asapify`.
 
@@ -330,17 +333,21 @@ def _build_resnet18_cifar(pretrained: bool = False, **kwargs) -> nn.Module:
     return build_model_with_cfg(CifarResNet, 'resnet18_cifar', pretrained, **dict(model_args, **kwargs))
 
 
+def _build_preact(name: str, model_args: dict, feature_cfg: dict, pretrained: bool, kwargs: dict) -> nn.Module:
+    """build_model_with_cfg for a PreActResNet; a user's ``feature_cfg`` entries replace the defaults."""
+    feature_cfg = dict(feature_cfg, **(kwargs.pop('feature_cfg', None) or {}))
+    return build_model_with_cfg(PreActResNet, name, pretrained, feature_cfg=feature_cfg, **dict(model_args, **kwargs))
+
+
 def _build_preactresnet18(pretrained: bool = False, **kwargs) -> nn.Module:
     model_args = dict(layers=(2, 2, 2, 2), channels=(64, 128, 256, 512), stem_chs=64)
-    return build_model_with_cfg(PreActResNet, 'preactresnet18', pretrained,
-                                feature_cfg=dict(flatten_sequential=True), **dict(model_args, **kwargs))
+    return _build_preact('preactresnet18', model_args, dict(flatten_sequential=True), pretrained, kwargs)
 
 
 def _build_wide_resnet28_10(pretrained: bool = False, **kwargs) -> nn.Module:
     model_args = dict(layers=(4, 4, 4), channels=(160, 320, 640), stem_chs=16)
-    return build_model_with_cfg(PreActResNet, 'wide_resnet28_10', pretrained,
-                                feature_cfg=dict(flatten_sequential=True, out_indices=(0, 1, 2, 3)),
-                                **dict(model_args, **kwargs))
+    return _build_preact('wide_resnet28_10', model_args, dict(flatten_sequential=True, out_indices=(0, 1, 2, 3)),
+                         pretrained, kwargs)
 
 
 # name -> (builder, first_conv, pool_size at 32x32, description)
@@ -355,31 +362,32 @@ CIFAR_ARCHITECTURES = {
 _POOL_TEXT = {'none': '', 'asap': ' with ASAP downsampling', 'flc': ' with FLC downsampling'}
 
 
-def _build_default_cfgs() -> dict:
-    cfgs = {}
-    for arch, (_, first_conv, pool_size, desc) in CIFAR_ARCHITECTURES.items():
-        for pool in ('none', 'asap', 'flc'):
-            name = arch if pool == 'none' else f"{arch}_{pool}"
-            defaults = _cfg(first_conv, pool_size, desc + _POOL_TEXT[pool])
-            published, unpublished = hub_tag_cfgs(name, pool, defaults)
-            cfgs[name] = make_default_cfg(published + [no_weights_cfg(name, defaults)] + unpublished)
-    return cfgs
+def _names(arch: str) -> list[tuple[str, str]]:
+    return [(arch if pool == 'none' else f"{arch}_{pool}", pool) for pool in ('none', 'asap', 'flc')]
 
 
-default_cfgs = _build_default_cfgs()
+def variant_pretrained_cfgs(name: str) -> dict:
+    """``'arch.tag'``-keyed pretrained cfgs of a CIFAR-size family member: its weight tags and the
+    weightless untagged cfg (random initialisation)."""
+    arch, pool = next((a, p) for a in CIFAR_ARCHITECTURES for n, p in _names(a) if n == name)
+    _, first_conv, pool_size, desc = CIFAR_ARCHITECTURES[arch]
+    defaults = _cfg(first_conv, pool_size, desc + _POOL_TEXT[pool])
+    untagged = dataclasses.replace(defaults, url=None, file=None, hf_hub_id=None)
+    return variant_cfgs(name, defaults, [('', untagged)])
+
+
+default_cfgs = generate_default_cfgs({k: v for arch in CIFAR_ARCHITECTURES for name, _ in _names(arch)
+                                      for k, v in variant_pretrained_cfgs(name).items()})
 
 
 def _register_all() -> None:
-    module = __name__.rsplit('.', 1)[-1]
     for arch, (builder, _, _, desc) in CIFAR_ARCHITECTURES.items():
-        for pool in ('none', 'asap', 'flc'):
-            name = arch if pool == 'none' else f"{arch}_{pool}"
+        for name, pool in _names(arch):
             create = functools.partial(create_variant, name, builder, pool)
             doc = f"{desc}{_POOL_TEXT[pool]}; 10 classes and 32x32 inputs by default."
             fn = make_entrypoint(name, __name__, create, doc)
             globals()[name] = fn
             register_model(fn)
-            VARIANTS[name] = Variant(name, arch, pool, module)
 
 
 _register_all()

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import functools
 
-from timm.models import model_entrypoint, register_model
+from timm.models import generate_default_cfgs, model_entrypoint, register_model
 
-from ._builder import (
-    VARIANTS, Variant, base_tag_cfgs, create_variant, hub_tag_cfgs, make_default_cfg, make_entrypoint,
-)
+from .creation import create_variant
+from .registry import base_tag_cfgs, make_entrypoint, variant_cfgs
 
-__all__ = ['BASE_ARCHITECTURES', 'POOLS']
+__all__ = ['BASE_ARCHITECTURES', 'POOLS', 'variant_pretrained_cfgs']
 
 BASE_ARCHITECTURES = (
     'resnet18', 'resnet26', 'resnet34', 'resnet50', 'resnet101', 'resnet152', 'resnet50d',
@@ -37,19 +36,15 @@ _POOL_TEXT = {
 }
 
 
-def _build_default_cfgs() -> dict:
-    cfgs = {}
-    for base in BASE_ARCHITECTURES:
-        for pool in POOLS:
-            variant = f"{base}_{pool}"
-            base_entries = base_tag_cfgs(variant, base, pool)
-            defaults = base_entries[0][1]
-            published, unpublished = hub_tag_cfgs(variant, pool, defaults)
-            cfgs[variant] = make_default_cfg(published + base_entries + unpublished)
-    return cfgs
+def variant_pretrained_cfgs(variant: str) -> dict:
+    """``'arch.tag'``-keyed pretrained cfgs of ``<base>_<pool>``: its weight tags and base checkpoints."""
+    base, _, pool = variant.rpartition('_')
+    base_entries = base_tag_cfgs(variant, base, pool)
+    return variant_cfgs(variant, base_entries[0][1], base_entries)
 
 
-default_cfgs = _build_default_cfgs()
+default_cfgs = generate_default_cfgs({k: v for base in BASE_ARCHITECTURES for pool in POOLS
+                                      for k, v in variant_pretrained_cfgs(f"{base}_{pool}").items()})
 
 
 def _register_all() -> None:
@@ -64,7 +59,6 @@ def _register_all() -> None:
             fn = make_entrypoint(variant, __name__, create, doc)
             globals()[variant] = fn
             register_model(fn)
-            VARIANTS[variant] = Variant(variant, base, pool, __name__.rsplit('.', 1)[-1])
 
 
 _register_all()

@@ -33,6 +33,8 @@ band crop (e.g. 14 -> 8) and are not adjusted.
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import math
 import warnings
@@ -43,7 +45,7 @@ import torch.fx
 import torch.nn.functional as F
 from timm.layers import (
     BlurPool2d, CondConv2d, Conv2dSame, ScaledStdConv2d, ScaledStdConv2dSame, StdConv2d, StdConv2dSame,
-    register_notrace_module,
+    register_notrace_module, to_2tuple,
 )
 from timm.layers.conv2d_same import Conv2dSameExport
 from timm.layers.pool2d_same import AvgPool2dSame, MaxPool2dSame
@@ -56,6 +58,7 @@ from timm_asap.layers.create import POOL_LAYERS
 __all__ = [
     'asapify', 'plan_conversion', 'StridedOp', 'ConversionError', 'PooledConvMixin', 'SpectralDownsample',
     'is_converted', 'spectral_pool_modules', 'PATCHIFY_CHOICES', 'register_shared_pool_block', 'SharedPoolBasicBlock',
+    'pool_kwarg_names', 'check_pool_kwargs', 'pooling_signature', 'NotScriptableMixin',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -107,11 +110,9 @@ class _Axis:
 
 
 def _pair(v) -> tuple[int, int]:
-    if isinstance(v, (tuple, list)):
-        if len(v) == 1:
-            return int(v[0]), int(v[0])
-        return int(v[0]), int(v[1])
-    return int(v), int(v)
+    """An int or a 2-sequence as an ``(int, int)`` pair (timm's ``to_2tuple``)."""
+    h, w = to_2tuple(v)
+    return int(h), int(w)
 
 
 def _num_halvings(stride: tuple[int, int]) -> int | None:
@@ -126,6 +127,24 @@ def _num_halvings(stride: tuple[int, int]) -> int | None:
 # Converted modules
 # ---------------------------------------------------------------------------------------------------
 
+class NotScriptableMixin:
+    """Makes ``torch.jit.script`` of a converted model fail with a clear message.
+
+    ``torch.jit.script`` calls ``__prepare_scriptable__`` on the model and every submodule before
+    compiling; the converted modules (conv subclasses whose class changes in place, per-instance size
+    fitting) are not TorchScript-compatible, so they say so instead of TorchScript's "Unknown type
+    annotation" error.
+    """
+
+    def __prepare_scriptable__(self):
+        _refuse_scripting(type(self).__name__)
+
+
+def _refuse_scripting(found: str):
+    raise RuntimeError(f"torch.jit.script is not supported for models converted by timm_asap.asapify (found "
+                       f"{found}); use torch.jit.trace, torch.export.export or ONNX export (torch.onnx.export) instead")
+
+
 def _pool_sizes(size: int, pools: int, pool_kind: str, padding: str, mode: str) -> int:
     for _ in range(pools):
         size = output_size(size, pool_kind, padding, mode)
@@ -138,7 +157,7 @@ def _split(diff: int) -> tuple[int, int]:
     return before, diff - before
 
 
-class PooledConvMixin:
+class PooledConvMixin(NotScriptableMixin):
     """Mixed into a convolution class: spectral pooling before (or after) the convolution at stride 1.
 
     The pooling lives in the child module ``pool`` (no parameters, no persistent buffers), so the
@@ -249,7 +268,7 @@ def _pooled_class(cls: type) -> type:
     return new_cls
 
 
-class SpectralDownsample(nn.Module):
+class SpectralDownsample(NotScriptableMixin, nn.Module):
     """Spectral pooling standing in for a strided pooling layer whose output size differs from it.
 
     Used only where the replaced layer's geometry is not 'same'-like (e.g. a 3x3/2 max-pool without
@@ -308,7 +327,7 @@ def register_shared_pool_block(block_cls: type, shared_cls: type, strided: tuple
     _SHARED_POOL_BLOCKS[block_cls] = (shared_cls, tuple(strided))
 
 
-class SharedPoolBasicBlock(BasicBlock):
+class SharedPoolBasicBlock(NotScriptableMixin, BasicBlock):
     """timm's ResNet ``BasicBlock`` with one spectral pooling of the block input, read by both the
     first convolution and the projection shortcut (both at stride 1). Set up by :func:`asapify`.
 
@@ -530,6 +549,59 @@ def spectral_pool_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, POOL_TYPES)]
 
 
+def _describe_pool(m: nn.Module) -> str:
+    return f"{type(m).__name__}({m.extra_repr()})"
+
+
+def pooling_signature(model: nn.Module) -> list[str]:
+    """The distinct spectral pooling layers of ``model``, e.g. ``["ASAP2d(padding='one', mode='centered')"]``.
+
+    Two models with equal state dicts compute the same function only if their signatures agree too:
+    the Hub weights record it (safetensors metadata) and the checked loaders compare it.
+    """
+    return sorted({_describe_pool(m) for _, m in spectral_pool_modules(model)})
+
+
+_NOT_POOL_OPTIONS = ('channels', 'stride', 'mode', 'device', 'dtype')  # set by asapify itself
+
+
+def pool_kwarg_names(pool: str) -> tuple[str, ...]:
+    """The pooling-layer options :func:`asapify` passes on for ``pool`` (``'asap'``: ``padding``;
+    ``'flc'``: ``variant``, ``norm``), read from the layer's signature."""
+    if pool not in POOL_LAYERS:
+        raise ValueError(f"pool must be one of {sorted(POOL_LAYERS)}, got {pool!r}")
+    params = inspect.signature(POOL_LAYERS[pool]).parameters
+    return tuple(p for p in params if p not in _NOT_POOL_OPTIONS)
+
+
+def check_pool_kwargs(pool: str, kwargs: dict, what: str = 'asapify') -> None:
+    """Raise a TypeError naming the options ``pool`` does not take and those it does.
+
+    Args:
+        pool: a :data:`~timm_asap.layers.create.POOL_LAYERS` name.
+        kwargs: the pooling options given.
+        what: how to name the caller in the message.
+    """
+    allowed = pool_kwarg_names(pool)
+    bad = sorted(set(kwargs) - set(allowed))
+    if not bad:
+        return
+    extra = ''
+    if 'padding' in bad and pool.startswith('flc'):
+        extra = ' (padding is an ASAP option: FLC keeps the low-frequency block without padding)'
+    raise TypeError(f"{what}: {', '.join(repr(k) for k in bad)} not an option of {pool!r} pooling "
+                    f"({POOL_LAYERS[pool].__name__}); allowed: {', '.join(allowed) if allowed else 'none'}{extra}")
+
+
+def _check_existing_pooling(model: nn.Module, requested: nn.Module) -> None:
+    present = pooling_signature(model)
+    if present and present != [_describe_pool(requested)]:
+        raise ConversionError(
+            f"asapify: the model is already converted, with {', '.join(present)}; asked for "
+            f"{_describe_pool(requested)}. Pooling layers are not swapped: convert the unconverted base model "
+            f"(e.g. timm.create_model('resnet50') rather than 'resnet50_asap')")
+
+
 # ---------------------------------------------------------------------------------------------------
 # asapify
 # ---------------------------------------------------------------------------------------------------
@@ -585,7 +657,10 @@ def asapify(
     Raises:
         ValueError: unknown ``pool``/``mode``/``patchify``, or a traced ``torch.fx.GraphModule``
             (convert before tracing: traced graphs may have inlined the strided ops).
-        ConversionError: unsupported strided layers (``strict=True``).
+        TypeError: a pooling option the pooling does not take (the message lists the allowed ones).
+        ConversionError: unsupported strided layers (``strict=True``), or a model already converted
+            with other pooling (other kind, mode or options; layers are not swapped). Converting a
+            model again with the same pooling changes nothing.
 
     Example:
         >>> model = asapify(timm.create_model('resnet50', pretrained=True))
@@ -600,7 +675,9 @@ def asapify(
                          f"convert the model before tracing it (e.g. before timm's feature_cls='fx' wrapping)")
     kind = _pool_kind(pool)
     padding = pool_kwargs.get('padding', 'one') if kind == 'asap' else 'none'
-    create_pool(pool, mode=mode, **pool_kwargs)  # validate the arguments once, before changing anything
+    check_pool_kwargs(pool, pool_kwargs)
+    # validate the arguments once, before changing anything
+    _check_existing_pooling(model, create_pool(pool, mode=mode, **pool_kwargs))
 
     ops = plan_conversion(model, patchify)
     bad = [op for op in ops if op.action == 'unsupported']
@@ -617,7 +694,10 @@ def asapify(
                          f"convert a model that contains the layer")
 
     def make_pools(halvings: int) -> list[nn.Module]:
-        return [create_pool(pool, mode=mode, **pool_kwargs) for _ in range(halvings)]
+        pools = [create_pool(pool, mode=mode, **pool_kwargs) for _ in range(halvings)]
+        for p in pools:  # torch.jit.script looks the hook up on each instance: a clear error for bare pools too
+            p.__prepare_scriptable__ = functools.partial(_refuse_scripting, type(p).__name__)
+        return pools
 
     centered = mode == 'centered'
     for op in ops:

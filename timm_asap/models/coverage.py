@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from timm_asap.layers.create import POOL_LAYERS
 
-from ._builder import VARIANTS
+from .registry import MODULES
 from .convert import ConversionError, PooledConvMixin, SpectralDownsample, asapify, plan_conversion
 
 __all__ = ['CoverageRow', 'family_models', 'pick_representative', 'check_model', 'coverage_rows', 'rows_to_markdown', 'rows_to_dicts']
@@ -311,7 +311,7 @@ def coverage_rows(
         device: ``'meta'`` or ``'cpu'``.
         progress: show a tqdm bar.
     """
-    own = {v.module for v in VARIANTS.values()}
+    own = set(MODULES)
     if families is None:
         families = [f for f in timm.list_modules() if f not in own]
     rows = []

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from .._files import set_new_file_mode
+from .._files import atomic_path
 from .errors import CheckpointError
 
 __all__ = ['CHECKPOINT_FORMAT', 'save_checkpoint', 'load_checkpoint', 'link_or_copy', 'save_weights',
@@ -28,40 +28,22 @@ __all__ = ['CHECKPOINT_FORMAT', 'save_checkpoint', 'load_checkpoint', 'link_or_c
 CHECKPOINT_FORMAT = 'timm_asap.finetune/1'
 
 
-def _atomic_target(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-
-
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
     """Write ``state`` with ``torch.save`` to a temp file, fsync it, and rename it to ``path``."""
     path = Path(path)
-    tmp = _atomic_target(path)
-    try:
-        with open(tmp, 'wb') as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
     return path
 
 
 def link_or_copy(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     """Make ``dst`` a hard link to (or, where links fail, a copy of) ``src``, atomically."""
     src, dst = Path(src), Path(dst)
-    tmp = _atomic_target(dst)
-    try:
+    with atomic_path(dst) as tmp:
         try:
             os.link(src, tmp)
         except OSError:
             shutil.copy2(src, tmp)
-        os.replace(tmp, dst)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return dst
 
 
@@ -91,14 +73,8 @@ def save_weights(state_dict: dict[str, torch.Tensor], path: str | os.PathLike,
     """Write a state dict as ``.safetensors`` (weights only, CPU, contiguous), atomically."""
     path = Path(path)
     tensors = {k: v.detach().to('cpu').contiguous() for k, v in state_dict.items()}
-    tmp = _atomic_target(path)
-    try:
+    with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={'format': 'pt', **(metadata or {})})
-        set_new_file_mode(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

@@ -10,18 +10,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .._files import atomic_write_text
+
 __all__ = ['write_summary_csv', 'write_json', 'read_results', 'TensorBoardLogger', 'RunLogFile']
 
 _logger = logging.getLogger(__name__)
-
-
-def _atomic_write_text(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
-
 
 def write_summary_csv(path: str | os.PathLike, rows: list[dict[str, Any]]) -> Path:
     """Write one row per epoch (the union of the rows' keys as columns), atomically.
@@ -37,7 +30,7 @@ def write_summary_csv(path: str | os.PathLike, rows: list[dict[str, Any]]) -> Pa
     writer.writeheader()
     for row in rows:
         writer.writerow({k: _fmt(v) for k, v in row.items()})
-    return _atomic_write_text(Path(path), buf.getvalue())
+    return atomic_write_text(path, buf.getvalue())
 
 
 def _fmt(v: Any) -> Any:
@@ -58,7 +51,7 @@ def _json_safe(v: Any) -> Any:
 
 def write_json(path: str | os.PathLike, data: dict[str, Any]) -> Path:
     """Write ``data`` as indented JSON (NaN/Inf as strings), atomically."""
-    return _atomic_write_text(Path(path), json.dumps(_json_safe(data), indent=2) + '\n')
+    return atomic_write_text(path, json.dumps(_json_safe(data), indent=2) + '\n')
 
 
 def read_results(output_dir: str | os.PathLike) -> dict[str, Any] | None:
