@@ -71,9 +71,9 @@ def test_sigterm_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
 
 def _record_lrs(monkeypatch) -> list[float]:
     """The learning rate of every optimizer step of the runs that follow (wraps timm's optimizer factory)."""
-    import timm_asap.train.trainer as trainer_module
+    import timm_asap.train.build as build_module
     lrs: list[float] = []
-    create = trainer_module.create_optimizer_v2
+    create = build_module.create_optimizer_v2
 
     def create_recording(*args, **kwargs):
         opt = create(*args, **kwargs)
@@ -84,7 +84,7 @@ def _record_lrs(monkeypatch) -> list[float]:
             return step(*a, **k)
         opt.step = recording_step
         return opt
-    monkeypatch.setattr(trainer_module, 'create_optimizer_v2', create_recording)
+    monkeypatch.setattr(build_module, "create_optimizer_v2", create_recording)
     return lrs
 
 
