@@ -205,11 +205,8 @@ def create_eval_dataset(name: str, root: str | None = None, split: str = 'valida
             unreadable dataset.
     """
     transform = eval_transform(img_size, crop_pct, interpolation)
-    if name.replace('-', '_').lower() in ('fashion_mnist', 'fashionmnist'):
-        try:
-            from timm_asap.data import FashionMNIST
-        except ImportError as e:
-            raise ValueError(f"dataset 'fashion_mnist' needs timm_asap.data.FashionMNIST ({e})") from None
+    from timm_asap.data import FashionMNIST, is_fashion_mnist
+    if is_fashion_mnist(name):
         return FashionMNIST(root, split=split, in_chans=in_chans, transform=transform, download=False)
     from timm.data import create_dataset
     name = '' if name == 'folder' else name
