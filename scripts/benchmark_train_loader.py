@@ -11,7 +11,8 @@ Examples::
     python scripts/benchmark_train_loader.py --images 2048 --repeats 3 --workers 0
     python scripts/benchmark_train_loader.py --device cuda --batch-size 512 --images 60000
 
-Prints one line per run and a table of median img/s with the ratio memory / dataloader.
+Prints the cost of the batches alone (no model) on both paths, one line per training run, and a table of
+median img/s with the ratio memory / dataloader.
 """
 from __future__ import annotations
 
@@ -45,6 +46,21 @@ def _run(cfg, device: str) -> float:
     return metrics['history'][-1]['train_images_per_sec']
 
 
+def _data_rate(loader: str, args: argparse.Namespace, images: int) -> float:
+    """Images/s of one epoch of training batches alone (no model): what each path costs per image."""
+    import time
+
+    import timm
+    from timm_asap.data import create_run_data
+    cfg = _config({}, loader, args, images)
+    data = create_run_data(cfg, timm.create_model('resnet18_cifar', num_classes=10, in_chans=1),
+                           device=args.device)
+    start, n = time.perf_counter(), 0
+    for batch in data.train_batches.epoch(0):
+        n += batch[0].shape[0]
+    return n / (time.perf_counter() - start)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--images', type=int, default=None,
@@ -61,6 +77,9 @@ def main(argv=None) -> int:
     import torch
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, batch "
           f"{args.batch_size}, {args.workers} DataLoader workers, timing the last of {args.epochs} epochs")
+    data_rates = {loader: _data_rate(loader, args, 2048) for loader in ('dataloader', 'memory')}
+    print(f"batches alone (no model, 2048 images): DataLoader {data_rates['dataloader']:.0f} img/s, in-memory "
+          f"{data_rates['memory']:.0f} img/s, ratio {data_rates['memory'] / data_rates['dataloader']:.2f}")
     rows = []
     for name in args.models:
         images = args.images or (384 if not MODELS[name] else 1536)
