@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 import timm_asap.models  # noqa: F401  (registers the architectures)
 from timm_asap.cli.finetune import main as finetune_main

@@ -30,7 +30,7 @@ from ._io import atomic_write_text, replace_dir, staging_dir
 from .card import build_model_card
 from .config_model import check_pooling, create_model_from_config
 from .errors import HubPublishError, IntegrityError, MissingEvaluationError
-from .integration import IMAGE_PROCESSOR_NAME, check_architecture
+from .integration import IMAGE_PROCESSOR_NAME
 from .integrity import (CONFIG_NAME, PICKLE_SUFFIXES, WEIGHTS_NAME, load_safetensors, save_safetensors,
                         state_shape_mismatch, verify_hub_folder)
 from .results import EvalResults, find_eval_results, load_eval_results

@@ -1,5 +1,5 @@
 """Convert a base timm checkpoint into a run's model and build the distillation teacher (the model itself
-comes from :func:`timm_asap.hub.export.create_model_from_config`)."""
+comes from :func:`timm_asap.hub.config_model.create_model_from_config`)."""
 from __future__ import annotations
 
 import importlib

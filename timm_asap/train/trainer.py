@@ -10,6 +10,17 @@ The pieces come from timm: ``timm.data`` datasets and transforms (see :mod:`timm
 update), ``timm.loss.create_classification_loss``, ``timm.data.Mixup``, ``timm.utils.ModelEmaV3``,
 ``timm.utils.NativeScaler`` and the ``timm.task`` classification and logit-distillation tasks.
 
+The run is put together from parts with one job each: :mod:`.build` (model, teacher, data, task,
+optimizer, schedule, EMA, precision), :mod:`.resume` (checkpoint contents and resume state),
+:mod:`.loop` (the epoch loop), :mod:`.records` (metrics.json, summary.csv, TensorBoard) and
+:mod:`.signals` (preemption). The training batches come from the DataLoader path or the in-memory path
+(``data.loader``, see :mod:`timm_asap.data.memory`); everything else is shared.
+
+Example:
+    >>> from timm_asap.config import apply_overrides, load_config
+    >>> cfg = apply_overrides(load_config('resnet18_cifar_asap.fmnist'), ['train.epochs=1'])
+    >>> metrics = finetune(cfg, 'output/r18_asap', device='cpu')  # doctest: +SKIP
+
 Output folder:
 
 * ``config.yaml``: the resolved configuration (overrides applied, label names filled in).
