@@ -150,3 +150,17 @@ def test_publish_to_an_unreachable_hub_says_so_in_one_line(tmp_path):
     assert f"cannot reach the Hub at {endpoint} while trying to identify the user" in lines[0]
     assert 'nothing was uploaded' in lines[0] and 'hf_not_a_real_token' not in proc.stderr + proc.stdout
     assert (tmp_path / 'hub' / 'model.safetensors').is_file()  # the folder is kept for a later upload
+
+
+def test_memory_loader_on_cuda_keeps_to_half_the_free_memory(fmnist, monkeypatch):
+    import torch
+    from timm_asap.data import choose_loader, create_split_dataset
+    cfg = tiny_config(fmnist, data={'loader': 'memory'})
+    train = create_split_dataset(cfg.data, 'train', in_chans=1)
+    monkeypatch.setattr(torch.cuda, 'mem_get_info', lambda device=None: (4 * 2 ** 20, 8 * 2 ** 20))
+    monkeypatch.setattr('timm_asap.data.pipeline.images_nbytes', lambda images, c, n=None: 3 * 2 ** 20)
+    with pytest.raises(DataError, match=r"needs 3.0 MiB .* more than half the free memory of cuda \(2 MiB\); "
+                                        r"use data.loader=dataloader"):
+        choose_loader(cfg, train, device='cuda')
+    assert choose_loader(apply_overrides(cfg, ['data.loader=auto']), train, device='cuda') == 'dataloader'
+    assert choose_loader(cfg, train, device='cpu') == 'memory'

@@ -124,7 +124,7 @@ def create_run_data(cfg: RunConfig, model: nn.Module | None = None, *, rank: int
                             f"{len(classes)} vs {len(val_classes)} "
                             f"(only in train: {sorted(set(classes) - set(val_classes))[:5]}, "
                             f"only in val: {sorted(set(val_classes) - set(classes))[:5]})")
-    if choose_loader(cfg, train_raw, val_raw) == 'memory':
+    if choose_loader(cfg, train_raw, val_raw, device) == 'memory':
         return _memory_run_data(cfg, data_config, train_raw, val_raw, classes, labelled, rank, world_size, device)
     if d.crop_padding:
         raise DataError(f"data.crop_padding={d.crop_padding}: the padded random crop is offered by the in-memory "
@@ -162,12 +162,24 @@ def _dataloader_only(cfg: RunConfig) -> list[str]:
     return [k for k, on in found if on]
 
 
-def choose_loader(cfg: RunConfig, train_raw, val_raw=None) -> str:
+def _memory_limit(cfg: RunConfig, device) -> tuple[int, str]:
+    """The bytes the memory path may hold: ``data.memory_max_mb``, on CUDA at most half the free memory."""
+    limit, what = cfg.data.memory_max_mb * 2 ** 20, f"data.memory_max_mb={cfg.data.memory_max_mb}"
+    device = torch.device(device or 'cpu')
+    if device.type == 'cuda':
+        free = torch.cuda.mem_get_info(device)[0] // 2
+        if free < limit:
+            limit, what = free, f"half the free memory of {device} ({free / 2 ** 20:.0f} MiB)"
+    return limit, what
+
+
+def choose_loader(cfg: RunConfig, train_raw, val_raw=None, device=None) -> str:
     """The loader ``data.loader`` selects for these datasets: ``memory`` or ``dataloader``.
 
     ``auto`` takes ``memory`` when the training split is held as one uint8 array (see
-    :func:`~timm_asap.data.memory.array_images`), fits ``data.memory_max_mb`` and uses only the
-    augmentations the in-memory loader implements; otherwise ``dataloader``.
+    :func:`~timm_asap.data.memory.array_images`), fits ``data.memory_max_mb`` (on CUDA also half the
+    free memory of ``device``) and uses only the augmentations the in-memory loader implements;
+    otherwise ``dataloader``.
 
     Raises:
         DataError: ``data.loader=memory`` for a dataset read image by image, one larger than
@@ -190,12 +202,13 @@ def choose_loader(cfg: RunConfig, train_raw, val_raw=None) -> str:
     size = images_nbytes(arrays[0], c, n_train)
     if val_arrays is not None:
         size += images_nbytes(val_arrays[0], c, min(len(val_arrays[0]), d.val_subset or len(val_arrays[0])))
-    if size > d.memory_max_mb * 2 ** 20:
+    limit, what = _memory_limit(cfg, device)
+    if size > limit:
         if forced:
             shape = 'x'.join(str(v) for v in (c, *arrays[0].shape[1:3]))
             raise DataError(f"data.loader 'memory': {d.dataset!r} needs {size / 2 ** 20:.1f} MiB as uint8 "
                             f"({n_train} training images of {shape}" + (" plus validation" if val_arrays else '')
-                            + f"), more than data.memory_max_mb={d.memory_max_mb}; use data.loader=dataloader "
+                            + f"), more than {what}; use data.loader=dataloader "
                             f"(images read and augmented by DataLoader workers) or raise data.memory_max_mb")
         return 'dataloader'
     unsupported = _dataloader_only(cfg)
