@@ -244,3 +244,76 @@ def test_torchvision_dataset_through_timm(tmp_path):
     sd = SampleDataset(ds, create_transforms(cfg, resolve_data_config(cfg), True), in_chans=1)
     x, y, bad = sd[(0, 3)]
     assert x.shape == (1, 16, 16) and y == 1 and bad == 0
+
+
+# ----------------------------------------------------------------------------------------- in-memory loader
+def test_memory_sample_order_is_the_distributed_samplers():
+    from torch.utils.data import DistributedSampler
+    from timm_asap.data import sample_order
+    for n, world in ((10, 1), (10, 3), (7, 4)):
+        for rank in range(world):
+            ref = DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=True, seed=5)
+            ref.set_epoch(3)
+            assert sample_order(n, 3, 5, rank, world).tolist() == list(ref)
+
+
+def _uint8(n=4, c=1, size=12, seed=0):
+    return torch.randint(0, 256, (n, c, size, size), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
+
+
+def test_memory_augment_identity_flip_and_shift():
+    from timm_asap.data import MemoryAugment, augment_batch
+    x = _uint8(c=3)
+    g = torch.Generator().manual_seed(0)
+    same = augment_batch(x, MemoryAugment(12, (1, 1), (1, 1), hflip=0.0), g)
+    torch.testing.assert_close(same, x.float(), atol=1e-3, rtol=0)
+    flipped = augment_batch(x, MemoryAugment(12, (1, 1), (1, 1), hflip=1.0), g)
+    torch.testing.assert_close(flipped, x.float().flip(-1), atol=1e-3, rtol=0)
+    assert torch.equal(augment_batch(x, MemoryAugment(12, enabled=False), g), x.float())
+    # a shift of up to 2 pixels with zero fill: each image is its input moved by whole pixels
+    shifted = augment_batch(x, MemoryAugment(12, (1, 1), (1, 1), hflip=0.0, padding=2), g)
+    padded = torch.nn.functional.pad(x.float(), (2, 2, 2, 2))
+    for i in range(len(x)):
+        crops = [padded[i, :, dy:dy + 12, dx:dx + 12] for dy in range(5) for dx in range(5)]
+        assert min(float((shifted[i] - c).abs().max()) for c in crops) < 1e-3
+
+
+def test_memory_augment_crops_follow_scale_and_ratio():
+    from timm_asap.data.memory import MemoryAugment, _crop_boxes
+    g = torch.Generator().manual_seed(1)
+    w, h = _crop_boxes(4000, MemoryAugment(32, (0.25, 0.5), (0.5, 2.0)), g, 'cpu')
+    area, ratio = w * h, w / h
+    assert float(area.min()) >= 0.25 - 1e-6 and float(area.max()) <= 0.5 + 1e-6
+    assert float(ratio.min()) >= 0.5 - 1e-6 and float(ratio.max()) <= 2.0 + 1e-6 and float((w <= 1).all()) == 1
+
+
+def test_memory_batches_resume_part_way_and_normalise(tmp_path):
+    from timm_asap.data import MemoryAugment, MemoryEvalBatches, MemoryTrainBatches
+    x, y = _uint8(n=20, size=8), torch.arange(20) % 10
+    batches = MemoryTrainBatches(x, y, 4, MemoryAugment(8, (0.5, 1.0)), [0.5], [0.25], seed=3)
+    whole = list(batches.epoch(2))
+    tail = list(batches.epoch(2, start=3))
+    assert len(batches) == 5 and len(tail) == 2
+    for (xa, ya), (xb, yb) in zip(whole[3:], tail):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    assert not torch.equal(whole[0][0], next(iter(batches.epoch(3)))[0])  # another epoch, other draws
+    val = MemoryEvalBatches(x, y, 8, 16, [0.5], [0.25], 'bilinear', rank=1, world_size=2)
+    xs, ys = zip(*val)
+    assert torch.equal(torch.cat(ys), y[1::2]) and xs[0].shape == (8, 1, 16, 16)
+    ref = torch.nn.functional.interpolate(x[1::2].float(), size=(16, 16), mode='bilinear', antialias=True)
+    torch.testing.assert_close(torch.cat(xs), (ref.round() / 255 - 0.5) / 0.25)
+
+
+def test_auto_loader_takes_memory_for_fashion_mnist(tmp_path):
+    data = write_fake_fashion_mnist(tmp_path / 'f', n_train=40, n_test=12)
+    cfg = tiny_config(data, data={'train_subset': 32})
+    rd = create_run_data(cfg)
+    assert rd.loader == 'memory' and rd.train_size == 32 and rd.val_size == 12 and len(rd.train_batches) == 4
+    x, y = next(rd.train_batches.epoch(0))
+    assert x.shape == (8, 1, 16, 16) and x.dtype == torch.float32 and y.dtype == torch.int64
+    ref = create_run_data(apply_overrides(cfg, ['data.loader=dataloader']))
+    assert ref.loader == 'dataloader' and ref.train_size == 32 and len(ref.train_batches) == 4
+    # the same validation images, resized the same way up to interpolation details
+    xm = torch.cat([b[0] for b in rd.val_loader])
+    xd = torch.cat([b[0] for b in ref.val_loader])
+    assert xm.shape == xd.shape and float((xm - xd).abs().mean()) < 0.05

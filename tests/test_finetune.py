@@ -82,16 +82,20 @@ def test_outputs_of_a_run(tmp_path, fmnist):
 
 
 def test_zero_shot_conversion_loads_the_base_weights(tmp_path, fmnist):
-    """epochs=0: the exported ASAP model holds exactly the base resnet18_cifar's weights."""
+    """A fresh run's model holds exactly the base resnet18_cifar's weights before training."""
+    from timm_asap.train import convert_from_base, create_model_from_config, load_base_model
     path, base = _base_file(tmp_path)
-    cfg = tiny_config(fmnist, model={'base': 'resnet18_cifar', 'base_file': str(path)}, train={'epochs': 0})
-    m = _run(cfg, tmp_path / 'run')
-    assert m['status'] == 'finished' and m['history'] == []
-    weights = load_file(tmp_path / 'run' / 'model.safetensors')
-    ref = base.state_dict()
+    cfg = tiny_config(fmnist, model={'base': 'resnet18_cifar', 'base_file': str(path)}, train={'epochs': 1})
+    model = create_model_from_config(cfg)
+    m = cfg.model
+    convert_from_base(model, load_base_model(m.base, m.num_classes, m.in_chans, m.base_file, m.model_args))
+    weights, ref = model.state_dict(), base.state_dict()
     assert weights.keys() == ref.keys()
     for k in ref:
         assert torch.equal(weights[k], ref[k]), k
+    # epochs 0 would export these untrained weights as a finished model: refused in the config check
+    with pytest.raises(ConfigError, match=r"train.epochs: must be >= 1, got 0 \(a run without epochs"):
+        apply_overrides(cfg, ['train.epochs=0'])
     # a base that does not fit the architecture is named in the error
     bad, _ = _base_file(tmp_path, arch='resnet18_cifar', num_classes=10, seed=2)
     cfg_bad = apply_overrides(cfg, ["model.model_args={layers: [1, 1, 1, 1], channels: [8, 16, 32, 32]}"])
@@ -185,7 +189,7 @@ def test_resume_checks(tmp_path, fmnist):
     torch.save({'state_dict': {}}, tmp_path / 'plain.pth')
     with pytest.raises(CheckpointError, match='not a timm-asap fine-tuning checkpoint'):
         _run(cfg, tmp_path / 'w', resume=tmp_path / 'plain.pth')
-    with pytest.raises(CheckpointError, match='nothing to resume'):
+    with pytest.raises(CheckpointError, match='there is no run to resume in .*empty: it holds no last.pth'):
         _run(cfg, tmp_path / 'empty', resume=True)
     # resuming a finished run trains nothing more; a longer schedule continues it
     again = _run(cfg, out, resume=True)
@@ -227,8 +231,9 @@ def test_bad_data_and_model_settings(tmp_path, fmnist):
         _run(tiny_config(fmnist, model={'architecture': 'resnet18_cifar_blur'}), tmp_path / 'r4')
     with pytest.raises(ConfigError, match="train.opt 'sgdx'"):
         _run(tiny_config(fmnist, train={'opt': 'sgdx'}), tmp_path / 'r5')
-    with pytest.raises(ConfigError, match="model.mode: 'reference'"):
-        _run(tiny_config(fmnist, model={'mode': 'reference'}), tmp_path / 'r6')
+    with pytest.raises(ConfigError, match="model.mode: 'reference', but 'resnet18_cifar_asap'"):
+        _run(tiny_config(fmnist, model={'mode': 'reference', 'model_args': {**TINY_ARGS, 'pool_mode': 'centered'}}),
+             tmp_path / 'r6')
 
 
 def test_unreadable_training_images(tmp_path):
@@ -297,21 +302,22 @@ def test_streaming_dataset_trains_and_resumes(tmp_path, fmnist, monkeypatch):
 def test_a_stop_request_checks_the_loss_before_writing_on_cuda():
     """On CUDA the loss is read every log_interval updates; a signal between two reads must not save NaN weights."""
     from types import SimpleNamespace
-    from timm_asap.train.trainer import _Trainer
-    trainer = SimpleNamespace(
+    from timm_asap.train.loop import EpochLoop
+    loop = SimpleNamespace(
         cfg=SimpleNamespace(train=SimpleNamespace(log_interval=50), data=SimpleNamespace(max_unreadable=0.0)),
         env=SimpleNamespace(distributed=False), signals=SimpleNamespace(signum=signal.SIGTERM), cuda=True,
-        num_updates=9, batches_per_epoch=12, out=Path('run'), history=[], data=SimpleNamespace(train_size=96))
+        p=SimpleNamespace(num_updates=9, history=[]), out=Path('run'),
+        parts=SimpleNamespace(batches_per_epoch=12, data=SimpleNamespace(train_size=96)))
     with pytest.raises(NonFiniteLossError, match='NaN/Inf in epoch 1'):
-        _Trainer._sync_point(trainer, torch.tensor(float('nan')), 0, force=False, epoch=0, batch=9)
-    assert _Trainer._sync_point(trainer, torch.tensor(1.0), 0, force=False, epoch=0, batch=9) is True
-    trainer.signals.signum = None  # no stop, not periodic: the loss is not read (no device sync)
-    assert _Trainer._sync_point(trainer, torch.tensor(float('nan')), 0, force=False, epoch=0, batch=9) is False
+        EpochLoop.sync_point(loop, torch.tensor(float('nan')), 0, force=False, epoch=0, batch=9)
+    assert EpochLoop.sync_point(loop, torch.tensor(1.0), 0, force=False, epoch=0, batch=9) is True
+    loop.signals.signum = None  # no stop, not periodic: the loss is not read (no device sync)
+    assert EpochLoop.sync_point(loop, torch.tensor(float('nan')), 0, force=False, epoch=0, batch=9) is False
 
 
 def test_validation_gives_the_teacher_its_own_normalisation(tmp_path, fmnist, monkeypatch):
     """A teacher with other mean/std sees the same re-normalised input in training and in validation."""
-    import timm_asap.train.trainer as trainer_module
+    import timm_asap.train.build as build_module
     from timm_asap.train.model import BaseModel
     seen: list[float] = []  # the smallest input value of each call
 
@@ -325,7 +331,7 @@ def test_validation_gives_the_teacher_its_own_normalisation(tmp_path, fmnist, mo
             seen.append(float(x.min()))
             return self.net(x)
 
-    monkeypatch.setattr(trainer_module, 'create_teacher',
+    monkeypatch.setattr(build_module, 'create_teacher',
                         lambda cfg, base=None: BaseModel(Teacher().eval(), 'other', 10, True))
     path, _ = _base_file(tmp_path)
     cfg = tiny_config(fmnist, model={'base': 'resnet18_cifar', 'base_file': str(path)},
@@ -338,7 +344,7 @@ def test_validation_gives_the_teacher_its_own_normalisation(tmp_path, fmnist, mo
 
 
 def test_imagenet_folder_names_are_not_taken_as_label_names():
-    from timm_asap.train.trainer import _imagenet_synsets
+    from timm_asap.train.build import _imagenet_synsets
     synsets = [f"n{i:08d}" for i in range(1000)]
     assert _imagenet_synsets(synsets)
     assert not _imagenet_synsets(synsets[:10])  # another class count: the folder names are the names

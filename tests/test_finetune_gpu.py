@@ -17,19 +17,21 @@ def fmnist(tmp_path_factory):
     return write_fake_fashion_mnist(tmp_path_factory.mktemp('fmnist'), n_train=64, n_test=32)
 
 
+@pytest.mark.parametrize('loader', ['memory', 'dataloader'])
 @pytest.mark.parametrize('amp_dtype', ['bfloat16', 'float16'])
-def test_amp_channels_last(tmp_path, fmnist, amp_dtype):
-    cfg = tiny_config(fmnist, model={'img_size': 32}, data={'workers': 2},
+def test_amp_channels_last(tmp_path, fmnist, amp_dtype, loader):
+    cfg = tiny_config(fmnist, model={'img_size': 32}, data={'workers': 2, 'loader': loader},
                       train={'epochs': 2, 'amp_dtype': amp_dtype, 'channels_last': True, 'model_ema': True})
     m = finetune(cfg, tmp_path / 'run', device='cuda', progress=False)
     assert m['amp'] == amp_dtype and m['channels_last'] is True and m['device'].startswith('cuda')
+    assert m['loader'] == loader
     ckpt = load_checkpoint(tmp_path / 'run' / 'last.pth')
     assert (ckpt['scaler'] is not None) == (amp_dtype == 'float16')
     weights = load_file(tmp_path / 'run' / 'model.safetensors')
     assert all(v.dtype in (torch.float32, torch.int64) for v in weights.values())
     assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
     # resume on the GPU restores the scaler and continues
-    again = finetune(tiny_config(fmnist, model={'img_size': 32}, data={'workers': 2},
+    again = finetune(tiny_config(fmnist, model={'img_size': 32}, data={'workers': 2, 'loader': loader},
                                  train={'epochs': 3, 'amp_dtype': amp_dtype, 'channels_last': True,
                                         'model_ema': True}),
                      tmp_path / 'run', device='cuda', progress=False, resume=True)
@@ -42,3 +44,15 @@ def test_compile(tmp_path, fmnist):
     assert m['status'] == 'finished'
     # the exported keys are the plain model's (no _orig_mod. prefix from the compiled wrapper)
     assert not any(k.startswith('_orig_mod') for k in load_file(tmp_path / 'run' / 'model.safetensors'))
+
+
+def test_memory_batches_stay_on_the_gpu_and_resume_part_way(fmnist):
+    from timm_asap.data import create_run_data
+    data = create_run_data(tiny_config(fmnist, model={'img_size': 32}, data={'loader': 'memory', 'crop_padding': 2}),
+                           device='cuda')
+    whole = list(data.train_batches.epoch(1))
+    tail = list(data.train_batches.epoch(1, start=2))
+    assert whole[0][0].device.type == 'cuda' and whole[0][0].shape == (8, 1, 32, 32)
+    for (xa, ya), (xb, yb) in zip(whole[2:], tail):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    assert next(iter(data.val_loader))[0].device.type == 'cuda'

@@ -30,11 +30,14 @@ def _env():
     return env
 
 
-def test_sigterm_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
+@pytest.mark.parametrize('loader', ['dataloader', 'memory'])
+def test_sigterm_mid_epoch_then_resume_matches_uninterrupted(tmp_path, loader):
     data = write_fake_fashion_mnist(tmp_path / 'data', n_train=64, n_test=16)
-    # randomness everywhere: augmentation, mixup/cutmix (NumPy), dropout (torch), EMA, label smoothing
+    # randomness everywhere: augmentation, mixup/cutmix (NumPy), dropout (torch), EMA, label smoothing; the
+    # in-memory loader draws its crops, shifts and flips on the device from (seed, epoch, rank, batch)
+    augment = {'reprob': 0.25} if loader == 'dataloader' else {'crop_padding': 2}
     cfg = tiny_config(data, model={'model_args': dict(TINY_ARGS, drop_rate=0.2)},
-                      data={'hflip': 0.5, 'reprob': 0.25},
+                      data={'hflip': 0.5, 'loader': loader, **augment},
                       train={'epochs': 2, 'mixup': 0.2, 'cutmix': 1.0, 'model_ema': True, 'model_ema_decay': 0.9,
                              'export': 'last', 'label_smoothing': 0.1, 'warmup_epochs': 1})
     cfg_path = save_config(cfg, tmp_path / 'cfg.yaml')
@@ -63,6 +66,7 @@ def test_sigterm_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
     ema_b = load_checkpoint(tmp_path / 'ref' / 'last.pth')['state_dict_ema']
     for k in ema_a:
         assert torch.equal(ema_a[k], ema_b[k]), k
+    assert resumed['loader'] == reference['loader'] == loader
     for ra, rb in zip(resumed['history'], reference['history']):
         for key in ('train_loss', 'val_loss', 'val_top1', 'val_ema_top1', 'lr', 'train_images'):
             assert ra[key] == rb[key], key
@@ -71,9 +75,9 @@ def test_sigterm_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
 
 def _record_lrs(monkeypatch) -> list[float]:
     """The learning rate of every optimizer step of the runs that follow (wraps timm's optimizer factory)."""
-    import timm_asap.train.trainer as trainer_module
+    import timm_asap.train.build as build_module
     lrs: list[float] = []
-    create = trainer_module.create_optimizer_v2
+    create = build_module.create_optimizer_v2
 
     def create_recording(*args, **kwargs):
         opt = create(*args, **kwargs)
@@ -84,7 +88,7 @@ def _record_lrs(monkeypatch) -> list[float]:
             return step(*a, **k)
         opt.step = recording_step
         return opt
-    monkeypatch.setattr(trainer_module, 'create_optimizer_v2', create_recording)
+    monkeypatch.setattr(build_module, "create_optimizer_v2", create_recording)
     return lrs
 
 

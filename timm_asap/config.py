@@ -103,6 +103,15 @@ class DataConfig:
         reprob: random-erasing probability.
         max_unreadable: fraction of a split's images that may be unreadable (each replaced by the next
             readable one and counted in the log) before the run stops with an error.
+        loader: how training batches are made. ``memory``: the whole split as one uint8 tensor on the
+            training device, augmented there in batches (random-resized crop with ``scale``/``ratio``, a
+            random shift of up to ``crop_padding`` pixels, flip with ``hflip``), no worker processes; for
+            datasets held as one array (``fashion_mnist``, torchvision's ``torch/mnist``-style sets).
+            ``dataloader``: a torch DataLoader over timm's transforms (any dataset). ``auto``: ``memory``
+            when the dataset is held as one array and fits ``memory_max_mb``, else ``dataloader``.
+        memory_max_mb: the largest training split (uint8 bytes, in MiB) the ``memory`` loader holds.
+        crop_padding: ``memory`` loader: random shift of up to this many pixels with zero fill (the
+            CIFAR-style padded random crop); 0 disables it. The ``dataloader`` path does not offer it.
     """
 
     dataset: str = ''
@@ -126,6 +135,9 @@ class DataConfig:
     auto_augment: str | None = None
     reprob: float = 0.0
     max_unreadable: float = 0.01
+    loader: str = 'auto'
+    memory_max_mb: int = 4096
+    crop_padding: int = 0
 
 
 @dataclass
@@ -154,7 +166,11 @@ class TrainConfig:
         epochs: training epochs.
         batch_size: images per step per process.
         opt: optimizer name for ``timm.optim.create_optimizer_v2`` (``sgd``, ``adamw``, ...).
-        lr: peak learning rate (used as given: not scaled with batch size or world size).
+        lr: peak learning rate. Used as given when ``lr_base_size`` is null; otherwise it is the rate
+            for a global batch of ``lr_base_size`` images and is scaled to the run's global batch
+            (``batch_size x processes x grad_accum_steps``) by ``lr_base_scale``.
+        lr_base_size: global batch size that ``lr`` is meant for (null: no scaling).
+        lr_base_scale: ``linear`` (``lr x batch / lr_base_size``) or ``sqrt`` (``lr x sqrt(batch / lr_base_size)``).
         momentum: SGD momentum.
         weight_decay: weight decay (not applied to biases and norm layers, timm's default).
         sched: ``timm.scheduler`` name (``cosine``, ``step``, ``multistep``, ``plateau``, ``poly``, ...),
@@ -193,6 +209,8 @@ class TrainConfig:
     batch_size: int = 128
     opt: str = 'sgd'
     lr: float = 0.01
+    lr_base_size: int | None = None
+    lr_base_scale: str = 'linear'
     momentum: float = 0.9
     weight_decay: float = 5e-5
     sched: str = 'cosine'
@@ -218,6 +236,19 @@ class TrainConfig:
     deterministic: bool = False
     tensorboard: bool = True
     distill: DistillConfig = field(default_factory=DistillConfig)
+
+    def effective_lr(self, world_size: int = 1) -> float:
+        """The peak learning rate of a run with ``world_size`` processes (``lr`` scaled as ``lr_base_size``
+        and ``lr_base_scale`` state; ``lr`` itself when ``lr_base_size`` is null).
+
+        Example:
+            >>> TrainConfig(lr=0.1, batch_size=512, lr_base_size=128).effective_lr()
+            0.4
+        """
+        if self.lr_base_size is None:
+            return self.lr
+        ratio = self.batch_size * world_size * self.grad_accum_steps / self.lr_base_size
+        return self.lr * (ratio if self.lr_base_scale == 'linear' else ratio ** 0.5)
 
 
 @dataclass
@@ -265,16 +296,20 @@ class RunConfig:
         _choice('train.amp_dtype', self.train.amp_dtype, ('bfloat16', 'float16', 'float32'))
         _choice('train.export', self.train.export, ('best', 'last', 'ema'))
         _choice('train.dist_bn', self.train.dist_bn, ('reduce', 'broadcast', 'none'))
+        _choice('train.lr_base_scale', self.train.lr_base_scale, ('linear', 'sqrt'))
+        _choice('data.loader', self.data.loader, ('auto', 'memory', 'dataloader'))
         if self.train.export == 'ema' and not self.train.model_ema:
             raise ConfigError("train.export: 'ema' needs train.model_ema: true")
         for key, value, low in (
                 ('model.num_classes', self.model.num_classes, 1), ('model.in_chans', self.model.in_chans, 1),
-                ('model.img_size', self.model.img_size, 1), ('train.epochs', self.train.epochs, 0),
+                ('model.img_size', self.model.img_size, 1), ('train.epochs', self.train.epochs, 1),
                 ('train.batch_size', self.train.batch_size, 1), ('train.grad_accum_steps', self.train.grad_accum_steps, 1),
                 ('train.warmup_epochs', self.train.warmup_epochs, 0), ('data.workers', self.data.workers, 0),
-                ('train.log_interval', self.train.log_interval, 1)):
+                ('train.log_interval', self.train.log_interval, 1), ('data.memory_max_mb', self.data.memory_max_mb, 1),
+                ('data.crop_padding', self.data.crop_padding, 0)):
             if value < low:
-                raise ConfigError(f"{key}: must be >= {low}, got {value}")
+                why = " (a run without epochs would export untrained weights)" if key == 'train.epochs' else ''
+                raise ConfigError(f"{key}: must be >= {low}, got {value}{why}")
         for key, value in (('train.lr', self.train.lr), ('train.weight_decay', self.train.weight_decay),
                            ('train.label_smoothing', self.train.label_smoothing), ('train.mixup', self.train.mixup),
                            ('train.cutmix', self.train.cutmix), ('train.distill.temperature', self.train.distill.temperature)):
@@ -303,7 +338,8 @@ class RunConfig:
             raise ConfigError(f"train.batch_size: mixup/cutmix need an even batch size, got {self.train.batch_size}")
         if self.train.clip_grad is not None and self.train.clip_grad <= 0:
             raise ConfigError(f"train.clip_grad: must be > 0 or null, got {self.train.clip_grad}")
-        for key, value in (('data.train_subset', self.data.train_subset), ('data.val_subset', self.data.val_subset)):
+        for key, value in (('data.train_subset', self.data.train_subset), ('data.val_subset', self.data.val_subset),
+                           ('train.lr_base_size', self.train.lr_base_size)):
             if value is not None and value < 1:
                 raise ConfigError(f"{key}: must be >= 1 or null, got {value}")
         if self.hub.repo_id and self.hub.repo_id.count('/') != 1:

@@ -258,7 +258,8 @@ def main(argv=None) -> int:
         img_size = args.img_size or (info['input_size'][-1] if info['input_size'] else 224)
         in_chans = args.in_chans or info['in_chans'] or 3
         if args.crop_pct is None:
-            args.crop_pct = 1.0 if args.dataset.replace('-', '_').lower() in ('fashion_mnist', 'fashionmnist') \
+            from timm_asap.data import is_fashion_mnist
+            args.crop_pct = 1.0 if is_fashion_mnist(args.dataset) \
                 else float(info.get('crop_pct') or 1.0)
         args.interpolation = args.interpolation or info.get('interpolation') or 'bilinear'
         setup.update(crop_pct=args.crop_pct, interpolation=args.interpolation)

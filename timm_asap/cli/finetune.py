@@ -98,6 +98,11 @@ def main(argv: list[str] | None = None) -> int:
         if not (args.resume and args.output):
             parser.error('--config is required (it may be left out only with --resume and --output)')
         args.config = str(Path(args.output) / RUN_CONFIG_FILE)
+        if not Path(args.config).is_file():
+            print(f"timm-asap-finetune: error: there is no run to resume in {args.output}: it holds no "
+                  f"{RUN_CONFIG_FILE} (the config a run saves there); start a run with --config, or pass the "
+                  f"output folder of the run to resume", file=sys.stderr)
+            return 2
     try:
         cfg = apply_overrides(load_config(args.config), overrides)
     except ConfigError as e:

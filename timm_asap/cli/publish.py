@@ -14,6 +14,9 @@ The config (a ``hub_configs/*.yaml`` path or shipped name) gives the repository 
 tags; the checkpoint folder's ``config.yaml`` (written by fine-tuning) gives the recipe actually used.
 ``--set section.key=value`` overrides config values. The resolved config is written into the folder as
 ``run_config.yaml``. Publishing refuses to go ahead without evaluation results unless ``--allow-no-eval``.
+
+Exit status: 0 written (and uploaded unless ``--dry-run``); 1 bad input, refused or failed upload;
+3 the Hub could not be reached (one line names the endpoint; nothing was uploaded, the folder is kept).
 """
 from __future__ import annotations
 
@@ -31,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog='timm-asap-publish',
         description='Write a Hub folder (model.safetensors, config.json, README.md model card, recipe, results, '
-                    'plots) for a trained model and upload it with huggingface_hub.')
+                    'plots) for a trained model and upload it with huggingface_hub.',
+        epilog='Exit status: 0 done, 1 bad input or failed upload, 3 the Hub could not be reached (nothing uploaded).')
     p.add_argument('config', help="hub_configs YAML file or shipped config name (e.g. 'resnet50_asap.ft_in1k')")
     p.add_argument('--checkpoint', required=True,
                    help='model.safetensors (or a timm .pth.tar), or the fine-tuning output folder holding it')
@@ -58,6 +62,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format='%(levelname)s %(message)s')
     from ..hub import HubPublishError, UnregisteredArchitectureError, publish
+    from ..hub.upload import HubUnreachableError
     try:
         cfg = load_config(args.config)
         if args.overrides:
@@ -72,6 +77,9 @@ def main(argv=None) -> int:
                                  repo_id=repo_id, dry_run=args.dry_run, private=args.private,
                                  commit_message=args.commit_message, eval_model=args.eval_model,
                                  overrides=args.overrides)
+    except HubUnreachableError as e:
+        print(f"timm-asap-publish: error: {e}", file=sys.stderr)
+        return 3
     except (ValueError, OSError, HubPublishError, UnregisteredArchitectureError) as e:
         # ConfigError, IntegrityError, DataError and unreadable results are ValueErrors; missing files OSErrors
         print(f"timm-asap-publish: error: {e}", file=sys.stderr)

@@ -24,8 +24,7 @@ from timm.data.readers.reader_image_in_tar import ReaderImageInTar
 
 from ..config import DataConfig
 from .errors import DataError
-from .fashion_mnist import FashionMNIST
-from .transforms import is_fashion_mnist
+from .fashion_mnist import FashionMNIST, is_fashion_mnist
 
 __all__ = ['create_split_dataset', 'SampleDataset', 'dataset_classes', 'subset_indices', 'is_folder_dataset',
            'describe']

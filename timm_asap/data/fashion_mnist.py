@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +19,8 @@ from PIL import Image
 from .errors import DataError
 from .idx import read_idx
 
-__all__ = ['FashionMNIST', 'FASHION_MNIST_CLASSES', 'DEFAULT_FASHION_MNIST_DIR', 'find_fashion_mnist',
-           'fashion_mnist_split']
+__all__ = ['FashionMNIST', 'FASHION_MNIST_CLASSES', 'FASHION_MNIST_NAMES', 'DEFAULT_FASHION_MNIST_DIR',
+           'find_fashion_mnist', 'fashion_mnist_split', 'is_fashion_mnist']
 
 _logger = logging.getLogger(__name__)
 
@@ -27,9 +28,23 @@ DEFAULT_FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist'
 FASHION_MNIST_CLASSES = ['T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat',
                          'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot']
 
+# the dataset names that select the built-in reader (fine-tuning's data.dataset, the evaluation tools' --dataset)
+FASHION_MNIST_NAMES = ('fashion_mnist', 'fashion-mnist', 'fashionmnist', 'fmnist')
+
 # split name -> file prefix
 _SPLITS = {'train': 'train', 'training': 'train', 'test': 't10k', 't10k': 't10k', 'val': 't10k',
            'valid': 't10k', 'validation': 't10k', 'eval': 't10k', 'evaluation': 't10k'}
+
+
+def is_fashion_mnist(dataset: str | None) -> bool:
+    """Whether a dataset name selects the built-in Fashion-MNIST reader (any of :data:`FASHION_MNIST_NAMES`,
+    case-insensitive).
+
+    Example:
+        >>> is_fashion_mnist('FMNIST'), is_fashion_mnist('hfds/zalando-datasets/fashion_mnist')
+        (True, False)
+    """
+    return isinstance(dataset, str) and dataset.strip().lower() in FASHION_MNIST_NAMES
 
 
 def fashion_mnist_split(split: str) -> str:
@@ -109,15 +124,19 @@ class FashionMNIST(torch.utils.data.Dataset):
             files = find_fashion_mnist(folder, split)
             if files is not None:
                 break
+        failure = None
         if files is None and download:
             target = Path(root) if root is not None else _default_download_dir()
-            files = self._download(target, split)
+            files, failure = self._download(target, split)
         if files is None:
+            remedy = (f"The download into {target} failed ({failure}); nothing was left there. Set data.data_dir "
+                      f"to a folder holding the files, or install the Debian package dataset-fashion-mnist."
+                      if download else "Set data.data_dir, install the Debian package dataset-fashion-mnist, "
+                                       "or allow data.download.")
             raise DataError(
                 f"Fashion-MNIST {split!r} files not found: looked for "
                 f"{fashion_mnist_split(split)}-{{images-idx3,labels-idx1}}-ubyte[.gz] in "
-                f"{[str(p) for f in searched for p in _candidates(f)]}. Set data.data_dir, install the Debian "
-                f"package dataset-fashion-mnist, or allow data.download.")
+                f"{[str(p) for f in searched for p in _candidates(f)]}. {remedy}")
         images_path, labels_path = files
         try:
             images = read_idx(images_path)
@@ -138,19 +157,24 @@ class FashionMNIST(torch.utils.data.Dataset):
         self.root = images_path.parent
 
     @staticmethod
-    def _download(target: Path, split: str) -> tuple[Path, Path] | None:
+    def _download(target: Path, split: str) -> tuple[tuple[Path, Path] | None, str | None]:
+        """Download with torchvision into ``target``; returns (files, None) or (None, why it failed). A
+        failed download removes the folders it created (torchvision makes ``FashionMNIST/raw``)."""
         try:
             from torchvision.datasets import FashionMNIST as TVFashionMNIST
         except ImportError:  # torchvision is a dependency, but keep the error readable if it is absent
-            _logger.warning("torchvision is not installed; cannot download Fashion-MNIST")
-            return None
+            return None, "torchvision is not installed"
+        new = [p for p in (target / 'FashionMNIST', target, *target.parents) if not p.exists()]
         _logger.info(f"Fashion-MNIST not found locally; downloading with torchvision into {target}")
         try:
             TVFashionMNIST(str(target), train=fashion_mnist_split(split) == 'train', download=True)
-        except Exception as e:  # network errors come in many types; report and fall through to DataError
-            _logger.warning(f"Fashion-MNIST download into {target} failed: {e}")
-            return None
-        return find_fashion_mnist(target, split)
+            files = find_fashion_mnist(target, split)
+            failure = None if files is not None else "torchvision wrote no IDX files"
+        except Exception as e:  # network errors come in many types; reported in the DataError
+            files, failure = None, f"{type(e).__name__}: " + " ".join(str(e).split())
+        if files is None and new:
+            shutil.rmtree(new[-1], ignore_errors=True)  # the outermost folder this download created
+        return files, failure
 
     def __len__(self) -> int:
         return len(self.images)

@@ -7,14 +7,17 @@ sampler that can skip the batches a resumed run has already trained on.
 """
 from __future__ import annotations
 
+import itertools
 import math
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.utils.data
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
-__all__ = ['ResumableSampler', 'ShardSampler', 'create_train_loader', 'create_eval_loader']
+from .errors import DataError
+
+__all__ = ['ResumableSampler', 'ShardSampler', 'LoaderBatches', 'create_train_loader', 'create_eval_loader']
 
 
 class ResumableSampler(Sampler):
@@ -122,3 +125,41 @@ def create_eval_loader(dataset, batch_size: int, *, rank: int = 0, world_size: i
     generator = torch.Generator().manual_seed(0)
     return DataLoader(dataset, batch_size=batch_size, sampler=ShardSampler(dataset, world_size, rank),
                       generator=generator, **kw)
+
+
+class LoaderBatches:
+    """The training batches of a DataLoader, per epoch and from a batch position on.
+
+    Map-style data skips the first batches through its :class:`ResumableSampler`; streaming data
+    (timm's shard-aware readers) reads and drops them. Batches are ``(images, labels, unreadable)``
+    on the CPU, with the labels checked against ``num_classes`` (None: not checked).
+
+    Args:
+        loader: from :func:`create_train_loader`.
+        num_classes: the model's class count.
+    """
+
+    def __init__(self, loader: DataLoader, num_classes: int | None = None):
+        self.loader = loader
+        self.num_classes = num_classes
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+        """The batches of ``epoch`` from batch ``start`` on."""
+        loader = self.loader
+        if hasattr(loader.sampler, 'set_epoch') and hasattr(loader.sampler, 'samples_per_epoch'):
+            loader.sampler.set_epoch(epoch, start * loader.batch_size)
+            batches = iter(loader)
+        else:
+            if hasattr(loader.dataset, 'set_epoch'):
+                loader.dataset.set_epoch(epoch)
+            batches = itertools.islice(loader, start, None)
+        for batch in batches:
+            x, y = batch[0], batch[1]
+            unreadable = int(batch[2].sum()) if len(batch) > 2 else 0
+            if self.num_classes is not None and (y.min() < 0 or y.max() >= self.num_classes):
+                raise DataError(f"labels must be in 0..{self.num_classes - 1}, a batch holds "
+                                f"{int(y.min())}..{int(y.max())}; check model.num_classes against the data")
+            yield x, y, unreadable

@@ -9,16 +9,9 @@ from timm.data import resolve_data_config as timm_resolve_data_config
 
 from ..config import RunConfig
 from .errors import DataError
+from .fashion_mnist import is_fashion_mnist
 
 __all__ = ['resolve_data_config', 'create_transforms', 'is_fashion_mnist', 'fit_channels']
-
-_FASHION_MNIST_NAMES = ('fashion_mnist', 'fashion-mnist', 'fashionmnist', 'fmnist')
-
-
-def is_fashion_mnist(dataset: str) -> bool:
-    """Whether ``data.dataset`` names the built-in Fashion-MNIST reader."""
-    return dataset.lower() in _FASHION_MNIST_NAMES
-
 
 def fit_channels(key: str, values, in_chans: int, average: bool, remedy: str | None = None) -> tuple[float, ...]:
     """Fit per-channel statistics to ``in_chans`` channels.

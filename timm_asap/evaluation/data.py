@@ -201,15 +201,12 @@ def create_eval_dataset(name: str, root: str | None = None, split: str = 'valida
         in_chans: 1 (grey) or 3 channels.
 
     Raises:
-        ValueError: Fashion-MNIST requested but ``timm_asap.data`` does not provide it; an empty or
-            unreadable dataset.
+        ValueError: an empty or unreadable dataset (``timm_asap.data.DataError`` for missing Fashion-MNIST
+            files; any name in ``timm_asap.data.FASHION_MNIST_NAMES`` selects that reader).
     """
     transform = eval_transform(img_size, crop_pct, interpolation)
-    if name.replace('-', '_').lower() in ('fashion_mnist', 'fashionmnist'):
-        try:
-            from timm_asap.data import FashionMNIST
-        except ImportError as e:
-            raise ValueError(f"dataset 'fashion_mnist' needs timm_asap.data.FashionMNIST ({e})") from None
+    from timm_asap.data import FashionMNIST, is_fashion_mnist
+    if is_fashion_mnist(name):
         return FashionMNIST(root, split=split, in_chans=in_chans, transform=transform, download=False)
     from timm.data import create_dataset
     name = '' if name == 'folder' else name

@@ -8,6 +8,7 @@ import timm
 from huggingface_hub import EvalResult, ModelCardData
 
 from ..config import RunConfig
+from ..data.fashion_mnist import FASHION_MNIST_NAMES
 from ..version import __version__
 from ..models import is_variant
 from .results import EvalResults
@@ -15,7 +16,7 @@ from .results import EvalResults
 __all__ = ['CITATIONS', 'DATASET_NAMES', 'dataset_label', 'base_model_repo', 'card_metadata', 'build_model_card']
 
 DATASET_NAMES = {
-    'fashion_mnist': 'Fashion-MNIST', 'fashion-mnist': 'Fashion-MNIST', 'zalando-datasets/fashion_mnist': 'Fashion-MNIST',
+    **{name: 'Fashion-MNIST' for name in FASHION_MNIST_NAMES}, 'zalando-datasets/fashion_mnist': 'Fashion-MNIST',
     'imagenet': 'ImageNet-1k', 'imagenet-1k': 'ImageNet-1k', 'ilsvrc/imagenet-1k': 'ImageNet-1k',
     'imagenet_1k': 'ImageNet-1k', 'timm/imagenet-1k-wds': 'ImageNet-1k',
 }

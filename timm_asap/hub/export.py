@@ -28,6 +28,7 @@ from ..config import RUN_CONFIG_FILE, ConfigError, RunConfig, apply_overrides, f
 from ..version import __version__
 from .._files import atomic_write_text, replace_dir, staging_dir
 from .card import build_model_card
+from .config_model import check_pooling, create_model_from_config
 from .errors import HubPublishError, IntegrityError, MissingEvaluationError
 from ..models import check_architecture
 from .image_processor import IMAGE_PROCESSOR_NAME
@@ -36,7 +37,7 @@ from .integrity import (CONFIG_NAME, PICKLE_SUFFIXES, WEIGHTS_NAME, load_safeten
 from .results import EvalResults, find_eval_results, load_eval_results
 
 __all__ = ['RUN_CONFIG_NAME', 'TRAIN_CONFIG_NAME', 'resolve_label_names', 'check_publishable', 'create_model_from_config',
-           'load_checkpoint_state_dict', 'load_trained_model', 'hub_config_json', 'build_hub_folder',
+           'check_pooling', 'load_checkpoint_state_dict', 'load_trained_model', 'hub_config_json', 'build_hub_folder',
            'resolve_run_config', 'export_output_dir', 'export_resolved']
 
 RUN_CONFIG_NAME = 'run_config.yaml'
@@ -104,25 +105,6 @@ def check_publishable(cfg: RunConfig, repo_id: str | None = None) -> None:
         problems.append(f"model.base: {cfg.model.base!r} is not a timm checkpoint with a Hub id (card base_model)")
     if problems:
         raise ConfigError(f"{cfg.name or 'config'} cannot be published: " + '; '.join(problems))
-
-
-def create_model_from_config(cfg: RunConfig, **kwargs) -> nn.Module:
-    """Build the (untrained) model a run config describes, with its registered pretrained_cfg when tagged.
-
-    Raises:
-        UnregisteredArchitectureError: the architecture is not registered (``import timm_asap``).
-    """
-    arch = check_architecture(cfg.model.architecture, 'model.architecture')
-    name = arch
-    if cfg.model.tag and f"{arch}.{cfg.model.tag}" in timm.models.get_arch_pretrained_cfgs(arch):
-        name = f"{arch}.{cfg.model.tag}"
-    args = dict(cfg.model.model_args)
-    args.setdefault('num_classes', cfg.model.num_classes)
-    args.setdefault('in_chans', cfg.model.in_chans)
-    if cfg.model.pool != 'none':  # recorded in config.json's model_args, so loaders build the same band mode
-        args.setdefault('pool_mode', cfg.model.mode)
-    args.update(kwargs)
-    return timm.create_model(name, pretrained=False, **args)
 
 
 def load_checkpoint_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -272,7 +254,6 @@ def build_hub_folder(model: nn.Module, cfg: RunConfig, output_dir: str | Path, *
         raise ConfigError(f"model.num_classes: the model has {num_classes} classes, the config says "
                           f"{cfg.model.num_classes}")
     label_names = resolve_label_names(cfg, num_classes)
-    from ..train.model import check_pooling
     check_pooling(model, cfg.model.pool, cfg.model.mode, repr(cfg.model.architecture))
     output_dir = Path(output_dir)
     with staging_dir(output_dir) as tmp:

@@ -18,13 +18,36 @@ from huggingface_hub.errors import HfHubHTTPError
 from .errors import HubAuthError, HubPublishError
 from .integrity import verify_hub_folder
 
-__all__ = ['UploadResult', 'resolve_token', 'token_source', 'upload_hub_folder', 'STALE_PATTERNS']
+__all__ = ['UploadResult', 'HubUnreachableError', 'resolve_token', 'token_source', 'upload_hub_folder',
+           'STALE_PATTERNS']
 
 _logger = logging.getLogger(__name__)
 
 # Remote files removed on each upload unless the folder has them again.
 STALE_PATTERNS = ['plots/*', '*.bin', '*.pt', '*.pth', '*.pth.tar', '*.pkl', '*.ckpt', 'results.json',
                   'results.md', 'run_config.yaml']
+
+
+class HubUnreachableError(HubPublishError):
+    """The Hub endpoint could not be reached (connection refused, name resolution, timeout); the message
+    names the endpoint and the step. An upload is one commit, so the repository holds nothing of it."""
+
+
+# the transport errors of huggingface_hub's HTTP client (httpx, or the httpx2 fork it may ship with) are
+# told by class name: that client is huggingface_hub's dependency, not ours to import
+_TRANSPORT_ERRORS = ('TransportError', 'ConnectionError', 'Timeout', 'TimeoutException')
+
+
+def _network_failure(e: BaseException) -> bool:
+    return isinstance(e, (ConnectionError, TimeoutError)) or any(
+        c.__name__ in _TRANSPORT_ERRORS for c in type(e).__mro__)
+
+
+def _unreachable(api: HfApi, e: BaseException, action: str) -> HubUnreachableError:
+    detail = ' '.join(str(e).split()) or type(e).__name__
+    return HubUnreachableError(f"cannot reach the Hub at {api.endpoint} while trying to {action} "
+                               f"({type(e).__name__}: {detail}); nothing was uploaded: check the network or "
+                               f"HF_ENDPOINT and publish again")
 
 
 @dataclass
@@ -87,6 +110,7 @@ def upload_hub_folder(folder: str | Path, repo_id: str, *, private: bool = False
 
     Raises:
         HubAuthError: no token, or the Hub rejected it.
+        HubUnreachableError: the endpoint cannot be reached (nothing is uploaded).
         HubPublishError: the repository is public but ``private`` was asked for, or the upload failed.
         IntegrityError: the folder failed its checks (nothing is uploaded).
     """
@@ -103,6 +127,10 @@ def upload_hub_folder(folder: str | Path, repo_id: str, *, private: bool = False
         if e.response is not None and e.response.status_code in (401, 403):
             raise _auth_error(api, e, 'identify the user') from None
         raise HubPublishError(f"cannot reach the Hub at {api.endpoint}: {e}") from e
+    except Exception as e:
+        if _network_failure(e):
+            raise _unreachable(api, e, 'identify the user') from None
+        raise
     try:
         repo_url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type='model')
         if private:
@@ -118,6 +146,10 @@ def upload_hub_folder(folder: str | Path, repo_id: str, *, private: bool = False
         if e.response is not None and e.response.status_code in (401, 403):
             raise _auth_error(api, e, f"write to {repo_id}") from None
         raise HubPublishError(f"upload of {folder} to {repo_id} failed: {e}") from e
+    except Exception as e:
+        if _network_failure(e):
+            raise _unreachable(api, e, f"upload to {repo_id}") from None
+        raise
     local = sorted(p.relative_to(folder).as_posix() for p in folder.rglob('*') if p.is_file())
     missing = sorted(set(local) - remote)
     if missing:

@@ -4,7 +4,8 @@ from .distributed import DistEnv, init_distributed
 from .errors import CheckpointError, NonFiniteLossError, RunExistsError, TrainingError, TrainingInterrupted
 from .evaluate import validate
 from .trainer import TrainState, config_differences, ensure_finetuned, finetune, load_results
-from .model import check_pooling, convert_from_base, create_model_from_config, create_teacher, load_base_model
+from ..hub.config_model import check_pooling, create_model_from_config
+from .model import convert_from_base, create_teacher, load_base_model
 
 __all__ = [
     'finetune', 'ensure_finetuned', 'load_results', 'TrainState', 'config_differences',

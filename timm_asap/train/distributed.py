@@ -10,14 +10,11 @@ import torch
 import torch.distributed as dist
 from timm.utils.distributed import init_distributed_device_so, is_distributed_env
 
-__all__ = ['DistEnv', 'init_distributed', 'default_device']
+from ..runtime import resolve_device
+
+__all__ = ['DistEnv', 'init_distributed']
 
 _logger = logging.getLogger(__name__)
-
-
-def default_device() -> str:
-    """``cuda`` when a GPU is visible, else ``cpu``."""
-    return 'cuda' if torch.cuda.is_available() else 'cpu'
 
 
 @dataclass
@@ -84,17 +81,16 @@ def init_distributed(device: str | torch.device | None = None) -> DistEnv:
     process on ``device``. An existing process group (created by the caller) is reused.
 
     Args:
-        device: ``cuda``, ``cpu``, ``cuda:1``, ...; None picks CUDA when available.
+        device: ``cuda``, ``cpu``, ``cuda:1``, ...; None or ``auto`` picks CUDA when available
+            (:func:`timm_asap.runtime.resolve_device`).
 
     Returns:
         The :class:`DistEnv` of this process.
 
     Raises:
-        ValueError: CUDA was asked for but is not available.
+        ValueError: not a device, or CUDA was asked for but is not available.
     """
-    device = str(device) if device is not None else default_device()
-    if device.startswith('cuda') and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for, but CUDA is not available; use --device cpu")
+    device = str(resolve_device(device))
     if dist.is_available() and dist.is_initialized():
         rank, world = dist.get_rank(), dist.get_world_size()
         local_rank = int(os.environ.get('LOCAL_RANK', rank))

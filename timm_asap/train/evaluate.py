@@ -6,6 +6,7 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from timm.utils import accuracy
 from tqdm import tqdm
 
 from .distributed import DistEnv
@@ -57,10 +58,9 @@ def validate(model: Callable[[torch.Tensor], torch.Tensor], loader, env: DistEnv
         count += x.shape[0]
         if labelled:
             loss_sum += F.cross_entropy(logits, y, reduction='sum').double()
-            k = min(5, logits.shape[-1])
-            top = logits.topk(k, dim=-1).indices
-            correct1 += (top[:, 0] == y).sum().double()
-            correct5 += (top == y[:, None]).any(dim=-1).sum().double()
+            top1, top5 = accuracy(logits, y, topk=(1, 5))  # percent of this batch (top-5 capped at the classes)
+            correct1 += (top1.double() * x.shape[0] / 100).round()
+            correct5 += (top5.double() * x.shape[0] / 100).round()
         if t_logits is not None:
             agree += (logits.argmax(-1) == t_logits.float().argmax(-1)).sum().double()
     loss_sum, correct1, correct5, agree, count, unreadable = env.all_reduce_sum(

@@ -1,4 +1,5 @@
-"""Build the model of a run, convert a base timm checkpoint into it, and build the distillation teacher."""
+"""Convert a base timm checkpoint into a run's model and build the distillation teacher (the model itself
+comes from :func:`timm_asap.hub.config_model.create_model_from_config`)."""
 from __future__ import annotations
 
 import importlib
@@ -6,84 +7,19 @@ import logging
 from dataclasses import dataclass
 
 import timm
-import torch
 import torch.nn as nn
 from timm.models import get_pretrained_cfg, load_state_dict
 
 from ..config import ConfigError, RunConfig
-from ..layers import ASAP2d, ASAP2dFFT, FLC2d, FLC2dFFT
 
-__all__ = ['BaseModel', 'create_model_from_config', 'load_base_model', 'convert_from_base', 'create_teacher',
-           'check_pooling']
+__all__ = ['BaseModel', 'load_base_model', 'convert_from_base', 'create_teacher']
 
 _logger = logging.getLogger(__name__)
-
-_POOL_CLASSES = {'asap': (ASAP2d, ASAP2dFFT), 'flc': (FLC2d, FLC2dFFT)}
 
 
 def _register_models() -> None:
     # registers the ASAP/FLC architectures in timm's registry (present once the model package is built)
     importlib.import_module('timm_asap.models')
-
-
-def check_pooling(model: nn.Module, pool: str, mode: str, name: str = 'model') -> None:
-    """Check that ``model`` holds the spectral pooling ``model.pool``/``model.mode`` claim.
-
-    Args:
-        model: the built model.
-        pool: ``asap``, ``flc`` or ``none``.
-        mode: ``centered`` or ``reference``.
-        name: how to call the model in errors.
-
-    Raises:
-        ConfigError: the model has no pooling of the configured kind, pooling where ``pool`` is
-            ``none``, or pooling layers of another mode.
-    """
-    found = {kind: [m for m in model.modules() if isinstance(m, classes)] for kind, classes in _POOL_CLASSES.items()}
-    if pool == 'none':
-        present = [k for k, mods in found.items() if mods]
-        if present:
-            raise ConfigError(f"model.pool: 'none', but {name} contains {present} pooling layers; "
-                              f"set model.pool to {present[0]!r}")
-        return
-    mods = found[pool]
-    if not mods:
-        other = [k for k, m in found.items() if m]
-        raise ConfigError(f"model.pool: {pool!r}, but {name} has no {pool.upper()} pooling layers"
-                          + (f" (it has {other})" if other else '') + "; check model.architecture")
-    modes = sorted({m.mode for m in mods})
-    if modes != [mode]:
-        raise ConfigError(f"model.mode: {mode!r}, but {name}'s {pool.upper()} layers use mode {modes}; "
-                          f"set model.mode or pass the mode through model.model_args")
-
-
-def create_model_from_config(cfg: RunConfig, device: torch.device | str | None = None) -> nn.Module:
-    """``timm.create_model(model.architecture)`` with the run's classes, channels and ``model_args``.
-
-    The weights are random; :func:`convert_from_base` loads the base checkpoint.
-
-    Raises:
-        ConfigError: unknown architecture, or pooling layers that differ from ``model.pool``/``model.mode``.
-    """
-    _register_models()
-    m = cfg.model
-    if not m.architecture:
-        raise ConfigError("model.architecture: required (a registered timm name, e.g. resnet18_cifar_asap)")
-    try:
-        model = timm.create_model(m.architecture, pretrained=False, num_classes=m.num_classes,
-                                  in_chans=m.in_chans, **m.model_args)
-    except RuntimeError as e:
-        if 'Unknown model' in str(e):
-            known = timm.list_models('*_asap*') + timm.list_models('*_flc*')
-            raise ConfigError(f"model.architecture: unknown model {m.architecture!r} "
-                              f"(registered ASAP/FLC models: {known})") from None
-        raise
-    except TypeError as e:
-        raise ConfigError(f"model.model_args {m.model_args}: not accepted by {m.architecture!r}: {e}") from None
-    check_pooling(model, m.pool, m.mode, repr(m.architecture))
-    if device is not None:
-        model.to(device)
-    return model
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""What a run leaves beside its weights: ``summary.csv``, ``metrics.json``, TensorBoard scalars, a log file."""
+"""What a run leaves beside its weights: ``summary.csv``, ``metrics.json``, TensorBoard scalars, a log file,
+and :class:`RunRecords`, which writes them while a run trains."""
 from __future__ import annotations
 
 import csv
@@ -10,9 +11,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from .._files import atomic_write_text
 
-__all__ = ['write_summary_csv', 'write_json', 'read_results', 'TensorBoardLogger', 'RunLogFile']
+__all__ = ['write_summary_csv', 'write_json', 'load_results', 'TensorBoardLogger', 'RunLogFile', 'RunRecords']
 
 _logger = logging.getLogger(__name__)
 
@@ -54,8 +57,9 @@ def write_json(path: str | os.PathLike, data: dict[str, Any]) -> Path:
     return atomic_write_text(path, json.dumps(_json_safe(data), indent=2) + '\n')
 
 
-def read_results(output_dir: str | os.PathLike) -> dict[str, Any] | None:
-    """The ``metrics.json`` of a run folder, or None when there is none (or it is unreadable)."""
+def load_results(output_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The metrics of a fine-tuning run folder (its ``metrics.json``), or None when it has none (or it is
+    unreadable). Not to be confused with :func:`timm_asap.evaluation.read_results` (an evaluation's rows)."""
     path = Path(output_dir) / 'metrics.json'
     if not path.is_file():
         return None
@@ -121,3 +125,92 @@ class RunLogFile:
         self.logger.removeHandler(self.handler)
         self.handler.close()
         self.logger.setLevel(self.old_level)
+
+
+_LAST_KEYS = ('val_top1', 'val_top5', 'val_loss', 'val_ema_top1', 'val_teacher_agree', 'train_loss')
+
+
+class RunRecords:
+    """Writes what a run reports (rank 0 only).
+
+    Args:
+        cfg: the run configuration (:class:`~timm_asap.config.RunConfig`).
+        out: the output folder.
+        env: the distributed environment.
+    """
+
+    def __init__(self, cfg, out: Path, env):
+        self.cfg, self.out, self.env = cfg, out, env
+        self.parts = None  # set once built: Parts
+        self.progress = None  # Progress
+        self.tb: TensorBoardLogger | None = None
+        self.status: dict[str, Any] = {}
+
+    def attach(self, parts, progress) -> None:
+        """Start recording a built run (opens TensorBoard on rank 0)."""
+        self.parts, self.progress = parts, progress
+        if self.env.is_primary:
+            self.tb = TensorBoardLogger(self.out / 'tensorboard', enabled=self.cfg.train.tensorboard)
+
+    @property
+    def best_metric_name(self) -> str | None:
+        """The validation metric that chooses the best epoch (None without validation)."""
+        parts = self.parts
+        if parts is None or parts.data.val_loader is None:
+            return None
+        if not parts.labelled:
+            return 'val_ema_teacher_agree' if parts.ema is not None else 'val_teacher_agree'
+        return 'val_ema_top1' if parts.ema is not None else 'val_top1'
+
+    def metrics(self, status: str, error: str | None = None) -> dict[str, Any]:
+        """What ``metrics.json`` holds."""
+        cfg, parts, p, device = self.cfg, self.parts, self.progress, self.env.device
+        last = p.history[-1] if p.history else {}
+        rates = [r['train_images_per_sec'] for r in p.history if 'train_images_per_sec' in r]
+        cuda = device.type == 'cuda'
+        out = {
+            'status': status, 'error': error, 'name': cfg.name, 'architecture': cfg.model.architecture,
+            'epochs': cfg.train.epochs, 'epochs_completed': len(p.history), 'best_metric_name': self.best_metric_name,
+            'best_epoch': p.best_epoch, 'best_metric': p.best_metric, 'final': last,
+            'train_images_per_sec': sum(rates) / len(rates) if rates else None,
+            'device': str(device) + (f" ({torch.cuda.get_device_name(device)})" if cuda else ''),
+            'world_size': self.env.world_size, 'amp': parts.amp_name, 'channels_last': parts.channels_last,
+            'loader': parts.data.loader, 'output_dir': str(self.out), 'history': p.history, 'config': cfg.to_dict(),
+        }
+        out.update({k: last[k] for k in _LAST_KEYS if k in last})
+        out.update(self.status)
+        return out
+
+    def write(self, status: str, error: str | None = None) -> dict[str, Any]:
+        """Write ``summary.csv`` and ``metrics.json`` (rank 0) and return the metrics."""
+        metrics = self.metrics(status, error)
+        if self.env.is_primary:
+            if self.progress.history:
+                write_summary_csv(self.out / 'summary.csv', self.progress.history)
+            write_json(self.out / 'metrics.json', metrics)
+        return metrics
+
+    def epoch_done(self, row: dict[str, Any]) -> None:
+        """Log an epoch's row and add it to TensorBoard (rank 0)."""
+        if not self.env.is_primary:
+            return
+        parts = [f"epoch {row['epoch']}/{self.cfg.train.epochs}", f"train loss {row['train_loss']:.4f}"]
+        if 'val_top1' in row:
+            parts.append(f"val loss {row['val_loss']:.4f} top1 {row['val_top1']:.2f} top5 {row['val_top5']:.2f}")
+        if 'val_ema_top1' in row:
+            parts.append(f"EMA top1 {row['val_ema_top1']:.2f}")
+        if 'val_teacher_agree' in row:
+            parts.append(f"teacher agreement {row['val_teacher_agree']:.2f}")
+        parts += [f"lr {row['lr']:.3e}", f"{row['train_images_per_sec']:.0f} img/s", f"{row['epoch_time_s']:.1f} s"]
+        _logger.info(' | '.join(parts))
+        if row.get('train_unreadable') or row.get('val_unreadable'):
+            _logger.warning(f"epoch {row['epoch']}: skipped {row.get('train_unreadable', 0)} unreadable training "
+                            f"and {row.get('val_unreadable', 0)} validation images (each replaced by the next "
+                            f"readable one)")
+        if self.tb is not None:
+            self.tb.scalars(row, row['epoch'])
+
+    def close(self) -> None:
+        """Close TensorBoard."""
+        if self.tb is not None:
+            self.tb.close()
