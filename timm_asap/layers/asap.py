@@ -10,7 +10,8 @@ import torch.fx
 from torch import nn
 
 from .band import ASAP_PADDINGS, MODES, check_choice, output_size
-from .spectral_matrix import check_pool_input, spectral_pool
+from .backends import spectral_pool
+from .spectral_matrix import check_pool_input
 
 __all__ = ['asap_pool2d', 'ASAP2d', 'check_stride']
 

@@ -11,7 +11,8 @@ from torch import nn
 
 from .asap import check_stride
 from .band import FLC_NORMS, FLC_VARIANTS, MODES, check_choice, output_size
-from .spectral_matrix import check_pool_input, spectral_pool
+from .backends import spectral_pool
+from .spectral_matrix import check_pool_input
 
 __all__ = ['flc_pool2d', 'FLC2d']
 
