@@ -99,12 +99,14 @@ def device_kind(device: torch.device) -> str:
     return device.type
 
 
-def load_table(path: str | Path = TABLE_PATH) -> dict[tuple, str]:
-    """Read a winners table into ``{(device, dtype, height, width, layout): backend}``.
+def load_table(path: str | Path | None = None) -> dict[tuple, str]:
+    """Read a winners table (default: the committed :data:`TABLE_PATH`) into
+    ``{(device, dtype, height, width, layout): backend}``.
 
     Raises:
         ValueError: naming the file for a malformed table or an unknown backend in it.
     """
+    path = TABLE_PATH if path is None else path
     try:
         data = json.loads(Path(path).read_text())
         if data.get('format') != TABLE_FORMAT:

@@ -42,8 +42,9 @@ def _cached_kron(height, width, pool, padding, mode, norm, dtype, device) -> tor
 
 @torch.compiler.assume_constant_result
 def kronecker_matrix(height: int, width: int, pool: str, padding: str, mode: str, norm: str,
-                     dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """The cached ``(h w) x (H W)`` matrix of an input plane (built in float64, then cast).
+                     dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor]:
+    """The cached ``(h w) x (H W)`` matrix of an input plane (built in float64, then cast), in a 1-tuple
+    (torch.compile gives each constant-result tuple its own name; bare tensors of two calls would clash).
 
     Raises:
         ValueError: for a plane of more than :data:`KRONECKER_MAX_PLANE` pixels.
@@ -51,7 +52,7 @@ def kronecker_matrix(height: int, width: int, pool: str, padding: str, mode: str
     if height * width > KRONECKER_MAX_PLANE:
         raise ValueError(f"the Kronecker form takes planes of at most {KRONECKER_MAX_PLANE} pixels, "
                          f"got {height}x{width}")
-    return _cached_kron(height, width, pool, padding, mode, norm, dtype, device)
+    return (_cached_kron(height, width, pool, padding, mode, norm, dtype, device),)
 
 
 def kronecker_pool(x: torch.Tensor, height: int, width: int, out: tuple[int, int], pool: str, padding: str,
@@ -61,7 +62,7 @@ def kronecker_pool(x: torch.Tensor, height: int, width: int, out: tuple[int, int
     NCHW inputs are flattened per plane, ``(N, C, H W) @ K^T``; channels_last inputs are read as
     (N, H W, C) without a copy, ``K @ x``, and the result comes back channels_last.
     """
-    k = kronecker_matrix(height, width, pool, padding, mode, norm, dtype, x.device)
+    k = kronecker_matrix(height, width, pool, padding, mode, norm, dtype, x.device)[0]
     batch, channels = x.shape[0], x.shape[1]
     if is_channels_last(x):
         y = torch.matmul(k, x.permute(0, 2, 3, 1).reshape(batch, height * width, channels))

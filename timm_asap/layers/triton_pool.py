@@ -14,7 +14,9 @@ operands are widened exactly to float32 before each product). The backward of th
 Triton is imported on the first call (never at ``import timm_asap``); where it is missing,
 :func:`triton_available` is False and the backend selection falls back to the two-product form.
 ``TRITON_INTERPRET=1`` (set before the first call) runs the kernel on CPU tensors with Triton's
-interpreter, which is how the tests prove it exact without a GPU.
+interpreter, which is how the tests prove it exact without a GPU. The kernel uses only Triton's
+builtins (``tl.full``, not the jit-compiled ``tl.zeros``), so the interpreter runs it even where
+``triton.language`` was imported before ``TRITON_INTERPRET`` was set (timm imports it).
 """
 from __future__ import annotations
 
@@ -37,7 +39,10 @@ _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 @functools.lru_cache(maxsize=None)
 def triton_available() -> bool:
     """Whether the ``triton`` package can be imported (checked without importing it)."""
-    return importlib.util.find_spec('triton') is not None
+    try:
+        return importlib.util.find_spec('triton') is not None
+    except (ImportError, ValueError):  # e.g. sys.modules['triton'] set to None to block it
+        return False
 
 
 def triton_interpreting() -> bool:
@@ -75,11 +80,11 @@ def _kernel():
         x_base = x_ptr + n * sxn + c * sxc
         rows = tl.program_id(1) * BLOCK_I + tl.arange(0, BLOCK_I)          # output rows of this program
         cols = tl.arange(0, BLOCK_J)                                        # every output column
-        acc = tl.zeros((BLOCK_I, BLOCK_J), dtype=tl.float32)
+        acc = tl.full((BLOCK_I, BLOCK_J), 0.0, tl.float32)
         for k0 in range(0, in_h, BLOCK_K):
             ks = k0 + tl.arange(0, BLOCK_K)                                 # input rows of this tile
-            s1 = tl.zeros((BLOCK_K, BLOCK_J), dtype=tl.float32)
-            s2 = tl.zeros((BLOCK_K, BLOCK_J), dtype=tl.float32)
+            s1 = tl.full((BLOCK_K, BLOCK_J), 0.0, tl.float32)
+            s2 = tl.full((BLOCK_K, BLOCK_J), 0.0, tl.float32)
             for b0 in range(0, in_w, BLOCK_B):
                 bs = b0 + tl.arange(0, BLOCK_B)                             # input columns of this tile
                 xt = tl.load(x_base + ks[:, None] * sxh + bs[None, :] * sxw,
