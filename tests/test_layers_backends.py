@@ -334,3 +334,51 @@ def test_cuda_backends_match_oracle(restore_backend, backend, dtype):
             err = (y.double() - ref).abs().max() / ref.abs().max()
             assert err < DTYPE_TOL[dtype], (backend, c, s, layout, dtype)
             assert torch.isfinite(xd.grad).all()
+
+
+# ---- the GPU check's CLI, in its tiny CPU mode ----
+
+def test_benchmark_layers_backends_tiny_writes_the_table_auto_reads(tmp_path, capsys, restore_backend):
+    from timm_asap.benchmark import RESNET18_CIFAR_SHAPES
+    from timm_asap.cli.benchmark_layers import main
+    table, markdown, rows_path = tmp_path / 'table.json', tmp_path / 'table.md', tmp_path / 'rows.json'
+    assert main(['--backends', 'two_product,kronecker,triton', '--tiny', '--device', 'cpu',
+                 '--layouts', 'contiguous', 'channels_last', '--json', str(table), '--markdown', str(markdown),
+                 '--output', str(rows_path)]) == 0
+    winners = backends.load_table(table)
+    assert set(winners) == {('cpu', 'float32', s, s, layout) for s in (16, 8) for layout in LAYOUTS}
+    assert set(winners.values()) <= {'two_product', 'kronecker'}
+    rows = json.loads(rows_path.read_text())['rows']
+    triton_rows = [r for r in rows if r['method'] == 'triton']
+    assert triton_rows and all(r['ms'] is None and 'does not apply' in r['skipped'] for r in triton_rows)
+    assert all(r['ratio_vs_avg_pool2d'] > 0 for r in rows if r['method'] == 'kronecker')
+    assert '| cpu | float32 | channels_last | 2x16x8x8 |' in markdown.read_text()
+    assert RESNET18_CIFAR_SHAPES == ((64, 32), (128, 16), (256, 8))
+    assert get_backend() == backends._selected  # the benchmark restores the selection
+
+
+@pytest.mark.parametrize('argv,match', [
+    (['--backends', 'cublas'], r"--backends: unknown \['cublas'\]; allowed .*'two_product', 'kronecker', 'triton'"),
+    (['--json', 'x.json'], '--json need --backends'),
+    (['--backends', 'kronecker', '--shapes', '64x0'], 'must be >= 1'),
+])
+def test_benchmark_layers_bad_flags(argv, match):
+    from timm_asap.cli.benchmark_layers import main
+    with pytest.raises(SystemExit, match=match):
+        main(argv)
+
+
+def test_benchmark_shapes_are_the_networks_downsampling_inputs():
+    import timm
+    import timm_asap  # noqa: F401
+    from timm_asap.benchmark import NETWORK_SHAPES
+    for family, (shapes, _) in NETWORK_SHAPES.items():
+        found = set()
+        with torch.device('meta'):
+            model = timm.create_model(f'{family}_asap')
+        for m in model.modules():
+            if isinstance(m, ASAP2d):
+                m.register_forward_pre_hook(lambda mod, args: found.add(tuple(args[0].shape[1:3])))
+        with torch.no_grad():
+            model(torch.empty(1, *model.pretrained_cfg['input_size'], device='meta'))
+        assert found == set(shapes), family
