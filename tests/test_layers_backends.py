@@ -307,7 +307,8 @@ def test_import_does_not_import_the_kernel():
             "from timm_asap.layers import asap_pool2d\n"
             "asap_pool2d(torch.randn(1, 1, 8, 8))\n"
             "from timm_asap.layers import triton_pool\n"
-            "assert triton_pool._kernel.cache_info().currsize == 0\n")
+            "assert triton_pool._kernel.cache_info().currsize == 0\n"
+            "assert 'timm_asap.layers.triton_kernel' not in sys.modules\n")
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
                          env=dict(os.environ, OMP_NUM_THREADS='1'), timeout=120)
     assert out.returncode == 0, out.stderr
@@ -382,3 +383,24 @@ def test_benchmark_shapes_are_the_networks_downsampling_inputs():
         with torch.no_grad():
             model(torch.empty(1, *model.pretrained_cfg['input_size'], device='meta'))
         assert found == set(shapes), family
+
+
+@pytest.mark.parametrize('arch', [80, 90])
+def test_triton_kernel_compiles_for_cuda_without_a_gpu(arch):
+    """Triton's compiler (to PTX and cubin, with the ptxas it ships) needs no GPU: the kernel the
+    interpreter proves exact also builds for Ampere and Hopper, at the block sizes the launcher picks."""
+    triton = pytest.importorskip('triton')
+    from triton.backends.compiler import GPUTarget
+    _, kernel = triton_pool._kernel()
+    pointers = ['x_ptr', 'y_ptr', 'l1_ptr', 'r1_ptr', 'l2_ptr', 'r2_ptr']
+    ints = ['channels', 'in_h', 'in_w', 'out_h', 'out_w', 'sxn', 'sxc', 'sxh', 'sxw', 'syn', 'syc', 'syh', 'syw']
+    for dtype, (out_h, out_w), has_imag in (('fp32', (28, 28), True), ('bf16', (56, 56), True),
+                                            ('fp16', (112, 112), False), ('bf16', (224, 224), True)):
+        config = triton_pool.launch_config(out_h, out_w)
+        num_warps = config.pop('num_warps')
+        consts = dict(HAS_IMAG=has_imag, IEEE=dtype == 'fp32', WIDEN=False, **config)
+        signature = {**{p: '*' + dtype for p in pointers}, **{n: 'i32' for n in ints}, **{c: 'constexpr' for c in consts}}
+        compiled = triton.compile(triton.compiler.ASTSource(fn=kernel, signature=signature, constexprs=consts),
+                                  target=GPUTarget('cuda', arch, 32), options={'num_warps': num_warps})
+        assert compiled.asm['cubin'] and '.local' not in compiled.asm['ptx'], (dtype, out_h, 'register spills')
+        assert compiled.metadata.shared <= 160 * 1024, (dtype, out_h, compiled.metadata.shared)

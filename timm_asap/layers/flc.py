@@ -42,12 +42,11 @@ def flc_pool2d(x: torch.Tensor, mode: str = 'centered', variant: str = 'real', n
     1..64 and both modes; gradcheck in float64.
 
     Notes:
-        Each output pixel depends on every input pixel of its plane (a global linear operator), so a
-        NaN or Inf in one input pixel makes that whole output plane non-finite; other channels and
-        images are untouched. The first call at a new input size builds its matrices in float64
-        (about 1 s at 1024x1024 on one CPU thread, milliseconds at 224x224), then they are cached
-        (bounded LRU; :func:`timm_asap.layers.clear_cache` frees them). Which implementation runs is
-        chosen by :func:`timm_asap.layers.set_backend`; every backend gives the same values to rounding.
+        As for :func:`timm_asap.layers.asap_pool2d`: a NaN or Inf in one input pixel makes its whole
+        output plane non-finite (every output pixel depends on every input pixel of the plane; other
+        channels and images are untouched); the first call at a new size builds and caches the
+        matrices (about 1 s at 1024x1024 on one CPU thread); :func:`timm_asap.layers.set_backend`
+        chooses the implementation of the real variant ('abs' always takes the two-product form).
     Example:
         >>> flc_pool2d(torch.randn(2, 3, 14, 14), variant='abs').shape
         torch.Size([2, 3, 7, 7])

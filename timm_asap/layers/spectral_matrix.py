@@ -13,7 +13,9 @@ the second term (:func:`pool_plan` picks): as separate small products, which add
 but several kernels (large planes on the CPU), or folded with the first term into exactly two matrix
 products of twice the size (the paired form: GPUs, small planes, high ranks). The matrices of each input
 (H, W), options, contraction order, dtype and device are cached process-wide (:func:`pool_plan`), outside
-any state dict.
+any state dict, in bounded LRU caches (:data:`OPERATOR_CACHE_SIZE`, :data:`PLAN_CACHE_SIZE`).
+This is the ``'two_product'`` backend (the default); :mod:`timm_asap.layers.backends` chooses between it
+and the other exact forms.
 """
 from __future__ import annotations
 

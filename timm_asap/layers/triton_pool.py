@@ -62,76 +62,18 @@ def triton_supports(x: torch.Tensor, height: int, width: int, out: tuple[int, in
 
 @functools.lru_cache(maxsize=None)
 def _kernel():
-    """Define the kernel on first use (imports triton)."""
+    """Import the kernel module on first use (this imports triton). It is reloaded when the cache was
+    cleared, so a ``TRITON_INTERPRET`` set since takes effect (Triton reads it when a kernel is defined)."""
     import triton
-    import triton.language as tl
 
-    @triton.jit
-    def spectral_pool_kernel(
-            x_ptr, y_ptr, l1_ptr, r1_ptr, l2_ptr, r2_ptr,
-            channels, in_h, in_w, out_h, out_w,
-            sxn, sxc, sxh, sxw, syn, syc, syh, syw,
-            HAS_IMAG: tl.constexpr, IEEE: tl.constexpr, WIDEN: tl.constexpr,
-            BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_B: tl.constexpr,
-    ):
-        plane = tl.program_id(0)
-        n = plane // channels
-        c = plane % channels
-        x_base = x_ptr + n * sxn + c * sxc
-        rows = tl.program_id(1) * BLOCK_I + tl.arange(0, BLOCK_I)          # output rows of this program
-        cols = tl.arange(0, BLOCK_J)                                        # every output column
-        acc = tl.full((BLOCK_I, BLOCK_J), 0.0, tl.float32)
-        for k0 in range(0, in_h, BLOCK_K):
-            ks = k0 + tl.arange(0, BLOCK_K)                                 # input rows of this tile
-            s1 = tl.full((BLOCK_K, BLOCK_J), 0.0, tl.float32)
-            s2 = tl.full((BLOCK_K, BLOCK_J), 0.0, tl.float32)
-            for b0 in range(0, in_w, BLOCK_B):
-                bs = b0 + tl.arange(0, BLOCK_B)                             # input columns of this tile
-                xt = tl.load(x_base + ks[:, None] * sxh + bs[None, :] * sxw,
-                             mask=(ks[:, None] < in_h) & (bs[None, :] < in_w), other=0.0)
-                r_mask = (bs[:, None] < in_w) & (cols[None, :] < out_w)
-                r1 = tl.load(r1_ptr + cols[None, :] * in_w + bs[:, None], mask=r_mask, other=0.0)
-                xt = xt.to(r1.dtype)
-                if WIDEN:
-                    xt = xt.to(tl.float32)
-                    r1 = r1.to(tl.float32)
-                if IEEE:
-                    s1 += tl.dot(xt, r1, input_precision='ieee')
-                else:
-                    s1 += tl.dot(xt, r1)
-                if HAS_IMAG:
-                    r2 = tl.load(r2_ptr + cols[None, :] * in_w + bs[:, None], mask=r_mask, other=0.0)
-                    if WIDEN:
-                        r2 = r2.to(tl.float32)
-                    if IEEE:
-                        s2 += tl.dot(xt, r2, input_precision='ieee')
-                    else:
-                        s2 += tl.dot(xt, r2)
-            l_mask = (rows[:, None] < out_h) & (ks[None, :] < in_h)
-            l1 = tl.load(l1_ptr + rows[:, None] * in_h + ks[None, :], mask=l_mask, other=0.0)
-            t1 = s1.to(l1.dtype)  # the intermediate in the matrices' type (float32, or the half type)
-            if WIDEN:
-                l1 = l1.to(tl.float32)
-                t1 = t1.to(tl.float32)
-            if IEEE:
-                acc += tl.dot(l1, t1, input_precision='ieee')
-            else:
-                acc += tl.dot(l1, t1)
-            if HAS_IMAG:
-                l2 = tl.load(l2_ptr + rows[:, None] * in_h + ks[None, :], mask=l_mask, other=0.0)
-                t2 = s2.to(l2.dtype)
-                if WIDEN:
-                    l2 = l2.to(tl.float32)
-                    t2 = t2.to(tl.float32)
-                if IEEE:
-                    acc -= tl.dot(l2, t2, input_precision='ieee')
-                else:
-                    acc -= tl.dot(l2, t2)
-        y_mask = (rows[:, None] < out_h) & (cols[None, :] < out_w)
-        tl.store(y_ptr + n * syn + c * syc + rows[:, None] * syh + cols[None, :] * syw,
-                 acc.to(y_ptr.dtype.element_ty), mask=y_mask)
+    from . import triton_kernel
+    if _kernel_imported:
+        importlib.reload(triton_kernel)
+    _kernel_imported.append(True)
+    return triton, triton_kernel.spectral_pool_kernel
 
-    return triton, spectral_pool_kernel
+
+_kernel_imported: list = []
 
 
 def _next_pow2(n: int, low: int = 16) -> int:
@@ -153,17 +95,23 @@ def _launch(x: torch.Tensor, mats: tuple[torch.Tensor, ...]) -> torch.Tensor:
     # their half type, are widened exactly to float32 first (the same products, float32 accumulation).
     widen = x.device.type == 'cpu' and l1.dtype != torch.float32
     l2, r2 = (mats[2], mats[3]) if has_imag else (l1, r1)
-    block_j = _next_pow2(out_w)
-    block_i = max(16, min(_next_pow2(out_h), 64, 8192 // block_j))
-    grid = (batch * channels, triton.cdiv(out_h, block_i))
+    config = launch_config(out_h, out_w)
+    grid = (batch * channels, triton.cdiv(out_h, config['BLOCK_I']))
     kernel[grid](
         x, y, l1, r1, l2, r2, channels, in_h, in_w, out_h, out_w,
         *x.stride(), *y.stride(),
-        HAS_IMAG=has_imag, IEEE=widen or l1.dtype == torch.float32, WIDEN=widen,
-        BLOCK_I=block_i, BLOCK_J=block_j, BLOCK_K=32, BLOCK_B=32,
-        num_warps=4 if block_i * block_j <= 4096 else 8,
+        HAS_IMAG=has_imag, IEEE=widen or l1.dtype == torch.float32, WIDEN=widen, **config,
     )
     return y
+
+
+def launch_config(out_h: int, out_w: int) -> dict:
+    """Block sizes and warps for an output plane: a program owns up to 64 rows x the whole width
+    (at most 8192 float32 accumulators), walking the input in 32 x 32 tiles."""
+    block_j = _next_pow2(out_w)
+    block_i = max(16, min(_next_pow2(out_h), 64, 8192 // block_j))
+    return dict(BLOCK_I=block_i, BLOCK_J=block_j, BLOCK_K=32, BLOCK_B=32,
+                num_warps=4 if block_i * block_j <= 4096 else 8)
 
 
 def _matrices(height, width, pool, padding, mode, norm, dtype, device):
