@@ -81,7 +81,7 @@ def _check_backend(backend, variant, size, mode, layout, dtype, width=None):
         if layout == 'channels_last':
             x = x.contiguous(memory_format=torch.channels_last)
         x.requires_grad_()
-        assert backends.resolve_backend(x, height, width, out, dtype, False) == name
+        assert backends.resolve_backend(x, height, width, dtype, False) == name
         y = fast(x, mode=mode, **kwargs)
         y.backward(g64.to(dtype))
         assert y.dtype == dtype and y.shape == oracle.shape
@@ -185,7 +185,7 @@ def test_default_is_auto_and_auto_is_two_product_while_the_table_is_empty(restor
     assert get_backend() == 'auto'
     assert backends.load_table() == {}, 'the committed table holds measured winners only'
     for x in (torch.randn(2, 3, 14, 14), torch.randn(2, 16, 56, 56).contiguous(memory_format=torch.channels_last)):
-        assert backends.resolve_backend(x, x.shape[-2], x.shape[-1], (7, 7), x.dtype, False) == 'two_product'
+        assert backends.resolve_backend(x, x.shape[-2], x.shape[-1], x.dtype, False) == 'two_product'
 
 
 def test_set_backend_returns_previous_and_env_variable_selects(restore_backend, monkeypatch):
@@ -209,10 +209,10 @@ def test_auto_follows_a_winners_table(restore_backend, monkeypatch, tmp_path):
     try:
         set_backend('auto')
         x = torch.randn(2, 3, 14, 14)
-        assert backends.resolve_backend(x, 14, 14, (7, 7), torch.float32, False) == 'kronecker'
-        assert backends.resolve_backend(x.contiguous(memory_format=torch.channels_last), 14, 14, (7, 7),
+        assert backends.resolve_backend(x, 14, 14, torch.float32, False) == 'kronecker'
+        assert backends.resolve_backend(x.contiguous(memory_format=torch.channels_last), 14, 14,
                                         torch.float32, False) == 'two_product'
-        assert backends.resolve_backend(x, 14, 14, (7, 7), torch.float32, True) == 'two_product'  # FLC 'abs'
+        assert backends.resolve_backend(x, 14, 14, torch.float32, True) == 'two_product'  # FLC 'abs'
         torch.testing.assert_close(asap_pool2d(x), asap_pool2d_fft(x), rtol=1e-5, atol=1e-5)
         # torch.compile reads the table at trace time, without a graph break
         torch._dynamo.reset()
@@ -226,7 +226,7 @@ def test_bad_table_names_the_file(tmp_path):
     path = tmp_path / 'table.json'
     _write_table(path, [dict(device='cpu', dtype='float32', height=14, width=14, layout='contiguous',
                              backend='cublas')])
-    with pytest.raises(ValueError, match=r"table\.json.*must be one of \['auto', 'two_product'"):
+    with pytest.raises(ValueError, match=r"table\.json.*must be one of \['two_product', 'kronecker', 'triton'\], got 'cublas'"):
         backends.load_table(path)
     path.write_text('{"format": 2, "winners": []}')
     with pytest.raises(ValueError, match='format must be 1'):
@@ -237,10 +237,10 @@ def test_fallbacks_where_a_backend_does_not_apply(restore_backend, monkeypatch):
     monkeypatch.delenv('TRITON_INTERPRET', raising=False)
     set_backend('triton')
     x = torch.randn(1, 2, 14, 14)
-    assert backends.resolve_backend(x, 14, 14, (7, 7), torch.float32, False) == 'two_product'  # CPU
+    assert backends.resolve_backend(x, 14, 14, torch.float32, False) == 'two_product'  # CPU
     set_backend('kronecker')
     big = torch.randn(1, 2, 112, 112)
-    assert backends.resolve_backend(big, 112, 112, (56, 56), torch.float32, False) == 'two_product'
+    assert backends.resolve_backend(big, 112, 112, torch.float32, False) == 'two_product'
     torch.testing.assert_close(asap_pool2d(big), asap_pool2d_fft(big), rtol=1e-5, atol=1e-5)
 
 

@@ -19,7 +19,6 @@ from timm.layers import BlurPool2d
 
 from .layers import asap_pool2d, asap_pool2d_fft, set_backend
 from .layers.backends import TABLE_FORMAT, device_kind, layout_name, resolve_backend
-from .layers.band import output_size
 
 __all__ = [
     'RESNET50_SHAPES', 'RESNET50_ASAP_SHAPES', 'RESNET18_CIFAR_SHAPES', 'NETWORK_SHAPES', 'layer_methods', 'benchmark_layers', 'format_table',
@@ -185,7 +184,6 @@ def benchmark_backends(
             x = torch.randn(batch_size, channels, size, size, device=device, dtype=dtype)
             if layout == 'channels_last':
                 x = x.contiguous(memory_format=torch.channels_last)
-            out = (output_size(size), output_size(size))
             methods, skipped = {'avg_pool2d': lambda t: F.avg_pool2d(t, 2, ceil_mode=True)}, {}
             for name in backends:
                 try:
@@ -193,7 +191,7 @@ def benchmark_backends(
                 except ImportError as exc:
                     skipped[name] = str(exc)
                     continue
-                if resolve_backend(x, size, size, out, dtype, False) != name:
+                if resolve_backend(x, size, size, dtype, False) != name:
                     skipped[name] = f'{name} does not apply to this input on {device.type} (see timm_asap.layers.backends)'
                 else:
                     methods[name] = functools.partial(_with_backend, name)

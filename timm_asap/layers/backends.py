@@ -31,14 +31,13 @@ from pathlib import Path
 
 import torch
 
-from .band import output_size
 from .kronecker import KRONECKER_MAX_PLANE, kronecker_pool
 from .spectral_matrix import compute_dtype, is_channels_last, static_size, two_product_pool
 from .triton_pool import triton_available, triton_pool, triton_supports
 
 __all__ = [
     'BACKENDS', 'BACKEND_ENV', 'TABLE_PATH', 'set_backend', 'get_backend', 'resolve_backend', 'device_kind',
-    'layout_name', 'load_table', 'table_winner', 'spectral_pool',
+    'layout_name', 'load_table', 'table_is_empty', 'table_winner', 'spectral_pool',
 ]
 
 BACKENDS = ('auto', 'two_product', 'kronecker', 'triton')
@@ -48,9 +47,9 @@ TABLE_FORMAT = 1
 _selected: str | None = None
 
 
-def _check_backend(name, source: str) -> str:
-    if not isinstance(name, str) or name not in BACKENDS:
-        raise ValueError(f"{source} must be one of {list(BACKENDS)}, got {name!r}")
+def _check_backend(name, source: str, allowed: tuple[str, ...] = BACKENDS) -> str:
+    if not isinstance(name, str) or name not in allowed:
+        raise ValueError(f"{source} must be one of {list(allowed)}, got {name!r}")
     return name
 
 
@@ -114,7 +113,7 @@ def load_table(path: str | Path | None = None) -> dict[tuple, str]:
         table = {}
         for row in data['winners']:
             key = (row['device'], row['dtype'], int(row['height']), int(row['width']), row['layout'])
-            table[key] = _check_backend(row['backend'], 'backend')
+            table[key] = _check_backend(row['backend'], 'backend', BACKENDS[1:])
         return table
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"pooling backend table {path}: {exc}") from None
@@ -123,6 +122,12 @@ def load_table(path: str | Path | None = None) -> dict[tuple, str]:
 @functools.lru_cache(maxsize=1)
 def _table() -> dict[tuple, str]:
     return load_table()
+
+
+@torch.compiler.assume_constant_result
+def table_is_empty() -> bool:
+    """Whether the committed table holds no winner (then ``'auto'`` is ``'two_product'``)."""
+    return not _table()
 
 
 @torch.compiler.assume_constant_result
@@ -136,31 +141,33 @@ def _tracing() -> bool:
     return torch.compiler.is_compiling() or torch.jit.is_tracing()
 
 
-def resolve_backend(x: torch.Tensor, height: int, width: int, out: tuple[int, int], dtype: torch.dtype,
-                    magnitude: bool) -> str:
+def resolve_backend(x: torch.Tensor, height: int, width: int, dtype: torch.dtype, magnitude: bool) -> str:
     """The backend that pools this call: the selection, looked up in the table for ``'auto'``, then
-    ``'two_product'`` where the chosen one does not apply (see the module docstring)."""
+    ``'two_product'`` where the chosen one does not apply (see the module docstring). ``dtype`` is the
+    compute dtype; ``magnitude`` is True for FLC's 'abs' variant."""
     name = get_backend()
-    if magnitude:
+    if magnitude or name == 'two_product':
         return 'two_product'
     if name == 'auto':
+        if table_is_empty():
+            return 'two_product'
         name = table_winner(device_kind(x.device), str(dtype).replace('torch.', ''), height, width, layout_name(x))
-    if name == 'kronecker' and height * width > KRONECKER_MAX_PLANE:
-        return 'two_product'
-    if name == 'triton' and (_tracing() or not triton_supports(x, height, width, out)):
-        return 'two_product'
-    return name
+    if name == 'kronecker':
+        return name if height * width <= KRONECKER_MAX_PLANE else 'two_product'
+    if name == 'triton' and not _tracing() and triton_supports(x, height, width):
+        return name
+    return 'two_product'
 
 
 def spectral_pool(x: torch.Tensor, pool: str, padding: str, mode: str, norm: str, magnitude: bool) -> torch.Tensor:
     """Shared body of :func:`asap_pool2d` and :func:`flc_pool2d` (inputs already validated): dispatch
     to the backend :func:`resolve_backend` picks."""
     height, width = static_size(x.shape[-2]), static_size(x.shape[-1])
-    out = (output_size(height, pool, padding, mode), output_size(width, pool, padding, mode))
-    dtype = compute_dtype(x)
-    backend = resolve_backend(x, height, width, out, dtype, magnitude)
-    if backend == 'kronecker':
-        return kronecker_pool(x, height, width, out, pool, padding, mode, norm, dtype)
-    if backend == 'triton':
-        return triton_pool(x, height, width, pool, padding, mode, norm, dtype)
+    if not magnitude and get_backend() != 'two_product':
+        dtype = compute_dtype(x)
+        backend = resolve_backend(x, height, width, dtype, magnitude)
+        if backend == 'kronecker':
+            return kronecker_pool(x, height, width, pool, padding, mode, norm, dtype)
+        if backend == 'triton':
+            return triton_pool(x, height, width, pool, padding, mode, norm, dtype)
     return two_product_pool(x, pool, padding, mode, norm, magnitude)

@@ -14,6 +14,7 @@ import functools
 
 import torch
 
+from .band import output_size
 from .spectral_matrix import build_outside_graphs, axis_operator, is_channels_last, register_cache
 
 __all__ = ['KRONECKER_MAX_PLANE', 'KRONECKER_CACHE_SIZE', 'kronecker_matrix', 'kronecker_pool']
@@ -55,14 +56,15 @@ def kronecker_matrix(height: int, width: int, pool: str, padding: str, mode: str
     return (_cached_kron(height, width, pool, padding, mode, norm, dtype, device),)
 
 
-def kronecker_pool(x: torch.Tensor, height: int, width: int, out: tuple[int, int], pool: str, padding: str,
-                   mode: str, norm: str, dtype: torch.dtype) -> torch.Tensor:
+def kronecker_pool(x: torch.Tensor, height: int, width: int, pool: str, padding: str, mode: str, norm: str,
+                   dtype: torch.dtype) -> torch.Tensor:
     """Pool ``x`` (N, C, H, W) by one product with the Kronecker matrix (a linear variant: not FLC 'abs').
 
     NCHW inputs are flattened per plane, ``(N, C, H W) @ K^T``; channels_last inputs are read as
     (N, H W, C) without a copy, ``K @ x``, and the result comes back channels_last.
     """
     k = kronecker_matrix(height, width, pool, padding, mode, norm, dtype, x.device)[0]
+    out = (output_size(height, pool, padding, mode), output_size(width, pool, padding, mode))
     batch, channels = x.shape[0], x.shape[1]
     if is_channels_last(x):
         y = torch.matmul(k, x.permute(0, 2, 3, 1).reshape(batch, height * width, channels))

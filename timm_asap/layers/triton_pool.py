@@ -50,14 +50,15 @@ def triton_interpreting() -> bool:
     return os.environ.get('TRITON_INTERPRET', '0').lower() in ('1', 'true', 'yes', 'on')
 
 
-def triton_supports(x: torch.Tensor, height: int, width: int, out: tuple[int, int]) -> bool:
+def triton_supports(x: torch.Tensor, height: int, width: int) -> bool:
     """Whether the kernel can pool ``x``: Triton importable, a CUDA tensor (or a CPU tensor under the
-    interpreter), float32/bfloat16/float16, and every side at most :data:`TRITON_MAX_SIDE`."""
+    interpreter), float32/bfloat16/float16, and both input sides at most :data:`TRITON_MAX_SIDE` (output
+    sides are never longer)."""
     if not triton_available() or x.dtype not in _DTYPES:
         return False
     if not (x.device.type == 'cuda' or (x.device.type == 'cpu' and triton_interpreting())):
         return False
-    return max(height, width, out[0], out[1]) <= TRITON_MAX_SIDE
+    return max(height, width) <= TRITON_MAX_SIDE
 
 
 @functools.lru_cache(maxsize=None)
