@@ -21,7 +21,8 @@ from .layers import asap_pool2d, asap_pool2d_fft, set_backend
 from .layers.backends import TABLE_FORMAT, device_kind, layout_name, resolve_backend
 
 __all__ = [
-    'RESNET50_SHAPES', 'RESNET50_ASAP_SHAPES', 'RESNET18_CIFAR_SHAPES', 'NETWORK_SHAPES', 'layer_methods', 'benchmark_layers', 'format_table',
+    'RESNET50_SHAPES', 'RESNET50_ASAP_SHAPES', 'RESNET18_CIFAR_SHAPES', 'NETWORK_SHAPES', 'layer_methods',
+    'benchmark_layers', 'format_table',
     'benchmark_backends', 'winners_table', 'format_backend_table',
 ]
 
@@ -192,7 +193,8 @@ def benchmark_backends(
                     skipped[name] = str(exc)
                     continue
                 if resolve_backend(x, size, size, dtype, False) != name:
-                    skipped[name] = f'{name} does not apply to this input on {device.type} (see timm_asap.layers.backends)'
+                    skipped[name] = (f'{name} does not apply to this input on {device.type} '
+                                     f'(see timm_asap.layers.backends)')
                 else:
                     methods[name] = functools.partial(_with_backend, name)
             times: dict[str, list[float]] = {name: [] for name in methods}

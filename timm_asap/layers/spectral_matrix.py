@@ -32,7 +32,8 @@ from .band import BandSpec, band_spec
 
 __all__ = [
     'PoolPlan', 'axis_matrix', 'axis_operator', 'pool_plan', 'check_pool_input', 'clear_cache', 'register_cache',
-    'compute_dtype', 'static_size', 'is_channels_last', 'magnitude_of', 'two_product_pool', 'OPERATOR_CACHE_SIZE', 'PLAN_CACHE_SIZE',
+    'compute_dtype', 'static_size', 'is_channels_last', 'magnitude_of', 'two_product_pool', 'OPERATOR_CACHE_SIZE',
+    'PLAN_CACHE_SIZE',
 ]
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -363,4 +364,5 @@ def magnitude_of(real: torch.Tensor, imag: torch.Tensor) -> torch.Tensor:
     tensor gives; ``sqrt``'s own gradient is 0/0 there). Real arithmetic only, so it exports to ONNX."""
     squared = real * real + imag * imag
     zero = squared == 0  # NaN compares unequal, so a NaN stays NaN
-    return torch.where(zero, torch.zeros_like(squared), torch.sqrt(torch.where(zero, torch.ones_like(squared), squared)))
+    safe = torch.where(zero, torch.ones_like(squared), squared)
+    return torch.where(zero, torch.zeros_like(squared), torch.sqrt(safe))

@@ -57,7 +57,7 @@ def spectral_pool_kernel(
         acc = mma(acc, l1, s1.to(l1.dtype), IEEE, WIDEN)
         if HAS_IMAG:
             l2 = tl.load(l2_ptr + l_offsets, mask=l_mask, other=0.0)
-            acc = mma(acc, -l2, s2.to(l2.dtype), IEEE, WIDEN)
+            acc = mma(acc, l2, s2.to(l2.dtype), IEEE, WIDEN)
     y_mask = (rows[:, None] < out_h) & (cols[None, :] < out_w)
     tl.store(y_ptr + n * syn + c * syc + rows[:, None] * syh + cols[None, :] * syw,
              acc.to(y_ptr.dtype.element_ty), mask=y_mask)

@@ -1,7 +1,7 @@
 """A fused Triton kernel for spectral pooling: both axis products and the low-rank term in one launch.
 
-For each plane the kernel computes ``Y = L1 X R1^T - L2 X R2^T`` (forward: ``L1 = P_H``, ``R1 = P_W``,
-``L2 = M_H``, ``R2 = M_W`` with ``M = U V^T``; see :mod:`timm_asap.layers.spectral_matrix`). One program
+For each plane the kernel computes ``Y = L1 X R1^T + L2 X R2^T`` (forward: ``L1 = P_H``, ``R1 = P_W``,
+``L2 = -M_H``, ``R2 = M_W`` with ``M = U V^T``; see :mod:`timm_asap.layers.spectral_matrix`). One program
 owns a block of output rows of one plane over the whole output width: it walks the input plane once in
 tiles, multiplies each tile by ``R1^T`` (and ``R2^T``) and adds ``L1`` (``L2``) times the result to a
 float32 accumulator, then writes its rows once. Inputs are read through their strides, so NCHW,
@@ -9,7 +9,8 @@ channels_last and other strided layouts need no copy; the output takes the input
 float32 products run in IEEE float32 (no TF32); bfloat16/float16 inputs multiply in their own type on
 tensor cores with float32 accumulation, the intermediate rounded to the input type as the two-product
 form rounds it (under the interpreter, whose bfloat16 products are wrong in Triton 3.8, the rounded half
-operands are widened exactly to float32 before each product). The backward of the linear map is its transpose, the same kernel with ``L^T``, ``R^T``.
+operands are widened exactly to float32 before each product). The backward of the linear map is its
+transpose, the same kernel with ``L^T``, ``R^T``.
 
 Triton is imported on the first call (never at ``import timm_asap``); where it is missing,
 :func:`triton_available` is False and the backend selection falls back to the two-product form.
@@ -82,7 +83,7 @@ def _next_pow2(n: int, low: int = 16) -> int:
 
 
 def _launch(x: torch.Tensor, mats: tuple[torch.Tensor, ...]) -> torch.Tensor:
-    """``L1 X R1^T - L2 X R2^T`` per plane of ``x``; ``mats`` is ``(L1, R1)`` or ``(L1, R1, L2, R2)``."""
+    """``L1 X R1^T + L2 X R2^T`` per plane of ``x``; ``mats`` is ``(L1, R1)`` or ``(L1, R1, L2, R2)``."""
     triton, kernel = _kernel()
     l1, r1 = mats[0], mats[1]
     batch, channels, in_h, in_w = x.shape
@@ -118,7 +119,8 @@ def launch_config(out_h: int, out_w: int) -> dict:
 def _matrices(height, width, pool, padding, mode, norm, dtype, device):
     oh = axis_operator(height, pool, padding, mode, norm)
     ow = axis_operator(width, pool, padding, mode, norm)
-    mats = (oh.p, ow.p) + ((oh.imag(), ow.imag()) if oh.rank and ow.rank else ())
+    # the sign of the second term sits in L2 (= -M_H), so the kernel only adds
+    mats = (oh.p, ow.p) + ((-oh.imag(), ow.imag()) if oh.rank and ow.rank else ())
     forward = tuple(m.to(device=device, dtype=dtype).contiguous() for m in mats)
     backward = tuple(m.T.to(device=device, dtype=dtype).contiguous() for m in mats)
     return forward, backward
