@@ -29,11 +29,13 @@ def contraction(request, monkeypatch):
     paired); 'paired': the two-product form GPUs use, forced for every size. '-nhwc': inputs passed
     through :func:`_layout` are made channels_last and contracted in NHWC order whatever their channel
     count (the order channels_last models and CPU-compiled models take)."""
+    spectral_matrix.clear_cache()  # the plan cache is not keyed by the tuning constants patched here
     if request.param.startswith('paired'):
         monkeypatch.setattr(spectral_matrix, '_CPU_LOW_RANK_MAX', -1)
     if request.param.endswith('nhwc'):
         monkeypatch.setattr(spectral_matrix, '_MIN_NHWC_CHANNELS', 1)
-    return request.param
+    yield request.param
+    spectral_matrix.clear_cache()
 
 
 def _layout(x, contraction):

@@ -1,4 +1,6 @@
-"""Layer benchmark: ASAP (fast matrix form) vs its FFT formulation, avg_pool2d(2) and timm's BlurPool2d.
+"""Layer benchmarks: ASAP (fast matrix form) vs its FFT formulation, avg_pool2d(2) and timm's BlurPool2d;
+and the pooling backends against each other (:func:`benchmark_backends`), which gives the winners table
+that backend ``'auto'`` reads (:func:`winners_table`).
 
 Methods are timed interleaved (one call of each in turn, repeated), so slow drifts of a shared
 machine hit all of them alike; the median of the repeats is reported with ratios against the
@@ -6,6 +8,7 @@ baselines measured in the same run.
 """
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 from typing import Callable
@@ -14,12 +17,23 @@ import torch
 import torch.nn.functional as F
 from timm.layers import BlurPool2d
 
-from .layers import asap_pool2d, asap_pool2d_fft
+from .layers import asap_pool2d, asap_pool2d_fft, set_backend
+from .layers.backends import TABLE_FORMAT, device_kind, layout_name, resolve_backend
 
-__all__ = ['RESNET50_SHAPES', 'layer_methods', 'benchmark_layers', 'format_table']
+__all__ = [
+    'RESNET50_SHAPES', 'RESNET50_ASAP_SHAPES', 'RESNET18_CIFAR_SHAPES', 'NETWORK_SHAPES', 'layer_methods',
+    'benchmark_layers', 'format_table',
+    'benchmark_backends', 'winners_table', 'format_backend_table',
+]
 
 # (channels, size) of the tensors that ResNet-50 downsamples at 224 px, at batch 32.
 RESNET50_SHAPES = ((3, 224), (64, 112), (128, 56), (256, 56), (512, 28), (1024, 14))
+# (channels, size) of every pooling input of resnet50_asap at 224 px (block convs and shortcuts apart).
+RESNET50_ASAP_SHAPES = ((3, 224), (64, 112), (128, 56), (256, 56), (256, 28), (512, 28), (512, 14), (1024, 14))
+# (channels, size) of the tensors that resnet18_cifar downsamples at 32 px (3x3/1 stem, no stem pooling).
+RESNET18_CIFAR_SHAPES = ((64, 32), (128, 16), (256, 8))
+# network family -> (shapes, batch size the papers' and the study's runs use)
+NETWORK_SHAPES = {'resnet50': (RESNET50_ASAP_SHAPES, 32), 'resnet18_cifar': (RESNET18_CIFAR_SHAPES, 128)}
 
 
 def layer_methods(channels: int, device: torch.device, dtype: torch.dtype) -> dict[str, Callable]:
@@ -122,4 +136,129 @@ def format_table(rows: list[dict]) -> str:
         lines.append(f"| {device} | {dtype} | {shape} | {pass_} | {a['ms']:.2f} | {m['asap_fft']['ms']:.2f} | "
                      f"{m['avg_pool2d']['ms']:.2f} | {m['blurpool']['ms']:.2f} | {a['speedup_vs_fft']:.1f}x | "
                      f"{a['ratio_vs_avg_pool2d']:.2f}x | {a['ratio_vs_blurpool']:.2f}x |")
+    return '\n'.join(lines)
+
+
+def _median_ms(times: list[float]) -> float:
+    return round(statistics.median(times) * 1e3, 4)
+
+
+def benchmark_backends(
+        device: str | torch.device,
+        dtype: torch.dtype,
+        shapes,
+        batch_size: int,
+        backends=('two_product', 'kronecker', 'triton'),
+        layout: str = 'channels_last',
+        repeats: int = 20,
+        warmup: int = 3,
+        progress: bool = True,
+) -> list[dict]:
+    """Time forward+backward of :func:`asap_pool2d` under each backend, interleaved with ``avg_pool2d``.
+
+    Args:
+        device: where to run.
+        dtype: input dtype.
+        shapes: (channels, size) pairs; inputs are (batch_size, channels, size, size).
+        batch_size: images per call.
+        backends: backend names (see :data:`timm_asap.layers.BACKENDS`; not ``'auto'``).
+        layout: ``'channels_last'`` or ``'contiguous'``.
+        repeats: timed rounds; the median is reported.
+        warmup: untimed rounds first (matrix building, Triton compilation, autotuning).
+        progress: show a tqdm bar.
+
+    Returns:
+        One row per (shape, method): ``device``, ``device_kind``, ``dtype``, ``layout``, ``batch``,
+        ``channels``, ``height``, ``width``, ``method`` (a backend or ``'avg_pool2d'``), ``ms``, and on
+        backend rows ``ratio_vs_avg_pool2d`` and ``ratio_vs_two_product`` (when measured). A backend that
+        would not run on this input (e.g. ``'triton'`` without CUDA, ``'kronecker'`` on a large plane)
+        gets ``ms=None`` and ``skipped`` saying why; it is never timed as its fallback.
+    """
+    from tqdm.auto import tqdm
+
+    device = torch.device(device)
+    rows = []
+    dtype_name = str(dtype).replace('torch.', '')
+    previous = set_backend('two_product')
+    try:
+        for channels, size in tqdm(shapes, desc=f'backends {device.type} {dtype_name} {layout}', disable=not progress):
+            x = torch.randn(batch_size, channels, size, size, device=device, dtype=dtype)
+            if layout == 'channels_last':
+                x = x.contiguous(memory_format=torch.channels_last)
+            methods, skipped = {'avg_pool2d': lambda t: F.avg_pool2d(t, 2, ceil_mode=True)}, {}
+            for name in backends:
+                try:
+                    set_backend(name)
+                except ImportError as exc:
+                    skipped[name] = str(exc)
+                    continue
+                if resolve_backend(x, size, size, dtype, False) != name:
+                    skipped[name] = (f'{name} does not apply to this input on {device.type} '
+                                     f'(see timm_asap.layers.backends)')
+                else:
+                    methods[name] = functools.partial(_with_backend, name)
+            times: dict[str, list[float]] = {name: [] for name in methods}
+            with torch.enable_grad():
+                for round_ in range(warmup + repeats):
+                    for name, fn in methods.items():
+                        t = _timed(fn, x, True, device)
+                        if round_ >= warmup:
+                            times[name].append(t)
+            med = {name: _median_ms(ts) for name, ts in times.items()}
+            base = dict(device=device.type, device_kind=device_kind(device), dtype=dtype_name, layout=layout_name(x),
+                        batch=batch_size, channels=channels, height=size, width=size)
+            for name in ('avg_pool2d',) + tuple(backends):
+                row = dict(base, method=name, ms=med.get(name))
+                if name in skipped:
+                    row['skipped'] = skipped[name]
+                elif name != 'avg_pool2d':
+                    row['ratio_vs_avg_pool2d'] = round(med[name] / med['avg_pool2d'], 3)
+                    if 'two_product' in med:
+                        row['ratio_vs_two_product'] = round(med[name] / med['two_product'], 3)
+                rows.append(row)
+    finally:
+        set_backend(previous)
+    return rows
+
+
+def _with_backend(name: str, x: torch.Tensor) -> torch.Tensor:
+    set_backend(name)
+    return asap_pool2d(x)
+
+
+def winners_table(rows: list[dict], measured_with: dict | None = None) -> dict:
+    """The winners table backend ``'auto'`` reads (``timm_asap/layers/backend_table.json``'s format).
+
+    For each (device kind, dtype, plane, layout) the backend with the smallest total forward+backward time
+    over the measured shapes of that plane wins (planes of several channel counts are summed).
+    """
+    totals: dict[tuple, dict[str, float]] = {}
+    for r in rows:
+        if r['method'] == 'avg_pool2d' or r['ms'] is None:
+            continue
+        key = (r['device_kind'], r['dtype'], r['height'], r['width'], r['layout'])
+        per = totals.setdefault(key, {})
+        per[r['method']] = per.get(r['method'], 0.0) + r['ms']
+    winners = [dict(device=k[0], dtype=k[1], height=k[2], width=k[3], layout=k[4], backend=min(per, key=per.get),
+                    ms={name: round(ms, 4) for name, ms in sorted(per.items())})
+               for k, per in sorted(totals.items())]
+    return {'format': TABLE_FORMAT, 'measured_with': measured_with, 'winners': winners}
+
+
+def format_backend_table(rows: list[dict]) -> str:
+    """A Markdown table: one line per (device, dtype, layout, shape), each backend's ms and ratios."""
+    groups: dict[tuple, dict] = {}
+    for r in rows:
+        key = (r['device_kind'], r['dtype'], r['layout'], r['batch'], r['channels'], r['height'])
+        groups.setdefault(key, {})[r['method']] = r
+    methods = [m for m in dict.fromkeys(r['method'] for r in rows) if m != 'avg_pool2d']
+    head = ['device', 'dtype', 'layout', 'input'] + ['avg_pool2d ms'] + [f'{m} ms (/avg_pool2d)' for m in methods]
+    lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * 4 + '---:|' * (1 + len(methods))]
+    for (kind, dtype, layout, batch, channels, size), m in groups.items():
+        cells = [kind, dtype, layout, f'{batch}x{channels}x{size}x{size}', f"{m['avg_pool2d']['ms']:.3f}"]
+        for name in methods:
+            r = m.get(name)
+            cells.append('skipped' if r is None or r['ms'] is None else
+                         f"{r['ms']:.3f} ({r['ratio_vs_avg_pool2d']:.2f}x)")
+        lines.append('| ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines)

@@ -2,11 +2,12 @@
 from timm.layers import register_notrace_module
 
 from .asap import ASAP2d, asap_pool2d
+from .backends import BACKEND_ENV, BACKENDS, get_backend, set_backend
 from .band import ASAP_PADDINGS, MODES, POOLS, BandSpec, band_spec, output_size
 from .fft_pool import ASAP2dFFT, FLC2dFFT, asap_pool2d_fft, flc_pool2d_fft
 from .flc import FLC2d, flc_pool2d
 from .spectral_matrix import axis_matrix, clear_cache
-from .create import create_pool
+from .create import create_pool, pool_arguments
 
 # timm's FX feature extraction treats the pooling layers as leaves (their shapes drive Python logic).
 for _cls in (ASAP2d, FLC2d, ASAP2dFFT, FLC2dFFT):
@@ -14,6 +15,6 @@ for _cls in (ASAP2d, FLC2d, ASAP2dFFT, FLC2dFFT):
 
 __all__ = [
     'ASAP2d', 'FLC2d', 'ASAP2dFFT', 'FLC2dFFT', 'asap_pool2d', 'flc_pool2d', 'asap_pool2d_fft', 'flc_pool2d_fft',
-    'create_pool', 'output_size', 'band_spec', 'BandSpec', 'axis_matrix', 'clear_cache',
-    'POOLS', 'MODES', 'ASAP_PADDINGS',
+    'create_pool', 'pool_arguments', 'output_size', 'band_spec', 'BandSpec', 'axis_matrix', 'clear_cache',
+    'POOLS', 'MODES', 'ASAP_PADDINGS', 'set_backend', 'get_backend', 'BACKENDS', 'BACKEND_ENV',
 ]

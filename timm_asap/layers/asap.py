@@ -5,14 +5,18 @@ Spectral Artifact free Pooling", arXiv:2307.09804.
 """
 from __future__ import annotations
 
+import numbers
+
 import torch
 import torch.fx
+from timm.layers import to_2tuple
 from torch import nn
 
-from .band import ASAP_PADDINGS, MODES, check_choice, output_size
-from .spectral_matrix import check_pool_input, spectral_pool
+from .band import ASAP_PADDINGS, MODES, check_choice, output_size, reject_unknown_args
+from .backends import spectral_pool
+from .spectral_matrix import check_pool_input
 
-__all__ = ['asap_pool2d', 'ASAP2d', 'check_stride']
+__all__ = ['asap_pool2d', 'ASAP2d', 'check_stride', 'check_channels']
 
 
 def asap_pool2d(x: torch.Tensor, padding: str = 'one', mode: str = 'centered') -> torch.Tensor:
@@ -40,6 +44,17 @@ def asap_pool2d(x: torch.Tensor, padding: str = 'one', mode: str = 'centered') -
     Tested against :func:`timm_asap.layers.asap_pool2d_fft` in float64 to 1e-10 for every H, W in
     1..64, both modes and all paddings; gradcheck in float64.
 
+    Notes:
+        Each output pixel depends on every input pixel of its plane (a global linear operator), so a
+        NaN or Inf in one input pixel makes that whole output plane non-finite; other channels and
+        images are untouched. The first call at a new input size builds its matrices in float64
+        (about 1 s at 1024x1024 on one CPU thread, milliseconds at 224x224), then they are cached
+        (bounded LRU; :func:`timm_asap.layers.clear_cache` frees them). Which implementation runs is
+        chosen by :func:`timm_asap.layers.set_backend`; every backend gives the same values to rounding.
+    Example:
+        >>> asap_pool2d(torch.randn(2, 3, 14, 14)).shape
+        torch.Size([2, 3, 7, 7])
+
     Raises:
         ValueError: for a non 4-D, integer or complex input, or an unknown padding/mode.
     """
@@ -53,10 +68,18 @@ torch.fx.wrap('asap_pool2d')
 
 
 def check_stride(owner: str, stride) -> None:
-    """ValueError unless ``stride`` is 2 or (2, 2) (the pooling layers downsample by exactly 2)."""
-    if stride == 2 or (isinstance(stride, (tuple, list)) and tuple(stride) == (2, 2)):
+    """ValueError unless ``stride`` is the int 2 or a pair of them (the layers downsample by exactly 2)."""
+    pair = to_2tuple(stride)
+    if len(pair) == 2 and all(isinstance(s, numbers.Integral) and not isinstance(s, bool) and s == 2 for s in pair):
         return
-    raise ValueError(f"{owner} supports stride=2, got {stride}")
+    raise ValueError(f"{owner} supports stride=2, got {stride!r}")
+
+
+def check_channels(owner: str, channels) -> None:
+    """ValueError unless ``channels`` is None or a non-negative int (timm's ``create_aa`` passes it)."""
+    if channels is not None and (not isinstance(channels, numbers.Integral) or isinstance(channels, bool)
+                                 or channels < 0):
+        raise ValueError(f"{owner} channels must be None or an int >= 0, got {channels!r}")
 
 
 class ASAP2d(nn.Module):
@@ -75,7 +98,16 @@ class ASAP2d(nn.Module):
         - Input: (N, C, H, W)
         - Output: (N, C, ceil(H / 2), ceil(W / 2)) in ``'centered'`` mode.
 
-    Tested to equal :func:`asap_pool2d` and the FFT formulation.
+    Raises:
+        ValueError: for a stride other than 2, bad channels, or an unknown padding/mode.
+        TypeError: for an argument the layer does not take (the message lists the allowed ones).
+
+    A NaN/Inf pixel makes its whole output plane non-finite, and the first call at a new size builds
+    the matrices (see :func:`asap_pool2d`). Tested to equal :func:`asap_pool2d` and the FFT formulation.
+
+    Example:
+        >>> ASAP2d(mode='reference')(torch.randn(1, 8, 14, 14)).shape
+        torch.Size([1, 8, 8, 8])
     """
 
     def __init__(
@@ -86,9 +118,12 @@ class ASAP2d(nn.Module):
             mode: str = 'centered',
             device=None,
             dtype=None,
+            **unknown,
     ):
         super().__init__()
+        reject_unknown_args(ASAP2d, unknown)
         check_stride('ASAP2d', stride)
+        check_channels('ASAP2d', channels)
         self.channels = channels
         self.padding = check_choice('padding', padding, ASAP_PADDINGS, 'ASAP2d')
         self.mode = check_choice('mode', mode, MODES, 'ASAP2d')

@@ -13,6 +13,7 @@ Two band rules are implemented (see ``asap-spec.md`` / arXiv:2307.09804):
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 __all__ = ['POOLS', 'MODES', 'ASAP_PADDINGS', 'FLC_NORMS', 'FLC_VARIANTS', 'BandSpec', 'band_spec', 'output_size']
@@ -58,6 +59,19 @@ def check_choice(name: str, value: str, allowed: tuple[str, ...], owner: str) ->
     if value not in allowed:
         raise ValueError(f"{owner} {name} must be one of {list(allowed)}, got {value!r}")
     return value
+
+
+def init_arguments(cls: type) -> tuple[str, ...]:
+    """The named arguments of ``cls.__init__`` (without ``self`` and ``**kwargs``)."""
+    params = inspect.signature(cls.__init__).parameters.values()
+    return tuple(p.name for p in params if p.name != 'self' and p.kind is not p.VAR_KEYWORD)
+
+
+def reject_unknown_args(owner: type, unknown: dict) -> None:
+    """TypeError naming ``unknown`` keyword arguments and the ones ``owner.__init__`` accepts."""
+    if unknown:
+        raise TypeError(f"{owner.__name__} got unknown argument(s) {sorted(unknown)}; "
+                        f"allowed: {list(init_arguments(owner))}")
 
 
 def band_spec(size: int, pool: str = 'asap', padding: str = 'one', mode: str = 'centered') -> BandSpec:

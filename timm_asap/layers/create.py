@@ -5,9 +5,10 @@ from torch import nn
 
 from .asap import ASAP2d
 from .fft_pool import ASAP2dFFT, FLC2dFFT
+from .band import init_arguments
 from .flc import FLC2d
 
-__all__ = ['POOL_LAYERS', 'create_pool']
+__all__ = ['POOL_LAYERS', 'create_pool', 'pool_arguments']
 
 POOL_LAYERS: dict[str, type[nn.Module]] = {
     'asap': ASAP2d,
@@ -17,13 +18,33 @@ POOL_LAYERS: dict[str, type[nn.Module]] = {
 }
 
 
+def _pool_class(name) -> type[nn.Module]:
+    if not isinstance(name, str) or name not in POOL_LAYERS:
+        raise ValueError(f"unknown pool {name!r}; allowed: {sorted(POOL_LAYERS)}")
+    return POOL_LAYERS[name]
+
+
+def pool_arguments(name: str) -> tuple[str, ...]:
+    """The keyword arguments the layer ``name`` takes, e.g. ``('channels', 'stride', 'padding', 'mode',
+    'device', 'dtype')`` for ``'asap'``.
+
+    Raises:
+        ValueError: for an unknown pool name (the message lists the allowed ones).
+    """
+    return init_arguments(_pool_class(name))
+
+
 def create_pool(name: str, **kwargs) -> nn.Module:
     """Instantiate a downsample-by-2 pooling layer: ``'asap'``, ``'flc'``, ``'asap_fft'`` or ``'flc_fft'``.
 
     Keyword arguments go to the layer (e.g. ``mode='reference'``, ``padding='large'``).
+
+    Raises:
+        ValueError: for an unknown pool name or a bad option value.
+        TypeError: for an argument the layer does not take (the message lists :func:`pool_arguments`).
+
+    Example:
+        >>> create_pool('flc', mode='reference')
+        FLC2d(mode='reference', variant='real', norm='forward')
     """
-    try:
-        cls = POOL_LAYERS[name]
-    except KeyError:
-        raise ValueError(f"unknown pool {name!r}; allowed: {sorted(POOL_LAYERS)}") from None
-    return cls(**kwargs)
+    return _pool_class(name)(**kwargs)

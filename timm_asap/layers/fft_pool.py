@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .asap import check_stride
-from .band import ASAP_PADDINGS, FLC_NORMS, FLC_VARIANTS, MODES, BandSpec, band_spec, check_choice
+from .asap import check_channels, check_stride
+from .band import ASAP_PADDINGS, FLC_NORMS, FLC_VARIANTS, MODES, BandSpec, band_spec, check_choice, reject_unknown_args
 from .spectral_matrix import check_pool_input
 
 __all__ = ['asap_pool2d_fft', 'flc_pool2d_fft', 'ASAP2dFFT', 'FLC2dFFT']
@@ -76,9 +76,12 @@ def flc_pool2d_fft(x: torch.Tensor, mode: str = 'centered', variant: str = 'real
 class ASAP2dFFT(nn.Module):
     """:func:`asap_pool2d_fft` as a module (same arguments as :class:`ASAP2d`); a baseline for benchmarks."""
 
-    def __init__(self, channels=None, stride=2, padding: str = 'one', mode: str = 'centered', device=None, dtype=None):
+    def __init__(self, channels=None, stride=2, padding: str = 'one', mode: str = 'centered', device=None, dtype=None,
+                 **unknown):
         super().__init__()
+        reject_unknown_args(ASAP2dFFT, unknown)
         check_stride('ASAP2dFFT', stride)
+        check_channels('ASAP2dFFT', channels)
         self.padding = check_choice('padding', padding, ASAP_PADDINGS, 'ASAP2dFFT')
         self.mode = check_choice('mode', mode, MODES, 'ASAP2dFFT')
 
@@ -90,9 +93,11 @@ class FLC2dFFT(nn.Module):
     """:func:`flc_pool2d_fft` as a module (same arguments as :class:`FLC2d`); a baseline for benchmarks."""
 
     def __init__(self, channels=None, stride=2, mode: str = 'centered', variant: str = 'real', norm: str = 'forward',
-                 device=None, dtype=None):
+                 device=None, dtype=None, **unknown):
         super().__init__()
+        reject_unknown_args(FLC2dFFT, unknown)
         check_stride('FLC2dFFT', stride)
+        check_channels('FLC2dFFT', channels)
         self.mode = check_choice('mode', mode, MODES, 'FLC2dFFT')
         self.variant = check_choice('variant', variant, FLC_VARIANTS, 'FLC2dFFT')
         self.norm = check_choice('norm', norm, FLC_NORMS, 'FLC2dFFT')

@@ -9,9 +9,10 @@ import torch
 import torch.fx
 from torch import nn
 
-from .asap import check_stride
-from .band import FLC_NORMS, FLC_VARIANTS, MODES, check_choice, output_size
-from .spectral_matrix import check_pool_input, spectral_pool
+from .asap import check_channels, check_stride
+from .band import FLC_NORMS, FLC_VARIANTS, MODES, check_choice, output_size, reject_unknown_args
+from .backends import spectral_pool
+from .spectral_matrix import check_pool_input
 
 __all__ = ['flc_pool2d', 'FLC2d']
 
@@ -26,7 +27,8 @@ def flc_pool2d(x: torch.Tensor, mode: str = 'centered', variant: str = 'real', n
         mode: ``'centered'`` (DC-centred band, output ``ceil(H/2) x ceil(W/2)``) or ``'reference'``
             (the public code's crop ``[int(H/4), int(3H/4))``).
         variant: ``'real'`` (real part of the inverse transform; default) or ``'abs'`` (its
-            magnitude, the ECCV 2022 code).
+            magnitude, the ECCV 2022 code; where the magnitude is 0 its gradient is 0, as for
+            ``torch.abs`` of the FFT form's complex result).
         norm: ``'forward'`` (default; a constant image keeps its value) or ``'backward'`` (torch's
             default norm, as in the ECCV code: the output is scaled by about 4). The ECCV layer is
             ``flc_pool2d(x, 'reference', 'abs', 'backward')``.
@@ -38,6 +40,16 @@ def flc_pool2d(x: torch.Tensor, mode: str = 'centered', variant: str = 'real', n
 
     Tested against :func:`timm_asap.layers.flc_pool2d_fft` in float64 to 1e-10 for every H, W in
     1..64 and both modes; gradcheck in float64.
+
+    Notes:
+        As for :func:`timm_asap.layers.asap_pool2d`: a NaN or Inf in one input pixel makes its whole
+        output plane non-finite (every output pixel depends on every input pixel of the plane; other
+        channels and images are untouched); the first call at a new size builds and caches the
+        matrices (about 1 s at 1024x1024 on one CPU thread); :func:`timm_asap.layers.set_backend`
+        chooses the implementation of the real variant ('abs' always takes the two-product form).
+    Example:
+        >>> flc_pool2d(torch.randn(2, 3, 14, 14), variant='abs').shape
+        torch.Size([2, 3, 7, 7])
 
     Raises:
         ValueError: for a non 4-D, integer or complex input, or an unknown mode/variant/norm.
@@ -68,7 +80,17 @@ class FLC2d(nn.Module):
         - Input: (N, C, H, W)
         - Output: (N, C, ceil(H / 2), ceil(W / 2)) in ``'centered'`` mode.
 
-    Tested to equal :func:`flc_pool2d` and the FFT formulation.
+    Raises:
+        ValueError: for a stride other than 2, bad channels, or an unknown mode/variant/norm.
+        TypeError: for an argument the layer does not take, e.g. ASAP's ``padding`` (the message lists
+            the allowed ones).
+
+    A NaN/Inf pixel makes its whole output plane non-finite, and the first call at a new size builds
+    the matrices (see :func:`flc_pool2d`). Tested to equal :func:`flc_pool2d` and the FFT formulation.
+
+    Example:
+        >>> FLC2d()(torch.randn(1, 8, 14, 14)).shape
+        torch.Size([1, 8, 7, 7])
     """
 
     def __init__(
@@ -80,9 +102,12 @@ class FLC2d(nn.Module):
             norm: str = 'forward',
             device=None,
             dtype=None,
+            **unknown,
     ):
         super().__init__()
+        reject_unknown_args(FLC2d, unknown)
         check_stride('FLC2d', stride)
+        check_channels('FLC2d', channels)
         self.channels = channels
         self.mode = check_choice('mode', mode, MODES, 'FLC2d')
         self.variant = check_choice('variant', variant, FLC_VARIANTS, 'FLC2d')

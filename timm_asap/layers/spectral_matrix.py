@@ -13,11 +13,14 @@ the second term (:func:`pool_plan` picks): as separate small products, which add
 but several kernels (large planes on the CPU), or folded with the first term into exactly two matrix
 products of twice the size (the paired form: GPUs, small planes, high ranks). The matrices of each input
 (H, W), options, contraction order, dtype and device are cached process-wide (:func:`pool_plan`), outside
-any state dict.
+any state dict, in bounded LRU caches (:data:`OPERATOR_CACHE_SIZE`, :data:`PLAN_CACHE_SIZE`).
+This is the ``'two_product'`` backend (the default); :mod:`timm_asap.layers.backends` chooses between it
+and the other exact forms.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from typing import NamedTuple
 
@@ -27,7 +30,11 @@ from torch.fx.experimental.proxy_tensor import disable_proxy_modes_tracing
 
 from .band import BandSpec, band_spec
 
-__all__ = ['PoolPlan', 'axis_matrix', 'pool_plan', 'check_pool_input', 'clear_cache', 'compute_dtype', 'static_size']
+__all__ = [
+    'PoolPlan', 'axis_matrix', 'axis_operator', 'pool_plan', 'check_pool_input', 'clear_cache', 'register_cache',
+    'compute_dtype', 'static_size', 'is_channels_last', 'magnitude_of', 'two_product_pool', 'OPERATOR_CACHE_SIZE',
+    'PLAN_CACHE_SIZE',
+]
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -78,18 +85,29 @@ def _factor(a: torch.Tensor) -> AxisOperator:
     return AxisOperator(p, (su[:, :r] * s[:r]).contiguous(), svh[:r].T.contiguous(), r)
 
 
-_float64_cache: dict[tuple, AxisOperator] = {}
+# Cache caps (least recently used entries are dropped first). One float64 operator is two (n x size)
+# matrices of one axis; one plan holds the matrices of one input (H, W), options, order, dtype and device.
+# A network uses a handful of each; the caps only bound processes that see many input sizes.
+OPERATOR_CACHE_SIZE = 256
+PLAN_CACHE_SIZE = 256
+_caches: list = []
 
 
-def _float64_operator(size: int, pool: str, padding: str, mode: str, norm: str) -> AxisOperator:
-    key = (size, pool, padding, mode, norm)
-    op = _float64_cache.get(key)
-    if op is None:
-        op = _float64_cache[key] = _factor(axis_matrix(band_spec(size, pool, padding, mode), norm))
-    return op
+def register_cache(cached):
+    """Register an ``functools.lru_cache``-wrapped function so :func:`clear_cache` empties it too."""
+    _caches.append(cached)
+    return cached
 
 
-def _build_outside_graphs(build):
+@register_cache
+@functools.lru_cache(maxsize=OPERATOR_CACHE_SIZE)
+def axis_operator(size: int, pool: str, padding: str, mode: str, norm: str) -> AxisOperator:
+    """The float64 factors ``P``, ``U``, ``V`` of one axis' operator (cached, at most
+    :data:`OPERATOR_CACHE_SIZE` entries)."""
+    return build_outside_graphs(lambda: _factor(axis_matrix(band_spec(size, pool, padding, mode), norm)))
+
+
+def build_outside_graphs(build):
     """Run ``build()`` as ordinary tensor code, so its real tensors can be cached: outside a jit.trace
     recording, the fake-tensor and proxy modes of torch.export / make_fx, and inference_mode (so a later
     call with autograd can save the result for backward). ``build`` starts from fresh tensors, so it has
@@ -109,9 +127,15 @@ def _build_outside_graphs(build):
 
 
 def clear_cache() -> None:
-    """Drop every cached matrix (e.g. to free GPU memory)."""
-    _float64_cache.clear()
-    _plan_cache.clear()
+    """Drop every cached matrix of every backend (e.g. to free GPU memory).
+
+    The caches are bounded anyway: at most :data:`OPERATOR_CACHE_SIZE` float64 axis operators,
+    :data:`PLAN_CACHE_SIZE` cast plans of the two-product form and
+    :data:`timm_asap.layers.kronecker.KRONECKER_CACHE_SIZE` Kronecker matrices, least recently used
+    dropped first.
+    """
+    for cached in _caches:
+        cached.cache_clear()
 
 
 def check_pool_input(x, owner: str) -> None:
@@ -177,12 +201,9 @@ class PoolPlan(NamedTuple):
     out: tuple[int, int]
 
 
-_plan_cache: dict[tuple, PoolPlan] = {}
-
-
 def _build_plan(height, width, pool, padding, mode, norm, magnitude, nhwc, dtype, device) -> PoolPlan:
-    oh = _float64_operator(height, pool, padding, mode, norm)
-    ow = _float64_operator(width, pool, padding, mode, norm)
+    oh = axis_operator(height, pool, padding, mode, norm)
+    ow = axis_operator(width, pool, padding, mode, norm)
     out = (oh.p.shape[0], ow.p.shape[0])
     if magnitude:
         kind, mats = 'magnitude', (oh.p, ow.p, oh.imag(), ow.imag())
@@ -209,6 +230,13 @@ def _build_plan(height, width, pool, padding, mode, norm, magnitude, nhwc, dtype
                     sep, (left.shape[1], right.shape[1]), out)
 
 
+@register_cache
+@functools.lru_cache(maxsize=PLAN_CACHE_SIZE)
+def _cached_plan(height, width, pool, padding, mode, norm, magnitude, nhwc, dtype, device) -> PoolPlan:
+    return build_outside_graphs(
+        lambda: _build_plan(height, width, pool, padding, mode, norm, magnitude, nhwc, dtype, device))
+
+
 @torch.compiler.assume_constant_result
 def pool_plan(
         height: int,
@@ -225,15 +253,12 @@ def pool_plan(
     """The cached :class:`PoolPlan` for an input; built on first use from the float64 factors.
 
     One call per pooling (under ``torch.compile`` it runs at trace time and its tensors enter the graph
-    as constants). Nothing here is a module buffer, so state dicts stay untouched.
+    as constants). Nothing here is a module buffer, so state dicts stay untouched. At most
+    :data:`PLAN_CACHE_SIZE` plans are kept (least recently used dropped first); the key is the input's
+    size, options, order, dtype and device only, so call :func:`clear_cache` after changing a tuning
+    constant such as ``_CPU_LOW_RANK_MAX``.
     """
-    key = (height, width, pool, padding, mode, norm, magnitude, nhwc, dtype, device,
-           _CPU_LOW_RANK_MAX, _CPU_LOW_RANK_MIN_PLANE)
-    plan = _plan_cache.get(key)
-    if plan is None:
-        plan = _plan_cache[key] = _build_outside_graphs(
-            lambda: _build_plan(height, width, pool, padding, mode, norm, magnitude, nhwc, dtype, device))
-    return plan
+    return _cached_plan(height, width, pool, padding, mode, norm, magnitude, nhwc, dtype, device)
 
 
 # torch.compiler.is_exporting is missing from older torch releases
@@ -245,7 +270,7 @@ def _inductor_compiling() -> bool:
     return torch.compiler.is_dynamo_compiling() and not _is_exporting()
 
 
-def _is_channels_last(x: torch.Tensor) -> bool:
+def is_channels_last(x: torch.Tensor) -> bool:
     """True when ``x`` is stored channels_last and not also plain contiguous."""
     return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
@@ -259,7 +284,7 @@ def _nhwc_order(x: torch.Tensor) -> bool:
     not a specialisation on its value)."""
     if not bool(x.shape[1] >= _MIN_NHWC_CHANNELS):  # guards only this comparison under torch.compile
         return False
-    return _is_channels_last(x) or (_inductor_compiling() and x.device.type == 'cpu')
+    return is_channels_last(x) or (_inductor_compiling() and x.device.type == 'cpu')
 
 
 def _apply_separable(x: torch.Tensor, left: torch.Tensor, right: torch.Tensor, plan: PoolPlan, nhwc: bool) -> torch.Tensor:
@@ -283,7 +308,7 @@ def _apply_separable(x: torch.Tensor, left: torch.Tensor, right: torch.Tensor, p
     batch, channels = x.shape[0], x.shape[1]
     (rows, cols), (inner_h, inner_w) = plan.sep, plan.inner
     if not nhwc:
-        channels_last = _is_channels_last(x)
+        channels_last = is_channels_last(x)
         t = torch.matmul(left, x.contiguous() if channels_last else x)                     # (N, C, n, W)
         y = torch.matmul(t.reshape(batch, channels, rows, inner_w), right.transpose(0, 1))
         return y.contiguous(memory_format=torch.channels_last) if channels_last else y
@@ -311,8 +336,9 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype
 
 
-def spectral_pool(x: torch.Tensor, pool: str, padding: str, mode: str, norm: str, magnitude: bool) -> torch.Tensor:
-    """Shared body of :func:`asap_pool2d` and :func:`flc_pool2d` (inputs already validated)."""
+def two_product_pool(x: torch.Tensor, pool: str, padding: str, mode: str, norm: str, magnitude: bool) -> torch.Tensor:
+    """The two-product form (the default backend) of :func:`asap_pool2d` and :func:`flc_pool2d`
+    (inputs already validated)."""
     nhwc = _nhwc_order(x)
     plan = pool_plan(static_size(x.shape[-2]), static_size(x.shape[-1]), pool, padding, mode, norm,
                      magnitude, nhwc, compute_dtype(x), x.device)
@@ -330,4 +356,13 @@ def spectral_pool(x: torch.Tensor, pool: str, padding: str, mode: str, norm: str
     # 'magnitude'; mats: P_H, P_W, Q_H, Q_W (all four products have the same sizes)
     real = _apply_separable(x, mats[0], mats[1], plan, nhwc) - _apply_separable(x, mats[2], mats[3], plan, nhwc)
     imag = _apply_separable(x, mats[0], mats[3], plan, nhwc) + _apply_separable(x, mats[2], mats[1], plan, nhwc)
-    return torch.sqrt(real * real + imag * imag)
+    return magnitude_of(real, imag)
+
+
+def magnitude_of(real: torch.Tensor, imag: torch.Tensor) -> torch.Tensor:
+    """``|real + i imag|`` with a finite gradient where it is 0 (there 0, as ``torch.abs`` of a complex
+    tensor gives; ``sqrt``'s own gradient is 0/0 there). Real arithmetic only, so it exports to ONNX."""
+    squared = real * real + imag * imag
+    zero = squared == 0  # NaN compares unequal, so a NaN stays NaN
+    safe = torch.where(zero, torch.ones_like(squared), squared)
+    return torch.where(zero, torch.zeros_like(squared), torch.sqrt(safe))
