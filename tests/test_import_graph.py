@@ -29,6 +29,10 @@ MODEL_TOOLS = [PKG / 'models' / 'benchmark.py', PKG / 'models' / 'coverage.py']
 ALLOWED_THIRD_PARTY = {'torch', 'timm', 'safetensors', 'huggingface_hub'}
 # the transformers loaders import transformers when called (they exist to use it); nowhere at module level
 LAZY_TRANSFORMERS = {PKG / 'hub' / 'load.py', PKG / 'hub' / 'image_processor.py'}
+# triton comes with torch's CUDA builds: the kernel module imports it and is itself imported by the Triton
+# backend's functions on the first kernel call
+TRITON_KERNEL = PKG / 'layers' / 'triton_kernel.py'
+LAZY_TRITON = {PKG / 'layers' / 'triton_pool.py'}
 FORBIDDEN = ('timm_asap.config', 'timm_asap.train', 'timm_asap.evaluation', 'timm_asap.study', 'timm_asap.cli',
              'timm_asap.data', 'timm_asap.hub_configs', 'timm_asap.hub.export', 'timm_asap.hub.card',
              'timm_asap.hub.upload', 'timm_asap.hub.results', 'timm_asap.hub.publishing', 'timm_asap.benchmark')
@@ -82,6 +86,9 @@ def test_core_module_imports_only_the_core_and_its_libraries(path):
         elif root == 'transformers':
             if path not in LAZY_TRANSFORMERS or top:
                 bad.append(f"{name} (transformers: only inside the transformers loaders' functions)")
+        elif root == 'triton':
+            if path != TRITON_KERNEL and (path not in LAZY_TRITON or top):
+                bad.append(f"{name} (triton: only in the kernel module and inside the Triton backend's functions)")
         elif not _is_stdlib(name) and root not in ALLOWED_THIRD_PARTY:
             bad.append(name)
     assert not bad, f"{path.relative_to(ROOT)} imports {bad}"

@@ -34,7 +34,6 @@ band crop (e.g. 14 -> 8) and are not adjusted.
 from __future__ import annotations
 
 import functools
-import inspect
 import logging
 import math
 import warnings
@@ -53,7 +52,7 @@ from timm.models.resnet import BasicBlock
 from torch import nn
 
 from timm_asap.layers import create_pool, output_size
-from timm_asap.layers.create import POOL_LAYERS
+from timm_asap.layers.create import POOL_LAYERS, pool_arguments
 
 __all__ = [
     'asapify', 'plan_conversion', 'StridedOp', 'ConversionError', 'PooledConvMixin', 'SpectralDownsample',
@@ -568,10 +567,7 @@ _NOT_POOL_OPTIONS = ('channels', 'stride', 'mode', 'device', 'dtype')  # set by 
 def pool_kwarg_names(pool: str) -> tuple[str, ...]:
     """The pooling-layer options :func:`asapify` passes on for ``pool`` (``'asap'``: ``padding``;
     ``'flc'``: ``variant``, ``norm``), read from the layer's signature."""
-    if pool not in POOL_LAYERS:
-        raise ValueError(f"pool must be one of {sorted(POOL_LAYERS)}, got {pool!r}")
-    params = inspect.signature(POOL_LAYERS[pool]).parameters
-    return tuple(p for p in params if p not in _NOT_POOL_OPTIONS)
+    return tuple(p for p in pool_arguments(pool) if p not in _NOT_POOL_OPTIONS)
 
 
 def check_pool_kwargs(pool: str, kwargs: dict, what: str = 'asapify') -> None:
