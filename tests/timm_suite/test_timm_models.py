@@ -187,3 +187,8 @@ def test_every_registry_test_is_covered(timm_tests):
         if any(isinstance(v, str) and split_model_name_tag(v)[0] in ours for v in values):
             uncovered.append(test)
     assert not uncovered, f"timm tests over the registry that are neither run nor listed: {uncovered}"
+
+
+def test_fast_names_are_registered():
+    """The default run's names are registered (a renamed one would silently leave the default run)."""
+    assert not set(FAST) - set(ARCHS), f"not registered: {sorted(set(FAST) - set(ARCHS))}"
