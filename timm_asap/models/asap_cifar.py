@@ -20,7 +20,7 @@ import functools
 from typing import Optional, Union
 
 import torch
-from timm.layers import BatchNormAct2d, DropPath, create_classifier, get_act_layer
+from timm.layers import BatchNormAct2d, DropPath, create_classifier, get_act_layer, get_device_dtype
 from timm.models import PretrainedCfg, build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices  # not re-exported by timm.models; timm's own models use it
 from timm.models.resnet import BasicBlock, ResNet
@@ -213,8 +213,9 @@ class PreActResNet(nn.Module):
             self.feature_info.append(dict(num_chs=chs, reduction=reduction, module=f'stages.{i}'))
         self.stages = nn.Sequential(*stages)
         self.norm = BatchNormAct2d(prev, act_layer=act_layer, **dd)
-        self.num_features = self.head_hidden_size = prev
+        self.num_features = prev
         self.global_pool, self.fc = create_classifier(prev, num_classes, pool_type=global_pool, **dd)
+        self.head_hidden_size = prev * self.global_pool.feat_mult()
         self.init_weights()
 
     @torch.no_grad()
@@ -239,9 +240,16 @@ class PreActResNet(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.fc
 
-    def reset_classifier(self, num_classes: int, global_pool: str = 'avg') -> None:
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """New classifier (on the model's device and dtype); ``global_pool=None`` keeps the current pooling."""
         self.num_classes = num_classes
-        self.global_pool, self.fc = create_classifier(self.num_features, self.num_classes, pool_type=global_pool)
+        if global_pool is None:
+            global_pool = self.global_pool.pool_type
+        self.global_pool, self.fc = create_classifier(
+            self.num_features, self.num_classes, pool_type=global_pool, **get_device_dtype(self))
+        self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
+        self.global_pool.train(self.training)
+        self.fc.train(self.training)
 
     def forward_intermediates(
             self,
