@@ -236,26 +236,32 @@ def gen_architectures(arg: str | None) -> str:
 
 
 def gen_architectures_short(arg: str | None) -> str:
-    groups: dict[str, dict] = {}
+    from timm.models import get_pretrained_cfg
+
+    groups: dict[tuple, dict] = {}
     for base, members, _ in _families():
         arch = next((a for a in members if a != base), members[0])
         kind, text = _default_loads(arch)
-        cifar = base in members
-        key = (kind, cifar)
-        g = groups.setdefault(key, dict(bases=[], published=set(), kind=kind, cifar=cifar))
+        g = groups.setdefault((kind, base in members), dict(bases=[], published=set(), example=arch))
+        if base == 'resnet50':
+            g['example'] = arch
         g['bases'].append(base)
         g['published'] |= {t for a in members for t in _published_project_tags(a)}
     rows = []
-    for g in groups.values():
+    for (kind, cifar), g in groups.items():
         names = ', '.join(g['bases'])
-        label = (f"{names} (32x32 baselines) and their `_asap` / `_flc` variants" if g['cifar']
+        label = (f"{names} (32x32 baselines) and their `_asap` / `_flc` variants" if cifar
                  else f"`_asap` / `_flc` variants of {names}")
-        loads = {'base': "the base timm checkpoint (e.g. `resnet50_asap` -> `timm/resnet50.a1_in1k`), converted "
-                         "zero-shot: fine-tune before use",
-                 'project': 'weights trained with ASAP/FLC by this project',
+        cfg = get_pretrained_cfg(g['example'])
+        example = f"e.g. `{g['example']}` loads `{cfg.hf_hub_id or cfg.url}` (tag `{cfg.tag}`)" if cfg else ''
+        loads = {'base': f"the base timm checkpoint, converted zero-shot (fine-tune before use); {example}",
+                 'project': f"weights trained with ASAP/FLC by this project; {example}",
                  'none': 'nothing: random initialisation only (`pretrained=True` raises `WeightsNotAvailableError`)'}
-        rows.append([label, loads[g['kind']], ', '.join(f"`{t}`" for t in sorted(g['published'])) or 'none published yet'])
-    return md_table(['architectures', '`pretrained=True` loads', 'robust weights'], rows)
+        rows.append([label, loads[kind], ', '.join(f"`{t}`" for t in sorted(g['published'])) or 'none published yet'])
+    published = set().union(*(g['published'] for g in groups.values()))
+    note = ('No ASAP or FLC weights trained by this project are published yet.' if not published else
+            f"{len(published)} sets of weights trained by this project are published.")
+    return md_table(['architectures', '`pretrained=True` loads', 'robust weights'], rows) + '\n\n' + note
 
 
 # ---------------------------------------------------------------------------------------------------- coverage
@@ -337,10 +343,9 @@ def gen_study_results(arg: str | None) -> str:
     summary, run = STUDY_DIR / 'summary.md', STUDY_DIR / 'run.json'
     if not summary.is_file():
         return ("**Not measured yet.** No converged study result has been recorded. "
-                "`timm-asap study --preset cpu` (3 seeds, about an hour on 2 CPU cores) or "
-                "`timm-asap study --preset gpu` (one GPU) produces it: the table with mean ± std over seeds "
-                "and standard errors lands in `<output>/summary.md`; copied with its run details to "
-                "`docs/results/study/` it appears here.")
+                "`timm-asap study --preset cpu` (2 CPU cores) or `timm-asap study --preset gpu` (one GPU) will "
+                "produce it: the table with mean ± std over seeds lands in `<output>/summary.md`, and once "
+                "that file and its run details are committed under `docs/results/study/` it appears here.")
     meta = _read_json(run)
     tables = '\n'.join(ln for ln in summary.read_text().splitlines() if not ln.startswith('# '))
     return (f"Command: `{meta['command']}`. Machine: {meta['machine']}. Date: {meta['date']}. "
@@ -403,9 +408,8 @@ def make_figure(path: Path = FIGURE) -> Path:
     import torch
 
     import timm_asap  # noqa: F401
-    from timm_asap.evaluation.data import EvalImages
+    from timm_asap.evaluation import EvalImages, aliasing_view
     from timm_asap.evaluation.report import plot_aliasing
-    from timm_asap.evaluation.shift import aliasing_view
 
     crops = []
     for image in (skimage.data.astronaut(), skimage.data.chelsea(), skimage.data.coffee(), skimage.data.rocket()):
