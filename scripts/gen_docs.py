@@ -214,6 +214,16 @@ def _family_label(base: str, members: list[str]) -> str:
     return (f"`{base}` (baseline), " + text) if base in members and variants else (text or f"`{base}`")
 
 
+REGISTRY_PARTS = frozenset({'architectures', 'architectures-short'})
+TIMM_VERSION = re.compile(r'registered by `import timm_asap` \(timm ([^)\s]+)\)')
+
+
+def recorded_timm_version() -> str | None:
+    """The timm version the committed architecture table was generated with (its tag lists follow timm's)."""
+    m = TIMM_VERSION.search((ROOT / 'docs' / 'models.md').read_text())
+    return m.group(1) if m else None
+
+
 def gen_architectures(arg: str | None) -> str:
     import timm
     from timm.models import get_pretrained_cfg, model_entrypoint
@@ -371,12 +381,14 @@ def doc_files() -> list[Path]:
     return files
 
 
-def render(text: str, where: str = '') -> str:
-    """``text`` with every generated part replaced by what its generator writes now."""
+def render(text: str, where: str = '', keep: frozenset[str] = frozenset()) -> str:
+    """``text`` with every generated part replaced by what its generator writes now (parts in ``keep`` as they are)."""
     def replace(m: re.Match) -> str:
         name = m.group('name')
         if name not in GENERATORS:
             raise DocsError(f"{where}: unknown generated part {name!r}; known: {sorted(GENERATORS)}")
+        if name in keep:
+            return m.group(0)
         body = GENERATORS[name](m.group('arg'))
         return f"{m.group(1)}{body.rstrip()}\n{m.group(5)}"
 
@@ -389,12 +401,12 @@ def _write_atomic(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def outdated() -> dict[Path, str]:
-    """Files whose generated parts differ from what the generators write, with the new text."""
+def outdated(keep: frozenset[str] = frozenset()) -> dict[Path, str]:
+    """Files whose generated parts (except those in ``keep``) differ from what the generators write, with the new text."""
     changed = {}
     for path in doc_files():
         old = path.read_text()
-        new = render(old, str(path.relative_to(ROOT)))
+        new = render(old, str(path.relative_to(ROOT)), keep)
         if new != old:
             changed[path] = new
     return changed

@@ -48,9 +48,18 @@ def _python_blocks():
 
 
 def test_generated_parts_are_up_to_date():
-    changed = gen_docs.outdated()
+    import timm
+
+    # the architecture tables list timm's checkpoints per base model: with another timm release they differ
+    # without anything here being wrong, so they are compared only under the timm they were generated with
+    recorded = gen_docs.recorded_timm_version()
+    keep = gen_docs.REGISTRY_PARTS if recorded and recorded != timm.__version__ else frozenset()
+    changed = gen_docs.outdated(keep)
     assert not changed, (f"out of date: {[str(p.relative_to(ROOT)) for p in changed]}; "
                          "run `python scripts/gen_docs.py` and commit the result")
+    if keep:
+        pytest.skip(f"architecture tables generated with timm {recorded}, installed {timm.__version__}: not compared "
+                    "(the other generated parts are up to date)")
 
 
 def test_every_generated_part_is_known():
