@@ -125,17 +125,26 @@ def test_readme_is_short_and_keeps_the_ci_commands():
         assert after[0] == '```bash' and after[1].strip() and after[2] == '```', marker
 
 
+def _anchors(path: Path) -> set[str]:
+    """GitHub's heading anchors of a Markdown file (lower case, punctuation dropped, spaces as '-')."""
+    text = FENCE.sub('', path.read_text())
+    return {re.sub(r'[^\w\- ]', '', h.strip().lower()).replace(' ', '-') for h in re.findall(r'^#+ (.+)$', text, re.M)}
+
+
 def test_relative_links_resolve():
-    link = re.compile(r'\]\(([^)#\s]+)(?:#[^)]*)?\)')
+    link = re.compile(r'\]\(([^)#\s]+)(?:#([^)]*))?\)')
     missing = []
     for path in DOCS:
-        for target in link.findall(path.read_text()):
+        for target, anchor in link.findall(path.read_text()):
             if re.match(r'^[a-z]+:', target):
                 continue
             resolved = (path.parent / target).resolve()
             rel = resolved.relative_to(ROOT).as_posix() if resolved.is_relative_to(ROOT) else str(resolved)
-            if not resolved.exists() and rel not in PENDING_PAGES:
-                missing.append(f"{path.relative_to(ROOT)} -> {target}")
+            if not resolved.exists():
+                if rel not in PENDING_PAGES:
+                    missing.append(f"{path.relative_to(ROOT)} -> {target}")
+            elif anchor and resolved.suffix == '.md' and anchor not in _anchors(resolved):
+                missing.append(f"{path.relative_to(ROOT)} -> {target}#{anchor} (no such heading)")
     assert not missing
 
 
