@@ -5,7 +5,7 @@ from .fashion_mnist import (
     DEFAULT_FASHION_MNIST_DIR, FASHION_MNIST_CLASSES, FashionMNIST, fashion_mnist_split, find_fashion_mnist)
 from .idx import IdxError, read_idx, write_idx
 from .loader import ResumableSampler, ShardSampler, create_eval_loader, create_train_loader
-from .pipeline import RunData, create_eval_dataset, create_run_data
+from .pipeline import RunData, create_run_data, create_val_dataset
 from .transforms import create_transforms, is_fashion_mnist, resolve_data_config
 
 __all__ = [
@@ -13,6 +13,16 @@ __all__ = [
     'FashionMNIST', 'FASHION_MNIST_CLASSES', 'DEFAULT_FASHION_MNIST_DIR', 'find_fashion_mnist', 'fashion_mnist_split',
     'SampleDataset', 'create_split_dataset', 'dataset_classes', 'is_folder_dataset', 'subset_indices',
     'ResumableSampler', 'ShardSampler', 'create_train_loader', 'create_eval_loader',
-    'RunData', 'create_run_data', 'create_eval_dataset',
+    'RunData', 'create_run_data', 'create_val_dataset',
     'resolve_data_config', 'create_transforms', 'is_fashion_mnist',
 ]
+
+
+def __getattr__(name: str):
+    if name == 'create_eval_dataset':  # renamed: timm_asap.evaluation.create_eval_dataset is the evaluation one
+        import warnings
+        warnings.warn("timm_asap.data.create_eval_dataset is renamed create_val_dataset (a run's validation split); "
+                      "for evaluation data use timm_asap.evaluation.create_eval_dataset", DeprecationWarning,
+                      stacklevel=2)
+        return create_val_dataset
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,7 +14,7 @@ from .corruptions import ALL_CORRUPTIONS, CORRUPTIONS
 
 __all__ = [
     'RESULTS_SCHEMA', 'write_results', 'read_results', 'format_eps', 'markdown_report', 'parse_markdown_tables',
-    'plot_corruptions', 'plot_attacks', 'plot_shift', 'plot_aliasing', 'write_text_atomic',
+    'plot_corruptions', 'plot_attacks', 'plot_shift', 'plot_aliasing', 'write_text_atomic', 'write_bytes_atomic',
 ]
 
 RESULTS_SCHEMA = 'timm-asap-evaluation/1'
@@ -27,17 +27,22 @@ def _atomic_path(path: Path):
     return set_new_file_mode(tmp)
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file and ``os.replace``."""
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file and ``os.replace`` (readers never see half a file)."""
     path = Path(path)
     tmp = _atomic_path(path)
     try:
-        tmp.write_text(text)
+        tmp.write_bytes(data)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file and ``os.replace``."""
+    return write_bytes_atomic(path, text.encode())
 
 
 def _clean_value(v):
@@ -94,7 +99,7 @@ def _num(v, digits: int = 2) -> str:
 
 def _attack_label(r: dict) -> str:
     norm = 'L∞' if r['norm'] == 'linf' else 'L2'
-    name = {'fgsm': 'FGSM', 'pgd': f"PGD-{r.get('steps')}", 'autoattack': 'AutoAttack (ART)'}[r['attack']]
+    name = {'fgsm': 'FGSM', 'pgd': f"PGD-{r.get('steps')}", 'autoattack': 'AutoAttack (standard)'}[r['attack']]
     return f"{name} {norm} ε={format_eps(float(r['eps']))}"
 
 
@@ -154,9 +159,14 @@ def markdown_report(rows: Sequence[dict], title: str | None = 'Robustness evalua
                              for c in order]))
     info = next((r for r in rows if 'count' in r and r.get('task') == 'clean'), None)
     if info is not None:
-        parts.append(f"Data: {info.get('dataset', '?')}, {info['count']} images, seed {info.get('seed', '?')}; "
+        skipped = info.get('unreadable') or 0
+        aa = next((r.get('library') for r in rows if r.get('attack') == 'autoattack'), None)
+        parts.append(f"Data: {info.get('dataset', '?')}, {info['count']} images"
+                     + (f" ({skipped} unreadable image{'s' if skipped != 1 else ''} skipped)" if skipped else '')
+                     + f", seed {info.get('seed', '?')}; precision {info.get('precision', 'float32')} (attacks float32); "
                      f"timm-asap {info.get('version_timm_asap', '?')}, timm {info.get('version_timm', '?')}, "
-                     f"torch {info.get('version_torch', '?')}, ART {info.get('version_art', '?')}.")
+                     f"torch {info.get('version_torch', '?')}, ART {info.get('version_art', '?')}"
+                     + (f", {aa}" if aa else '') + '.')
     return '\n\n'.join(parts) + '\n'
 
 
