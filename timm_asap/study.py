@@ -109,6 +109,8 @@ class StudyOptions:
         workers: DataLoader workers (0 on a small CPU: loading in the main process leaves the cores to
             the model).
         eval_batch_size: images per evaluation forward pass.
+        max_seconds: time available (None: no limit); when the expected time is longer, fewer seeds run
+            (at least one) and the output says so.
         progress: progress bars.
         full: the complete recipe (recorded in the outputs).
     """
@@ -134,6 +136,7 @@ class StudyOptions:
     device: str = 'auto'
     workers: int = 0
     eval_batch_size: int = 256
+    max_seconds: float | None = None
     progress: bool = True
     full: bool = False
 
@@ -153,6 +156,8 @@ class StudyOptions:
         resolve_amp('cpu', self.amp)  # raises naming the allowed precisions
         if self.shift_trials < 0:
             raise ValueError(f"shift_trials must be >= 0, got {self.shift_trials}")
+        if self.max_seconds is not None and self.max_seconds <= 0:
+            raise ValueError(f"max_seconds must be > 0 or None, got {self.max_seconds}")
         if any(not 0 <= e <= 1 for e in self.eps):
             raise ValueError(f"eps must lie in [0, 1] (pixel units), got {self.eps}")
         return self
@@ -482,6 +487,20 @@ def estimate(opts: StudyOptions, device: torch.device) -> dict[str, Any]:
             'measure_s': round(time.perf_counter() - t0, 1)}
 
 
+def _fit_seeds(opts: StudyOptions, expected: dict, log: Callable[[str], None]) -> tuple[StudyOptions, dict]:
+    """Fewer seeds when the expected time exceeds ``opts.max_seconds`` (training and evaluation scale with seeds)."""
+    per_seed = (expected['train_s'] + expected['evaluate_s']) / len(opts.seeds)
+    fixed = expected['total_s'] - per_seed * len(opts.seeds)
+    k = max(1, min(len(opts.seeds), int((opts.max_seconds - fixed) // max(per_seed, 1e-9))))
+    total = round(fixed + k * per_seed)
+    scale = k / len(opts.seeds)
+    expected = {**expected, 'train_s': round(expected['train_s'] * scale),
+                'evaluate_s': round(expected['evaluate_s'] * scale), 'total_s': total, 'seeds_planned': opts.seeds}
+    log(f"time left {_minutes(opts.max_seconds)}: running {k} of the {len(opts.seeds)} seeds, {opts.seeds[:k]} "
+        f"(expected {_minutes(total)})" + ('' if total <= opts.max_seconds else '; even one seed may not finish'))
+    return dataclasses.replace(opts, seeds=opts.seeds[:k]), expected
+
+
 def describe(opts: StudyOptions, device: torch.device) -> str:
     """What the options run, in one paragraph."""
     fams = '; '.join(f"{f} ({FAMILIES[f].description}) as baseline, _flc and _asap" for f in opts.families)
@@ -554,6 +573,8 @@ def run_study(opts: StudyOptions | None = None, log: Callable[[str], None] = _st
         f"{expected['measure_s']:.0f} s of timed steps on this machine")
     if opts.preset in ('gpu', 'full') and device.type != 'cuda':
         _logger.warning(f"preset {opts.preset!r} on the CPU: expected {_minutes(expected['total_s'])}")
+    if opts.max_seconds is not None and expected['total_s'] > opts.max_seconds:
+        opts, expected = _fit_seeds(opts, expected, log)
     _json_dump(out / 'options.json', dataclasses.asdict(opts))
 
     families = {name: FAMILIES[name] for name in opts.families}

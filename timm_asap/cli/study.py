@@ -25,11 +25,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--seeds', nargs='+', type=int, help="training seeds (default: the preset's)")
     p.add_argument('--epochs', type=int, help="training epochs (default: the preset's)")
     p.add_argument('--train-subset', type=int, help='training images (default: all 60000)')
+    p.add_argument('--val-subset', type=int, help='test images validated on after each epoch (default: all 10000)')
     p.add_argument('--batch-size', type=int, help="training batch size; the learning rate scales with it")
     p.add_argument('--eval-count', type=int, help='test images for clean accuracy (default: all 10000)')
     p.add_argument('--corruption-count', type=int, help="test images corrupted (default: the preset's)")
     p.add_argument('--attack-count', type=int, help="test images attacked (default: the preset's)")
     p.add_argument('--shift-count', type=int, help="test images of the shift-consistency pass")
+    p.add_argument('--severities', nargs='+', type=int, help='corruption severities (default: 1 2 3 4 5)')
+    p.add_argument('--max-seconds', type=float,
+                   help='time available: when the expected time is longer, fewer seeds run (said in the output)')
     p.add_argument('--data-dir', help="Fashion-MNIST IDX folder (default: Debian's package, else a download)")
     p.add_argument('--device', default='auto', help='auto, cpu or cuda')
     p.add_argument('--amp', choices=['auto', 'bf16', 'fp16', 'none'],
@@ -48,8 +52,8 @@ def main(argv=None) -> int:
         raise SystemExit(f"timm-asap study: --full is --preset full; it cannot be combined with --preset {preset}")
     overrides = dict(output_dir=args.output, device=args.device, progress=not args.no_progress,
                      data_dir=args.data_dir)
-    for key in ('families', 'seeds', 'epochs', 'train_subset', 'batch_size', 'eval_count', 'corruption_count',
-                'attack_count', 'shift_count', 'workers', 'amp'):
+    for key in ('families', 'seeds', 'epochs', 'train_subset', 'val_subset', 'batch_size', 'eval_count',
+                'corruption_count', 'attack_count', 'shift_count', 'severities', 'max_seconds', 'workers', 'amp'):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
     try:
