@@ -91,7 +91,7 @@ class StudyOptions:
         seeds: training seeds (results are reported as mean and spread over them).
         epochs: training epochs (None: the recipe's).
         train_subset: training images (None: all 60k).
-        val_subset: test images used for validation during training (None: all 10k).
+        val_subset: test images used for validation after each epoch (the plateau check; None: all 10k).
         batch_size: training batch size (None: the recipe's, 128); the learning rate is scaled with it.
         eval_count: test images for clean accuracy (None: all 10k).
         corruption_count: of those, the images corrupted (the first ones; each of 15 x 5 sets).
@@ -121,7 +121,7 @@ class StudyOptions:
     seeds: list[int] = field(default_factory=lambda: [0])
     epochs: int | None = 3
     train_subset: int | None = None
-    val_subset: int | None = None
+    val_subset: int | None = 2000
     batch_size: int | None = 128
     eval_count: int | None = None
     corruption_count: int = 1000
@@ -167,14 +167,16 @@ class StudyOptions:
 PRESETS: dict[str, tuple[str, dict]] = {
     'default': ('a real result in minutes on a 2-core CPU: the small family, all 60k training images, one seed',
                 dict()),
-    'cpu': ('at most an hour on 2 CPU cores: the small family, 3 seeds, trained to a plateau',
-            dict(seeds=[0, 1, 2], epochs=6, corruption_count=2000, attack_count=1000, shift_count=2000)),
+    'cpu': ('at most an hour on 2 CPU cores: the small family, 3 seeds (2 when the measured estimate says 3 do not '
+            'fit in the hour), trained to a plateau',
+            dict(seeds=[0, 1, 2], epochs=5, max_seconds=3600.0)),
     'gpu': ('minutes on one H100-class GPU: resnet18_cifar (baseline, FLC, ASAP) x 3 seeds, full evaluation',
-            dict(families=['resnet18_cifar'], seeds=[0, 1, 2], epochs=6, batch_size=512, corruption_count=2000,
-                 attack_count=1000, shift_count=10000, shift_trials=5, workers=8, eval_batch_size=1024)),
+            dict(families=['resnet18_cifar'], seeds=[0, 1, 2], epochs=6, batch_size=512, val_subset=None,
+                 corruption_count=2000, attack_count=1000, shift_count=10000, shift_trials=5, workers=8,
+                 eval_batch_size=1024)),
     'full': ('the complete recipe (well over an hour on one GPU): 3 families x 3 seeds x 20 epochs',
              dict(families=['resnet18_cifar', 'preactresnet18', 'wide_resnet28_10'], seeds=[0, 1, 2], epochs=None,
-                  batch_size=None, corruption_count=10000, attack_count=1000, shift_count=10000, shift_trials=5,
+                  val_subset=None, batch_size=None, corruption_count=10000, attack_count=1000, shift_count=10000, shift_trials=5,
                   workers=8, eval_batch_size=1024, full=True)),
 }
 

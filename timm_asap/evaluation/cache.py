@@ -93,6 +93,22 @@ def corruption_key(data: EvalImages, corruption: str, severity: int, seed: int, 
     return params
 
 
+def _pool_context():
+    """spawn: the caller holds torch's (and OpenCV's) thread pools, and a forked child of a threaded process
+    can deadlock (seen with fork after ART attacks ran). A script using the pool therefore needs the usual
+    ``if __name__ == '__main__':`` guard (or ``corruption_workers=0``)."""
+    return multiprocessing.get_context('spawn')
+
+
+def _init_worker() -> None:
+    """One thread per worker: the pool already uses every core (and OpenCV's own pool is not fork-safe)."""
+    try:
+        import cv2
+        cv2.setNumThreads(1)
+    except ImportError:  # the corruptions needing OpenCV raise their own clear error
+        pass
+
+
 def _corrupt_chunk(images: np.ndarray, ids: Sequence[int], corruption: str, severity: int, seed: int,
                    protocol: str) -> np.ndarray:
     """Corrupt a chunk of uint8 (n, C, H, W) images (runs in a pool worker)."""
@@ -130,8 +146,7 @@ def generate_corrupted(data: EvalImages, jobs: Sequence[tuple[str, int]], seed: 
             yield j, torch.from_numpy(np.concatenate([_corrupt_chunk(images[a:b], ids[a:b], c, s, seed, protocol)
                                                       for a, b in chunks]))
         return
-    # spawn: the parent holds torch's OpenMP pool, which a forked child must not inherit
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context('spawn')) as pool:
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=_pool_context(), initializer=_init_worker) as pool:
         window = max(2, 2 * workers // max(1, len(chunks)) + 1)  # jobs in flight: keeps every worker busy
         pending: dict[int, list[concurrent.futures.Future]] = {}
 
@@ -144,7 +159,13 @@ def generate_corrupted(data: EvalImages, jobs: Sequence[tuple[str, int]], seed: 
         for j in range(len(jobs)):
             if j + window < len(jobs):
                 submit(j + window)
-            yield j, torch.from_numpy(np.concatenate([f.result() for f in pending.pop(j)]))
+            try:
+                parts = [f.result() for f in pending.pop(j)]
+            except concurrent.futures.process.BrokenProcessPool as e:
+                raise RuntimeError(f"the corruption worker processes stopped ({e}); a script starting the evaluation "
+                                   "needs an `if __name__ == '__main__':` guard, or run with corruption_workers=0 "
+                                   "(--corruption-workers 0) to make the corruptions in this process") from None
+            yield j, torch.from_numpy(np.concatenate(parts))
 
 
 @dataclass
