@@ -15,7 +15,7 @@ import timm_asap.models  # noqa: F401  (registers the architectures)
 from timm_asap.config import apply_overrides
 from timm_asap.data import (
     DEFAULT_FASHION_MNIST_DIR, DataError, FashionMNIST, IdxError, ResumableSampler, SampleDataset, ShardSampler,
-    create_eval_dataset, create_run_data, create_split_dataset, create_transforms, dataset_classes,
+    create_val_dataset, create_run_data, create_split_dataset, create_transforms, dataset_classes,
     find_fashion_mnist, read_idx, resolve_data_config, subset_indices, write_idx)
 
 from finetune_helpers import tiny_config, write_fake_fashion_mnist, write_image_folder
@@ -112,7 +112,7 @@ def test_fashion_mnist_transform_32px(tmp_path):
         dc = resolve_data_config(cfg, model)
         assert dc['input_size'] == (chans, 32, 32) and dc['crop_pct'] == 1.0
         assert len(dc['mean']) == chans and len(dc['std']) == chans  # CIFAR RGB stats averaged for grey
-        ds = create_eval_dataset(cfg, model)
+        ds = create_val_dataset(cfg, model)
         x, y, bad = ds[0]
         assert x.shape == (chans, 32, 32) and x.dtype == torch.float32 and bad == 0
         if chans == 3:

@@ -1,11 +1,24 @@
 """The Fashion-MNIST robustness study: baseline vs FLC vs ASAP, trained, evaluated, published, reloaded.
 
-For each CIFAR-size family (``resnet18_cifar`` by default; ``preactresnet18`` and ``wide_resnet28_10``
-with ``--full``) the baseline and its ``_flc`` and ``_asap`` variants are trained with the same recipe
-and seed (the shipped ``resnet18_cifar.fmnist`` recipe), evaluated side by side on the same test images
-(clean, the 15 corruptions x 5 severities, FGSM/PGD at several eps, shift consistency), written as Hub
-folders (dry run, no network) and loaded back by name to check that the published weights give the
-trained model's logits. Everything lands under one output folder; re-running resumes finished work.
+For each CIFAR-size family the baseline and its ``_flc`` and ``_asap`` variants are trained with the
+same recipe and seed (the shipped ``resnet18_cifar.fmnist`` recipe), evaluated side by side on the
+same test images (clean, the 15 corruptions x 5 severities, FGSM/PGD at several eps, shift
+consistency; every number with its standard error), written as Hub folders (dry run, no network) and
+loaded back by name to check that the published weights give the trained model's logits. Everything
+lands under one output folder; re-running resumes finished work.
+
+Presets (:data:`PRESETS`) size the work to the machine; each prints what it runs and its expected time
+(measured on the spot: a few training and inference steps of each model, see :func:`estimate`):
+
+* ``default``: a reduced-width pre-activation ResNet-18 (``preactresnet18`` with channels 8-16-32-64,
+  0.18 M parameters, 8.7 MMAC per 32x32 image) on all 60k training images, one seed: minutes on a
+  2-core CPU.
+* ``cpu``: the same family, 3 seeds, more epochs: at most an hour on 2 cores.
+* ``gpu``: ``resnet18_cifar`` x 3 seeds: minutes on one H100-class GPU.
+* ``full``: all three paper families, 3 seeds, the recipe's 20 epochs (more GPU time).
+
+The corrupted test sets are made once per run (cached under ``<output>/eval_cache``) and shared by
+every model and seed: all seeds are evaluated on the same images with the same corruption draws.
 """
 from __future__ import annotations
 
@@ -13,6 +26,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -23,15 +37,47 @@ import torch
 
 from .config import RunConfig, apply_overrides, load_config
 from .models.weight_tags import HUB_ORG
+from .runtime import resolve_amp, resolve_device
 
-__all__ = ['StudyOptions', 'FAMILIES', 'VARIANT_SUFFIXES', 'default_options', 'full_options', 'run_study',
-           'study_table']
+__all__ = ['StudyOptions', 'Family', 'FAMILIES', 'VARIANT_SUFFIXES', 'PRESETS', 'preset_options', 'default_options',
+           'full_options', 'run_study', 'study_table', 'estimate', 'convergence']
 
 _logger = logging.getLogger(__name__)
 
-FAMILIES = ('resnet18_cifar', 'preactresnet18', 'wide_resnet28_10')
+
+@dataclass(frozen=True)
+class Family:
+    """One network family of the study: a registered baseline built with ``model_args``, trained with its
+    ``_flc`` and ``_asap`` variants.
+
+    Attributes:
+        name: the label of the family in folders, tables and Hub repository names.
+        architecture: the registered baseline name (``<architecture>_flc`` / ``_asap`` are its variants).
+        model_args: ``timm.create_model`` keyword arguments (recorded in the run config and config.json).
+        description: size in words.
+    """
+
+    name: str
+    architecture: str
+    model_args: dict = field(default_factory=dict)
+    description: str = ''
+
+    def variants(self) -> list[tuple[str, str]]:
+        """(label, registered architecture) of the baseline, FLC and ASAP models."""
+        return [(self.name + suffix, self.architecture + suffix) for suffix in VARIANT_SUFFIXES]
+
+
 VARIANT_SUFFIXES = ('', '_flc', '_asap')  # baseline, FLC, ASAP
+_SMALL = Family('preactresnet18_w8', 'preactresnet18', {'channels': [8, 16, 32, 64], 'stem_chs': 8},
+                'pre-activation ResNet-18 at 1/8 width: 0.18 M parameters, 8.7 MMAC per 32x32 grey image')
+FAMILIES: dict[str, Family] = {f.name: f for f in (
+    _SMALL,
+    Family('resnet18_cifar', 'resnet18_cifar', {}, 'CIFAR ResNet-18: 11.2 M parameters, 0.56 GMAC per image'),
+    Family('preactresnet18', 'preactresnet18', {}, 'pre-activation ResNet-18: 11.2 M parameters, 0.56 GMAC'),
+    Family('wide_resnet28_10', 'wide_resnet28_10', {}, 'Wide ResNet 28-10: 36.5 M parameters, 5.2 GMAC'),
+)}
 RECIPE = 'resnet18_cifar.fmnist'          # the shipped config every model of the study is trained with
+RECIPE_BATCH = 128                        # the recipe's batch size; its lr (0.05) is scaled linearly with the batch
 
 
 @dataclass
@@ -40,45 +86,57 @@ class StudyOptions:
 
     Attributes:
         output_dir: the folder holding every artefact.
-        families: CIFAR-size families; each is trained as baseline, ``_flc`` and ``_asap``.
+        preset: the preset these options came from (recorded; see :data:`PRESETS`).
+        families: names of :data:`FAMILIES`; each is trained as baseline, ``_flc`` and ``_asap``.
         seeds: training seeds (results are reported as mean and spread over them).
         epochs: training epochs (None: the recipe's).
         train_subset: training images (None: all 60k).
-        val_subset: test images used for validation during training (None: all 10k).
-        batch_size: training batch size (None: the recipe's).
-        eval_count: test images for clean, corruption and shift evaluation.
-        attack_count: images attacked (the first of the evaluated ones; at most ``eval_count``).
+        val_subset: test images used for validation after each epoch (the plateau check; None: all 10k).
+        batch_size: training batch size (None: the recipe's, 128); the learning rate is scaled with it.
+        eval_count: test images for clean accuracy (None: all 10k).
+        corruption_count: of those, the images corrupted (the first ones; each of 15 x 5 sets).
+        attack_count: of those, the images attacked.
+        shift_count: of those, the images of the shift-consistency pass.
         severities: corruption severities.
         eps: L-inf eps (in [0, 1] pixel units) for FGSM and PGD.
         pgd_steps: PGD iterations.
         shift_trials: random shift pairs per image.
-        amp: autocast for the clean, corruption and shift passes (``bf16``, ``fp16``, ``none`` or ``auto``:
-            bf16 on CUDA only); attacks always run in float32.
+        amp: precision of the clean, corruption and shift passes (``'auto'``: follows the hardware through
+            :func:`timm_asap.runtime.resolve_amp`, bf16 on CUDA and CPUs with native bf16, float32
+            elsewhere); attacks always run in float32.
         data_dir: Fashion-MNIST IDX folder (None: Debian's, else a torchvision download).
         device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
         workers: DataLoader workers (0 on a small CPU: loading in the main process leaves the cores to
             the model).
+        eval_batch_size: images per evaluation forward pass.
+        max_seconds: time available (None: no limit); when the expected time is longer, fewer seeds run
+            (at least one) and the output says so.
         progress: progress bars.
         full: the complete recipe (recorded in the outputs).
     """
 
     output_dir: str = 'study_output'
-    families: list[str] = field(default_factory=lambda: ['resnet18_cifar'])
+    preset: str = 'default'
+    families: list[str] = field(default_factory=lambda: [_SMALL.name])
     seeds: list[int] = field(default_factory=lambda: [0])
-    epochs: int | None = 2
-    train_subset: int | None = 3000
-    val_subset: int | None = 500
-    batch_size: int | None = 64
-    eval_count: int = 150
-    attack_count: int = 50
+    epochs: int | None = 3
+    train_subset: int | None = None
+    val_subset: int | None = 2000
+    batch_size: int | None = 128
+    eval_count: int | None = None
+    corruption_count: int = 1000
+    attack_count: int = 500
+    shift_count: int = 1000
     severities: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
     eps: list[float] = field(default_factory=lambda: [1 / 255, 2 / 255, 4 / 255])
-    pgd_steps: int = 5
+    pgd_steps: int = 10
     shift_trials: int = 2
-    amp: str = 'bf16'
+    amp: str = 'auto'
     data_dir: str | None = None
     device: str = 'auto'
     workers: int = 0
+    eval_batch_size: int = 256
+    max_seconds: float | None = None
     progress: bool = True
     full: bool = False
 
@@ -88,46 +146,64 @@ class StudyOptions:
             raise ValueError(f"families must be a non-empty subset of {list(FAMILIES)}, got {self.families}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be a non-empty list of distinct integers, got {self.seeds}")
-        for key in ('epochs', 'train_subset', 'val_subset', 'batch_size'):
+        for key in ('epochs', 'train_subset', 'val_subset', 'batch_size', 'eval_count'):
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise ValueError(f"{key} must be >= 1 or None, got {value}")
-        for key in ('eval_count', 'attack_count', 'pgd_steps'):
+        for key in ('corruption_count', 'attack_count', 'shift_count', 'pgd_steps', 'eval_batch_size'):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
-        if self.amp not in ('auto', 'bf16', 'fp16', 'none'):
-            raise ValueError(f"amp must be one of ['auto', 'bf16', 'fp16', 'none'], got {self.amp!r}")
+        resolve_amp('cpu', self.amp)  # raises naming the allowed precisions
         if self.shift_trials < 0:
             raise ValueError(f"shift_trials must be >= 0, got {self.shift_trials}")
+        if self.max_seconds is not None and self.max_seconds <= 0:
+            raise ValueError(f"max_seconds must be > 0 or None, got {self.max_seconds}")
         if any(not 0 <= e <= 1 for e in self.eps):
             raise ValueError(f"eps must lie in [0, 1] (pixel units), got {self.eps}")
         return self
 
 
+#: preset name -> (what it is for, its options). ``default`` is the README's main command.
+PRESETS: dict[str, tuple[str, dict]] = {
+    'default': ('a real result in minutes on a 2-core CPU: the small family, all 60k training images, one seed',
+                dict()),
+    'cpu': ('at most an hour on 2 CPU cores: the small family, 3 seeds (2 when the measured estimate says 3 do not '
+            'fit in the hour), trained to a plateau',
+            dict(seeds=[0, 1, 2], epochs=5, max_seconds=3600.0)),
+    'gpu': ('minutes on one H100-class GPU: resnet18_cifar (baseline, FLC, ASAP) x 3 seeds, full evaluation',
+            dict(families=['resnet18_cifar'], seeds=[0, 1, 2], epochs=6, batch_size=512, val_subset=None,
+                 corruption_count=2000, attack_count=1000, shift_count=10000, shift_trials=5, workers=8,
+                 eval_batch_size=1024)),
+    'full': ('the complete recipe (well over an hour on one GPU): 3 families x 3 seeds x 20 epochs',
+             dict(families=['resnet18_cifar', 'preactresnet18', 'wide_resnet28_10'], seeds=[0, 1, 2], epochs=None,
+                  val_subset=None, batch_size=None, corruption_count=10000, attack_count=1000, shift_count=10000, shift_trials=5,
+                  workers=8, eval_batch_size=1024, full=True)),
+}
+
+
+def preset_options(name: str = 'default', **overrides) -> StudyOptions:
+    """The options of a preset, with ``overrides`` applied.
+
+    Raises:
+        ValueError: an unknown preset (naming the presets), or invalid overrides.
+    """
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
+    return StudyOptions(**{'preset': name, **PRESETS[name][1], **overrides}).validate()
+
+
 def default_options(**overrides) -> StudyOptions:
-    """The CPU default: one family, one seed, 3000 training images, two epochs, 150 test images (50 attacked)."""
-    return StudyOptions(**overrides).validate()
+    """The ``default`` preset (the README's main command)."""
+    return preset_options('default', **overrides)
 
 
 def full_options(**overrides) -> StudyOptions:
-    """``--full``: all three families, 3 seeds, all 60k training images, the recipe's epochs, the whole test set."""
-    opts = dict(families=list(FAMILIES), seeds=[0, 1, 2], epochs=None, train_subset=None, val_subset=None,
-                batch_size=None, eval_count=10000, attack_count=1000, pgd_steps=10, shift_trials=5, workers=8,
-                amp='auto', full=True)
-    opts.update(overrides)
-    return StudyOptions(**opts).validate()
+    """``--full``: all three paper families, 3 seeds, all 60k training images, the recipe's epochs."""
+    return preset_options('full', **overrides)
 
 
 def _stage(message: str) -> None:
     print(f"[study] {message}", flush=True)
-
-
-def _device(name: str) -> torch.device:
-    if name == 'auto':
-        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    if name.startswith('cuda') and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available")
-    return torch.device(name)
 
 
 def locate_data(data_dir: str | None) -> tuple[str, str]:
@@ -142,7 +218,7 @@ def locate_data(data_dir: str | None) -> tuple[str, str]:
     return str(ds.root), f"{source} ({ds.root})"
 
 
-def study_config(arch: str, seed: int, opts: StudyOptions, data_dir: str) -> RunConfig:
+def study_config(label: str, arch: str, family: Family, seed: int, opts: StudyOptions, data_dir: str) -> RunConfig:
     """The shared recipe with the architecture, pooling, seed and the size options of the study applied."""
     base = load_config(RECIPE)
     pool = 'asap' if arch.endswith('_asap') else 'flc' if arch.endswith('_flc') else 'none'
@@ -150,12 +226,15 @@ def study_config(arch: str, seed: int, opts: StudyOptions, data_dir: str) -> Run
                  f"data.data_dir={data_dir}", f"data.workers={opts.workers}",
                  f"data.train_subset={'null' if opts.train_subset is None else opts.train_subset}",
                  f"data.val_subset={'null' if opts.val_subset is None else opts.val_subset}",
-                 f"hub.repo_id={HUB_ORG}/{arch}.fmnist"]
+                 f"hub.repo_id={HUB_ORG}/{label}.fmnist"]
     if opts.epochs is not None:
         overrides.append(f"train.epochs={opts.epochs}")
         overrides.append(f"train.warmup_epochs={min(base.train.warmup_epochs, max(0, opts.epochs - 1))}")
     if opts.batch_size is not None:
         overrides.append(f"train.batch_size={opts.batch_size}")
+        overrides.append(f"train.lr={base.train.lr * opts.batch_size / RECIPE_BATCH:g}")
+    if family.model_args:
+        overrides.append(f"model.model_args={json.dumps({**base.model.model_args, **family.model_args})}")
     return apply_overrides(base, overrides)
 
 
@@ -166,35 +245,49 @@ def _json_dump(path: Path, data: Any) -> Path:
     return path
 
 
-def _eval_options(opts: StudyOptions, seed: int, device: torch.device) -> dict:
-    return dict(count=opts.eval_count, seed=seed, batch_size=128, workers=opts.workers, device=device.type,
-                corruptions='benchmark', severities=list(opts.severities), corruption_protocol='cifar',
+EVAL_SEED = 0  # every training seed is evaluated on the same images, corruption draws, attack starts and shifts
+
+
+def _eval_options(opts: StudyOptions, device: torch.device, cache_dir: Path) -> dict:
+    return dict(count=opts.eval_count, seed=EVAL_SEED, batch_size=opts.eval_batch_size, workers=opts.workers,
+                device=device.type, corruptions='benchmark', severities=list(opts.severities),
+                corruption_protocol='cifar', corruption_count=opts.corruption_count, corruption_cache=str(cache_dir),
                 fgsm_eps=list(opts.eps), pgd_linf_eps=list(opts.eps), pgd_steps=opts.pgd_steps,
-                attack_count=min(opts.attack_count, opts.eval_count), shift_trials=opts.shift_trials,
+                attack_count=opts.attack_count, shift_count=opts.shift_count, shift_trials=opts.shift_trials,
                 shift_curve=opts.full, amp=opts.amp, progress=opts.progress)
 
 
-def _headline(rows: list[dict]) -> dict[str, dict[str, float]]:
-    """Per model: clean top-1, mean corruption accuracy, mCE, attack accuracies, shift consistency."""
-    out: dict[str, dict[str, float]] = {}
+def _headline(rows: list[dict]) -> dict[str, dict[str, tuple[float, int | None]]]:
+    """Per model: (value in %, images it was measured on) of clean top-1, mean corruption accuracy, mCE,
+    attack accuracies and shift consistency."""
+    out: dict[str, dict[str, tuple[float, int | None]]] = {}
     for r in rows:
         m = out.setdefault(r['model'], {})
-        task = r.get('task')
+        task, n = r.get('task'), r.get('count')
         if task == 'clean':
-            m['clean top-1'] = r['top1']
+            m['clean top-1'] = (r['top1'], n)
         elif task == 'corruption_summary' and r.get('corruption') == 'mean':
-            m['corruption mCA'] = r['mca']
+            m['corruption mCA'] = (r['mca'], n)
             if r.get('mce') is not None:
-                m['mCE'] = r['mce']
+                m['mCE'] = (r['mce'], None)
         elif task == 'attack' and r.get('component') is None:
-            m[f"{r['attack']} eps={r['eps'] * 255:g}/255"] = r['robust_top1']
+            m[f"{r['attack']} eps={r['eps'] * 255:g}/255"] = (r['robust_top1'], n)
         elif task == 'shift':
-            m['shift consistency'] = r['consistency']
+            m['shift consistency'] = (r['consistency'], n)
     return out
 
 
+def standard_error(percent: float, n: int | None) -> float | None:
+    """Binomial standard error (in %) of a rate measured on ``n`` images (for a mean over corruptions, which
+    are correlated per image, an upper bound); None without a count."""
+    if not n:
+        return None
+    p = min(max(percent / 100.0, 0.0), 1.0)
+    return 100.0 * math.sqrt(p * (1 - p) / n)
+
+
 def study_table(per_seed: dict[int, list[dict]]) -> tuple[str, list[dict]]:
-    """Mean and spread over seeds of every headline metric, as Markdown and as rows."""
+    """Mean (and std over seeds) of every headline metric with its standard error, as Markdown and as rows."""
     heads = {seed: _headline(rows) for seed, rows in per_seed.items()}
     models = list(next(iter(heads.values())))
     metrics: list[str] = []
@@ -205,10 +298,15 @@ def study_table(per_seed: dict[int, list[dict]]) -> tuple[str, list[dict]]:
     for model in models:
         row: dict[str, Any] = {'model': model, 'seeds': sorted(per_seed)}
         for metric in metrics:
-            values = [heads[s][model][metric] for s in heads if metric in heads[s].get(model, {})]
-            if values:
+            found = [heads[s][model][metric] for s in heads if metric in heads[s].get(model, {})]
+            if found:
+                values = [v for v, _ in found]
                 row[metric] = statistics.fmean(values)
                 row[f'{metric} std'] = statistics.stdev(values) if len(values) > 1 else 0.0
+                errors = [standard_error(v, n) for v, n in found]
+                if all(e is not None for e in errors):  # of the seed mean: sampling error of each seed's value
+                    row[f'{metric} se'] = math.sqrt(sum(e * e for e in errors)) / len(errors)
+                row[f'{metric} n'] = found[0][1]
         rows.append(row)
     spread = len(per_seed) > 1
     lines = ['| model | ' + ' | '.join(metrics) + ' |', '|---|' + '---:|' * len(metrics)]
@@ -221,11 +319,34 @@ def study_table(per_seed: dict[int, list[dict]]) -> tuple[str, list[dict]]:
             cell = f"{row[metric]:.1f}"
             if spread:
                 cell += f" ± {row[f'{metric} std']:.1f}"
+            if f'{metric} se' in row:
+                cell += f" (SE {row[f'{metric} se']:.1f})"
             cells.append(cell)
         lines.append(f"| {row['model']} | " + ' | '.join(cells) + ' |')
-    note = (f"Accuracies, mCE and shift consistency in %, {'mean ± std over seeds ' + str(sorted(per_seed)) if spread else 'seed ' + str(sorted(per_seed)[0])}; "
+    counts = ', '.join(f"{m}: {rows[0][f'{m} n']}" for m in metrics if rows[0].get(f'{m} n'))
+    note = (f"Accuracies, mCE and shift consistency in %, "
+            f"{'mean ± std over seeds ' + str(sorted(per_seed)) if spread else 'seed ' + str(sorted(per_seed)[0])}; "
+            f"SE: binomial standard error of the test-image sample (for the mean over corruptions an upper bound; "
+            f"over seeds, of their mean). Test images per metric: {counts}. "
             f"mCE normalised by the first (baseline) model of each family.")
     return '\n'.join(lines) + '\n\n' + note + '\n', rows
+
+
+PLATEAU_PP = 0.5  # validation top-1 (pp): the last epoch gains less than this over the best earlier one
+
+
+def convergence(history: list[dict]) -> dict[str, Any]:
+    """The validation curve of a run and whether it plateaued.
+
+    Returns:
+        ``val_top1`` (per epoch), ``last_gain_pp`` (the last epoch's top-1 minus the best earlier one) and
+        ``plateaued`` (``last_gain_pp < PLATEAU_PP``; None with fewer than 2 validated epochs).
+    """
+    curve = [round(float(r['val_top1']), 2) for r in history if r.get('val_top1') is not None]
+    if len(curve) < 2:
+        return {'val_top1': curve, 'last_gain_pp': None, 'plateaued': None}
+    gain = round(curve[-1] - max(curve[:-1]), 2)
+    return {'val_top1': curve, 'last_gain_pp': gain, 'plateaued': gain < PLATEAU_PP}
 
 
 def _plot_summary(rows: list[dict], path: Path) -> Path:
@@ -233,7 +354,7 @@ def _plot_summary(rows: list[dict], path: Path) -> Path:
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
-    metrics = [k for k in rows[0] if k not in ('model', 'seeds', 'mCE') and not k.endswith(' std')]
+    metrics = [k for k in rows[0] if k not in ('model', 'seeds', 'mCE') and not k.endswith((' std', ' se', ' n'))]
     fig, ax = plt.subplots(figsize=(max(6.0, 1.4 * len(metrics)), 3.6))
     width = 0.8 / len(rows)
     for i, row in enumerate(rows):
@@ -283,114 +404,266 @@ def _reload_check(arch: str, cfg: RunConfig, trained: torch.nn.Module, hub_dir: 
     return {'model': arch, 'max_abs_logit_diff': max(diffs.values()), 'per_source': diffs, 'identical': max(diffs.values()) == 0.0}
 
 
+def _rates(label: str, arch: str, family: Family, batch: int, device: torch.device, steps: int = 2) -> dict:
+    """Training and inference images per second of one model on ``device``, from a few timed steps."""
+    import timm
+    import torch.nn.functional as F
+
+    model = timm.create_model(arch, num_classes=10, in_chans=1, **family.model_args).to(device)
+    cuda = device.type == 'cuda'
+    fmt = torch.channels_last if cuda else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    dtype = resolve_amp(device, 'auto') if cuda else None  # the trainer's autocast: CUDA only
+    x = torch.randn(batch, 1, 32, 32, device=device).to(memory_format=fmt)
+    y = torch.randint(0, 10, (batch,), device=device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+    def timed(fn) -> float:
+        fn()  # warm-up (allocator, cuDNN algorithm choice)
+        if cuda:
+            torch.cuda.synchronize(device)
+        t = time.perf_counter()
+        for _ in range(steps):
+            fn()
+        if cuda:
+            torch.cuda.synchronize(device)
+        return batch * steps / (time.perf_counter() - t)
+
+    def train_step():
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    def infer_step():
+        with torch.no_grad(), torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            model(x)
+
+    model.train()
+    train = timed(train_step)
+    model.eval()
+    return {'model': label, 'train_img_s': round(train, 1), 'infer_img_s': round(timed(infer_step), 1)}
+
+
+CORRUPT_S_PER_IMAGE = 0.62e-3  # CPU seconds per 32x32 image and set, mean of the 15 (measured, one core)
+RUN_OVERHEAD_S = 2.0  # per training run and per model evaluated: building, checkpoints, plots (measured)
+POOL_START_S = 10.0   # starting the corruption processes (each imports torch and timm)
+
+
+def estimate(opts: StudyOptions, device: torch.device) -> dict[str, Any]:
+    """Expected wall time of ``opts`` on ``device`` from a few timed steps of each model.
+
+    Training: runs x epochs x images / training img/s, plus one validation pass per epoch. Evaluation per
+    (family, seed), for each model: clean + 75 corruption sets + 2 x trials shifted copies at the inference
+    rate, and FGSM (2 passes) + PGD (steps + 2) per eps on the attacked images at the training-step rate
+    (a gradient step costs about a training step). Corruption sets: made once, 75 x images x
+    :data:`CORRUPT_S_PER_IMAGE` over ``os.cpu_count()`` processes, plus their start. Publishing: about 2 s
+    per model; every run and evaluated model adds :data:`RUN_OVERHEAD_S`.
+
+    Returns:
+        ``rates`` (per model), the parts in seconds (``train_s``, ``corruption_sets_s``, ``evaluate_s``,
+        ``publish_s``), ``total_s``, ``measure_s`` (time spent measuring).
+    """
+    t0 = time.perf_counter()
+    batch = opts.batch_size or RECIPE_BATCH
+    if device.type != 'cuda' and any(f != _SMALL.name for f in opts.families):
+        batch = min(batch, 32)  # the paper-size networks run at tens of images per second on a CPU
+    rates = [_rates(label, arch, FAMILIES[f], batch, device) for f in opts.families for label, arch in
+             FAMILIES[f].variants()]
+    seeds, epochs = len(opts.seeds), opts.epochs or 20
+    n_train, n_val, n_test = opts.train_subset or 60000, opts.val_subset or 10000, opts.eval_count or 10000
+    jobs = 15 * len(opts.severities)
+    n_corr, n_att, n_shift = (min(n, n_test) for n in (opts.corruption_count, opts.attack_count, opts.shift_count))
+    train_s = seeds * sum(epochs * (n_train / r['train_img_s'] + n_val / r['infer_img_s']) + RUN_OVERHEAD_S
+                          for r in rates)
+    infer_images = n_test + jobs * n_corr + 2 * opts.shift_trials * n_shift
+    grad_steps = len(opts.eps) * n_att * (2 + opts.pgd_steps + 2)
+    evaluate_s = seeds * sum(infer_images / r['infer_img_s'] + grad_steps / r['train_img_s'] + RUN_OVERHEAD_S
+                             for r in rates)
+    corruption_s = jobs * n_corr * CORRUPT_S_PER_IMAGE / (os.cpu_count() or 1) + POOL_START_S
+    publish_s = 2.0 * len(rates)
+    total = train_s + corruption_s + evaluate_s + publish_s
+    return {'rates': rates, 'batch': batch, 'train_s': round(train_s), 'corruption_sets_s': round(corruption_s),
+            'evaluate_s': round(evaluate_s), 'publish_s': round(publish_s), 'total_s': round(total),
+            'measure_s': round(time.perf_counter() - t0, 1)}
+
+
+def _fit_seeds(opts: StudyOptions, expected: dict, log: Callable[[str], None]) -> tuple[StudyOptions, dict]:
+    """Fewer seeds when the expected time exceeds ``opts.max_seconds`` (training and evaluation scale with seeds)."""
+    per_seed = (expected['train_s'] + expected['evaluate_s']) / len(opts.seeds)
+    fixed = expected['total_s'] - per_seed * len(opts.seeds)
+    k = max(1, min(len(opts.seeds), int((opts.max_seconds - fixed) // max(per_seed, 1e-9))))
+    total = round(fixed + k * per_seed)
+    scale = k / len(opts.seeds)
+    expected = {**expected, 'train_s': round(expected['train_s'] * scale),
+                'evaluate_s': round(expected['evaluate_s'] * scale), 'total_s': total, 'seeds_planned': opts.seeds}
+    log(f"time left {_minutes(opts.max_seconds)}: running {k} of the {len(opts.seeds)} seeds, {opts.seeds[:k]} "
+        f"(expected {_minutes(total)})" + ('' if total <= opts.max_seconds else '; even one seed may not finish'))
+    return dataclasses.replace(opts, seeds=opts.seeds[:k]), expected
+
+
+def describe(opts: StudyOptions, device: torch.device) -> str:
+    """What the options run, in one paragraph."""
+    fams = '; '.join(f"{f} ({FAMILIES[f].description}) as baseline, _flc and _asap" for f in opts.families)
+    precision = str(resolve_amp(device, opts.amp) or 'float32').replace('torch.', '')
+    n_test = opts.eval_count or 10000
+    return (f"preset {opts.preset!r}: {fams}; seeds {opts.seeds}; {opts.epochs or 'the recipe (20)'} epoch(s) on "
+            f"{opts.train_subset or 60000} training images, batch {opts.batch_size or RECIPE_BATCH}, validation on "
+            f"{opts.val_subset or 10000}; evaluation: clean on {n_test} test images, 15 corruptions x "
+            f"{len(opts.severities)} severities on {min(opts.corruption_count, n_test)}, FGSM and PGD-{opts.pgd_steps} "
+            f"at eps {', '.join(f'{e * 255:g}/255' for e in opts.eps)} on {min(opts.attack_count, n_test)}, shift "
+            f"consistency on {min(opts.shift_count, n_test)} ({opts.shift_trials} trials); device {device.type}, "
+            f"precision {precision} (attacks float32)")
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
+def check_device(opts: StudyOptions, device: torch.device) -> None:
+    """``--preset gpu``/``full`` need CUDA unless the device is given as ``cpu`` explicitly.
+
+    Raises:
+        ValueError: a GPU preset without CUDA and without ``device='cpu'``.
+    """
+    if opts.preset in ('gpu', 'full') and device.type != 'cuda' and opts.device != 'cpu':
+        raise ValueError(f"preset {opts.preset!r} is sized for a CUDA GPU and none is available; run it on a GPU, "
+                         f"use --preset default or cpu here, or pass --device cpu to run it on the CPU anyway "
+                         f"(it then prints its expected time, hours on a small CPU)")
+
+
 def run_study(opts: StudyOptions | None = None, log: Callable[[str], None] = _stage) -> dict[str, Any]:
     """Run (or resume) the study and return its summary; every artefact is written under ``opts.output_dir``.
 
     Layout::
 
-        <output_dir>/study.json            the options, data source, timings, the table rows, reload checks
-        <output_dir>/summary.md, summary.png   the side-by-side table (mean ± std over seeds) and its plot
-        <output_dir>/runs/<arch>/seed<k>/  fine-tuning outputs (config.yaml, model.safetensors, metrics.json, ...)
+        <output_dir>/study.json            the options, estimate, data source, timings, table rows, convergence,
+                                           reload checks
+        <output_dir>/summary.md, summary.png   the side-by-side table (mean ± std over seeds, standard errors)
+        <output_dir>/runs/<model>/seed<k>/ fine-tuning outputs (config.yaml, model.safetensors, metrics.json, ...)
         <output_dir>/eval/<family>/seed<k>/ results.json, results.md and the evaluation plots
-        <output_dir>/hub/<arch>/           the Hub folder written by the dry-run publish
+        <output_dir>/eval_cache/           the corrupted test sets, made once and shared by every model and seed
+        <output_dir>/hub/<model>/          the Hub folder written by the dry-run publish
         <output_dir>/hf_cache/             an offline Hub cache used to reload by name
+
+    Raises:
+        ValueError: invalid options, or a GPU preset without CUDA (see :func:`check_device`).
     """
     from .evaluation import create_eval_dataset, evaluate_models, load_images, wrap_model
+    from ._files import atomic_write_text
     from .evaluation.report import read_results
     from .hub import build_hub_folder, load_eval_results, load_trained_model
     from .train import ensure_finetuned
 
     opts = (opts or default_options()).validate()
+    device = resolve_device(opts.device)
+    check_device(opts, device)
     out = Path(opts.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    device = _device(opts.device)
     timings: dict[str, float] = {}
     start = time.perf_counter()
 
     data_dir, source = locate_data(opts.data_dir)
-    preset = full_options() if opts.full else default_options()
-    changed = [k for k in ('families', 'seeds', 'epochs', 'train_subset', 'val_subset', 'eval_count', 'attack_count',
-                           'pgd_steps', 'shift_trials') if getattr(opts, k) != getattr(preset, k)]
-    size = ('full recipe' if opts.full else 'CPU default: a subset and few epochs') + \
-        (f" with changed {', '.join(changed)}" if changed else '') + \
-        f" - {opts.train_subset or 60000} training images, {opts.epochs or 'recipe'} epoch(s), " \
-        f"{opts.eval_count} test images ({opts.attack_count} attacked), seeds {opts.seeds}, device {device.type}"
+    size = describe(opts, device)
     log(f"data: Fashion-MNIST from {source}")
-    log(f"size: {size}")
+    log(f"runs: {size}")
+    expected = estimate(opts, device)
+    rates = ', '.join(f"{r['model']} {r['train_img_s']:.0f}" for r in expected['rates'])
+    log(f"expected time: about {_minutes(expected['total_s'])} (training {_minutes(expected['train_s'])} at "
+        f"{rates} img/s; corruption sets {_minutes(expected['corruption_sets_s'])}; evaluation "
+        f"{_minutes(expected['evaluate_s'])}; publishing {_minutes(expected['publish_s'])}), from "
+        f"{expected['measure_s']:.0f} s of timed steps on this machine")
+    if opts.preset in ('gpu', 'full') and device.type != 'cuda':
+        _logger.warning(f"preset {opts.preset!r} on the CPU: expected {_minutes(expected['total_s'])}")
+    if opts.max_seconds is not None and expected['total_s'] > opts.max_seconds:
+        opts, expected = _fit_seeds(opts, expected, log)
     _json_dump(out / 'options.json', dataclasses.asdict(opts))
 
-    archs = {fam: [fam + s for s in VARIANT_SUFFIXES] for fam in opts.families}
-    configs = {(a, seed): study_config(a, seed, opts, data_dir) for fam in archs for a in archs[fam] for seed in opts.seeds}
+    families = {name: FAMILIES[name] for name in opts.families}
+    variants = {name: fam.variants() for name, fam in families.items()}
+    configs = {(label, seed): study_config(label, arch, families[name], seed, opts, data_dir)
+               for name in families for label, arch in variants[name] for seed in opts.seeds}
 
     t = time.perf_counter()
-    train_metrics = {}
-    for (arch, seed), cfg in configs.items():
-        run_dir = out / 'runs' / arch / f'seed{seed}'
+    train_metrics, curves = {}, {}
+    for (label, seed), cfg in configs.items():
+        run_dir = out / 'runs' / label / f'seed{seed}'
         metrics = ensure_finetuned(cfg, run_dir, device=device, progress=opts.progress)
-        train_metrics[f'{arch}/seed{seed}'] = {k: metrics.get(k) for k in ('val_top1', 'best_metric', 'train_images_per_sec')}
-        log(f"trained {arch} seed {seed}: val top-1 {metrics.get('val_top1', float('nan')):.2f}% ({run_dir})")
+        train_metrics[f'{label}/seed{seed}'] = {k: metrics.get(k) for k in ('val_top1', 'best_metric',
+                                                                            'train_images_per_sec')}
+        curve = curves[f'{label}/seed{seed}'] = convergence(metrics.get('history') or [])
+        state = {True: 'plateaued', False: 'still improving', None: 'too few epochs to tell'}[curve['plateaued']]
+        log(f"trained {label} seed {seed}: val top-1 by epoch {curve['val_top1']} ({state}"
+            + (f", last epoch {curve['last_gain_pp']:+.2f} pp over the best earlier one" if curve['plateaued'] is not None
+               else '') + f") -> {run_dir}")
     timings['train_s'] = time.perf_counter() - t
 
     t = time.perf_counter()
-    recipe = configs[(archs[opts.families[0]][0], opts.seeds[0])]
+    recipe = next(iter(configs.values()))
     test_set = create_eval_dataset('fashion_mnist', data_dir, split='test', img_size=recipe.model.img_size,
                                    crop_pct=recipe.data.crop_pct, interpolation=recipe.data.interpolation,
                                    in_chans=recipe.model.in_chans)
+    images = load_images(test_set, count=opts.eval_count, seed=EVAL_SEED, name='fashion_mnist/test', progress=False)
+    eval_opts = _eval_options(opts, device, out / 'eval_cache')
     per_family_seed: dict[str, dict[int, list[dict]]] = {}
-    for fam, fam_archs in archs.items():
-        per_family_seed[fam] = {}
+    for name in families:
+        per_family_seed[name] = {}
         for seed in opts.seeds:
-            eval_dir = out / 'eval' / fam / f'seed{seed}'
+            eval_dir = out / 'eval' / name / f'seed{seed}'
             if (eval_dir / 'results.json').is_file():
                 rows, _ = read_results(eval_dir / 'results.json')
-                log(f"evaluated {fam} seed {seed}: found {eval_dir / 'results.json'}, not evaluating again")
+                log(f"evaluated {name} seed {seed}: found {eval_dir / 'results.json'}, not evaluating again")
             else:
-                images = load_images(test_set, count=opts.eval_count, seed=seed,
-                                     name='fashion_mnist/test', progress=False)
                 models = []
-                for arch in fam_archs:
-                    cfg = configs[(arch, seed)]
-                    net = load_trained_model(cfg, out / 'runs' / arch / f'seed{seed}' / 'model.safetensors')
-                    models.append((arch, wrap_model(net, cfg.data.mean, cfg.data.std)))
-                rows = evaluate_models(models, images, _eval_options(opts, seed, device), out_dir=eval_dir,
-                                       dataset_name='fashion_mnist/test')
-                log(f"evaluated {fam} seed {seed}: {len(rows)} result rows -> {eval_dir}")
-            per_family_seed[fam][seed] = rows
+                for label, _ in variants[name]:
+                    cfg = configs[(label, seed)]
+                    net = load_trained_model(cfg, out / 'runs' / label / f'seed{seed}' / 'model.safetensors')
+                    models.append((label, wrap_model(net, cfg.data.mean, cfg.data.std)))
+                rows = evaluate_models(models, images, eval_opts, out_dir=eval_dir, dataset_name='fashion_mnist/test')
+                log(f"evaluated {name} seed {seed}: {len(rows)} result rows -> {eval_dir}")
+            per_family_seed[name][seed] = rows
     timings['evaluate_s'] = time.perf_counter() - t
 
     t = time.perf_counter()
     first_seed = opts.seeds[0]
     reload_checks = []
     probe = load_images(test_set, count=16, seed=123, progress=False).images
-    for fam, fam_archs in archs.items():
-        for arch in fam_archs:
-            cfg = configs[(arch, first_seed)]
-            hub_dir = out / 'hub' / arch
-            trained = load_trained_model(cfg, out / 'runs' / arch / f'seed{first_seed}' / 'model.safetensors')
-            build_hub_folder(trained, cfg, hub_dir, results=load_eval_results(out / 'eval' / fam / f'seed{first_seed}'),
-                             eval_model=arch)
-            check = _reload_check(arch, cfg, trained, hub_dir, out / 'hf_cache', probe)
+    for name in families:
+        for label, _ in variants[name]:
+            cfg = configs[(label, first_seed)]
+            hub_dir = out / 'hub' / label
+            trained = load_trained_model(cfg, out / 'runs' / label / f'seed{first_seed}' / 'model.safetensors')
+            build_hub_folder(trained, cfg, hub_dir, results=load_eval_results(out / 'eval' / name / f'seed{first_seed}'),
+                             eval_model=label)
+            check = _reload_check(label, cfg, trained, hub_dir, out / 'hf_cache', probe)
             reload_checks.append(check)
             verdict = 'identical logits' if check['identical'] else f"max |logit diff| {check['max_abs_logit_diff']:.2e}"
-            log(f"published {arch} -> {hub_dir} (dry run); reloaded by name: {verdict}")
+            log(f"published {label} -> {hub_dir} (dry run); reloaded by name: {verdict}")
             if check['max_abs_logit_diff'] > 1e-5:
-                raise RuntimeError(f"{arch}: the published weights do not reproduce the trained model "
+                raise RuntimeError(f"{label}: the published weights do not reproduce the trained model "
                                    f"(max |logit diff| {check['max_abs_logit_diff']:.3g})")
     timings['publish_reload_s'] = time.perf_counter() - t
 
     tables, all_rows = [], []
-    for fam in archs:
-        table, rows = study_table(per_family_seed[fam])
-        tables.append(f"### {fam}\n\n{table}")
+    for name in families:
+        table, rows = study_table(per_family_seed[name])
+        tables.append(f"### {name}\n\n{table}")
         all_rows += rows
-    summary_md = (f"# Fashion-MNIST robustness study\n\nData: {source}. Size: {size}.\n\n" + '\n'.join(tables))
-    (out / 'summary.md').write_text(summary_md)
-    _plot_summary(all_rows, out / 'summary.png')
+    plateau = '\n'.join(f"- {run}: val top-1 by epoch {c['val_top1']}"
+                         + ('' if c['plateaued'] is None else
+                            f" ({'plateaued' if c['plateaued'] else 'still improving'}: last epoch "
+                            f"{c['last_gain_pp']:+.2f} pp over the best earlier one)") for run, c in curves.items())
     timings['total_s'] = time.perf_counter() - start
-    result = dict(options=dataclasses.asdict(opts), data_source=source, size=size, table=all_rows,
-                  train=train_metrics, reload=reload_checks, timings=timings)
+    summary_md = (f"# Fashion-MNIST robustness study\n\nData: {source}. Runs: {size}.\n\n" + '\n'.join(tables)
+                  + f"\n### Convergence (validation top-1 per epoch, plateau: the last epoch gains < {PLATEAU_PP} pp)"
+                  f"\n\n{plateau}\n\nWall time {_minutes(timings['total_s'])} (expected "
+                  f"{_minutes(expected['total_s'])}).\n")
+    write_text_atomic(out / 'summary.md', summary_md)
+    _plot_summary(all_rows, out / 'summary.png')
+    result = dict(options=dataclasses.asdict(opts), data_source=source, size=size, estimate=expected, table=all_rows,
+                  train=train_metrics, convergence=curves, reload=reload_checks, timings=timings)
     _json_dump(out / 'study.json', result)
     print('\n' + summary_md, flush=True)
-    log(f"done in {timings['total_s'] / 60:.1f} min; artefacts under {out}")
+    log(f"done in {_minutes(timings['total_s'])}; artefacts under {out}")
     return result
-

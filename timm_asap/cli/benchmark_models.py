@@ -1,4 +1,5 @@
-"""``timm-asap benchmark-models``: throughput of resnet50 vs its ASAP/FLC/BlurPool/FFT-ASAP versions."""
+"""``timm-asap benchmark-models``: throughput of resnet50 vs its ASAP/FLC/BlurPool/FFT-ASAP versions, or of
+resnet18_cifar vs its ASAP/FLC versions at 32 px; ``--profile``: where a converted model's extra time goes."""
 from __future__ import annotations
 
 import argparse
@@ -10,7 +11,8 @@ from pathlib import Path
 import torch
 import yaml
 
-from timm_asap.models.benchmark import MODELS, benchmark_models, cpu_peak_rss, format_table, target_checks
+from timm_asap.models.benchmark import (
+    FAMILIES, MODELS, benchmark_models, cpu_peak_rss, format_profile, format_table, profile_extra_time, target_checks)
 
 from ._yaml_defaults import parse_args_with_yaml_defaults
 
@@ -34,8 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog='timm-asap benchmark-models',
         description='Interleaved inference and training-step throughput of resnet50, resnet50_asap, resnet50_flc, '
                     "timm's resnetaa50 (BlurPool) and resnet50 with the FFT formulation of ASAP, with ratios "
-                    'against resnet50 measured in the same run. CPU float32 always; CUDA (bfloat16 autocast, '
-                    'channels_last) when a GPU is present; each with and without torch.compile.')
+                    'against resnet50 measured in the same run (or, with --family resnet18_cifar, of the CIFAR-size '
+                    'ResNet-18 and its ASAP/FLC versions at 32 px). CPU float32 always; CUDA (bfloat16 autocast, '
+                    'channels_last) when a GPU is present; each with and without torch.compile. --profile shows '
+                    'where the converted models\' extra time goes.')
     p.add_argument('--config', type=Path, default=None,
                    help='YAML file of defaults for these options (keys as the long option names, with _)')
     p.add_argument('--device', choices=['auto', 'cpu', 'cuda'], default='auto',
@@ -44,10 +48,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--cuda-channels-last', action=argparse.BooleanOptionalAction, default=True)
     p.add_argument('--cpu-channels-last', action=argparse.BooleanOptionalAction, default=False)
     p.add_argument('--compile', choices=['off', 'on', 'both'], default='both')
+    p.add_argument('--family', choices=sorted(FAMILIES), default='resnet50',
+                   help='resnet50 (at 224 px) or resnet18_cifar (at 32 px, 10 classes); the first model is the '
+                        'baseline of the ratios (default: resnet50)')
     p.add_argument('--models', nargs='+', type=_model_label, metavar='MODEL', default=None,
-                   help=f"any of {', '.join(_SHORT_NAMES)} (default: all)")
+                   help=f"models of the family, of {', '.join(_SHORT_NAMES)} (default: the whole family)")
     p.add_argument('--batch-size', type=int, default=32)
-    p.add_argument('--img-size', type=int, default=224)
+    p.add_argument('--img-size', type=int, default=None, help="input size (default: 224; 32 for resnet18_cifar)")
+    p.add_argument('--profile', action='store_true',
+                   help="instead of timing, profile a few training steps of each converted model of the family and "
+                        "its baseline (torch.profiler) and write profile.md / profile.json: the pooling modules' "
+                        "time and the operators with the most extra time")
     p.add_argument('--rounds', type=int, default=3, help='timed interleaved rounds (median reported)')
     p.add_argument('--iters', type=int, default=1, help='steps per model and pass in each round')
     p.add_argument('--warmup', type=int, default=1, help='untimed rounds first (compilation happens here)')
@@ -69,6 +80,13 @@ def parse_args(argv=None) -> argparse.Namespace:
             args.models = [_model_label(str(m)) for m in names]
         except argparse.ArgumentTypeError as err:
             raise SystemExit(f"--models: {err}") from None
+    if args.img_size is None:
+        args.img_size = 32 if args.family == 'resnet18_cifar' else 224
+    if args.models:
+        foreign = [m for m in args.models if m not in FAMILIES[args.family]]
+        if foreign:
+            raise SystemExit(f"--models: {', '.join(foreign)} not of the {args.family} family "
+                             f"(--family); allowed: {', '.join(FAMILIES[args.family])}")
     for key in ('batch_size', 'img_size', 'rounds', 'iters'):
         if getattr(args, key) < 1:
             raise SystemExit(f"--{key.replace('_', '-')} must be >= 1, got {getattr(args, key)}")
@@ -92,8 +110,26 @@ def _machine() -> str:
             f"{torch.get_num_threads()} used by torch; GPU: {gpu}; load average {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f}")
 
 
+def _profile(args) -> int:
+    device = 'cuda' if args.device == 'cuda' or (args.device == 'auto' and torch.cuda.is_available()) else 'cpu'
+    dtype = DTYPES[args.cuda_dtype] if device == 'cuda' else torch.float32
+    cl = args.cuda_channels_last if device == 'cuda' else args.cpu_channels_last
+    labels = [m for m in (args.models or FAMILIES[args.family]) if m != FAMILIES[args.family][0]]
+    results = [profile_extra_time(m, device=device, dtype=dtype, batch_size=args.batch_size, img_size=args.img_size,
+                                  channels_last=cl, steps=args.rounds) for m in labels]
+    text = f"{_machine()}\n\n" + '\n\n'.join(format_profile(r) for r in results) + '\n'
+    print(text)
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    _write(args.output_dir / 'profile.md', text)
+    _write(args.output_dir / 'profile.json', json.dumps({'machine': _machine(), 'profiles': results}, indent=1))
+    print(f"wrote {args.output_dir}/profile.md and profile.json")
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.profile:
+        return _profile(args)
     compiles = {'off': [False], 'on': [True], 'both': [False, True]}[args.compile]
     settings = []
     if args.device in ('auto', 'cpu'):
@@ -108,7 +144,7 @@ def main(argv=None) -> int:
     rows = []
     for device, dtype, cl, comp, rounds in settings:
         rows += benchmark_models(device, dtype, args.batch_size, args.img_size, cl, comp, args.models, rounds,
-                                 args.iters, args.warmup, progress=not args.no_progress)
+                                 args.iters, args.warmup, progress=not args.no_progress, family=args.family)
         if device == 'cuda':
             torch.cuda.empty_cache()
     rss = []

@@ -82,7 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--seed', type=int, default=d.seed)
     g.add_argument('--subset-order', choices=('random', 'first'), default=d.subset_order)
     g.add_argument('--batch-size', type=int, default=d.batch_size)
-    g.add_argument('--workers', type=int, default=d.workers)
+    g.add_argument('--workers', type=int, default=d.workers, help='DataLoader workers reading images')
+    g.add_argument('--max-unreadable', type=float, default=d.max_unreadable,
+                   help='fraction of the selected images that may be unreadable (skipped and counted)')
     g.add_argument('--device', default=d.device)
     g.add_argument('--amp', choices=('auto', 'bf16', 'fp16', 'none'), default=d.amp)
     g.add_argument('--clean', type=_bool, default=d.clean)
@@ -93,21 +95,29 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--corruption-protocol', choices=('auto', 'imagenet', 'cifar'), default=d.corruption_protocol)
     g.add_argument('--corruption-source', choices=('generated', 'imagenet_c', 'cifar_c'), default=d.corruption_source)
     g.add_argument('--corruption-dir', default=None)
+    g.add_argument('--corruption-cache', default=None,
+                   help='folder keeping each generated corruption set for later runs (default: not kept)')
+    g.add_argument('--corruption-workers', type=int, default=None,
+                   help='processes generating corruptions (default: every core; 0: in this process)')
     g.add_argument('--mce-baseline', default=None, help='model label normalising mCE (default: the first model)')
     g.add_argument('--baseline-results', default=None, help="results.json holding the mCE baseline's rows")
     g.add_argument('--alexnet-mce', type=_bool, default=None,
                    help='normalise by AlexNet too (default: when the source is imagenet_c)')
-    g = p.add_argument_group('adversarial attacks (ART); eps in [0, 1] pixel units, fractions like 8/255 allowed')
+    g = p.add_argument_group('adversarial attacks (FGSM/PGD: ART; AutoAttack: pyautoattack); eps in [0, 1] pixel '
+                             'units, fractions like 8/255 allowed')
     g.add_argument('--fgsm-eps', default='1/255,2/255,4/255', help="comma list or 'none'")
     g.add_argument('--pgd-linf-eps', default='1/255,2/255,4/255')
     g.add_argument('--pgd-l2-eps', default='none')
     g.add_argument('--pgd-steps', type=int, default=d.pgd_steps)
     g.add_argument('--pgd-step-size', type=float, default=None, help='default 2.5 eps / steps')
     g.add_argument('--pgd-restarts', type=int, default=d.pgd_restarts)
-    g.add_argument('--autoattack-eps', default='none', help='eps list of the AutoAttack-style suite (slow)')
+    g.add_argument('--autoattack-eps', default='none',
+                   help="eps list of AutoAttack, standard version (Croce & Hein's pyautoattack; slow)")
     g.add_argument('--autoattack-norm', choices=('linf', 'l2'), default=d.autoattack_norm)
-    g.add_argument('--autoattack-steps', type=int, default=d.autoattack_steps)
-    g.add_argument('--square-queries', type=int, default=d.square_queries)
+    g.add_argument('--autoattack-steps', type=int, default=d.autoattack_steps,
+                   help='APGD iterations: the standard version runs 100')
+    g.add_argument('--square-queries', type=int, default=d.square_queries,
+                   help='Square queries: the standard version runs 5000')
     g.add_argument('--attack-count', type=_opt_int, default=d.attack_count,
                    help='images attacked (the first ones of the evaluated subset)')
     g = p.add_argument_group('shift consistency and aliasing')
@@ -172,7 +182,8 @@ def _resolve(args) -> tuple[EvalOptions, dict]:
     corruptions = [] if str(args.corruptions).lower() in ('none', '') else args.corruptions
     opts = EvalOptions(
         count=args.count, seed=args.seed, subset_order=args.subset_order, batch_size=args.batch_size,
-        workers=args.workers, device=args.device, amp=args.amp, clean=args.clean, corruptions=corruptions,
+        workers=args.workers, max_unreadable=args.max_unreadable, device=args.device, amp=args.amp, clean=args.clean,
+        corruptions=corruptions, corruption_cache=args.corruption_cache, corruption_workers=args.corruption_workers,
         severities=[int(s) for s in _csv(str(args.severities))] if corruptions else list(EvalOptions().severities),
         corruption_protocol=args.corruption_protocol, corruption_source=args.corruption_source,
         corruption_dir=args.corruption_dir, mce_baseline=args.mce_baseline, baseline_results=args.baseline_results,

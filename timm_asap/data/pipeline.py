@@ -16,7 +16,7 @@ from .loader import LoaderBatches, create_eval_loader, create_train_loader
 from .memory import MemoryAugment, MemoryEvalBatches, MemoryTrainBatches, array_images, images_nbytes, to_device_images
 from .transforms import create_transforms, resolve_data_config
 
-__all__ = ['RunData', 'create_run_data', 'create_eval_dataset', 'choose_loader']
+__all__ = ['RunData', 'create_run_data', 'create_val_dataset', 'choose_loader']
 
 _logger = logging.getLogger(__name__)
 
@@ -67,8 +67,8 @@ def _check_classes(cfg: RunConfig, split: str, classes: list[str] | None) -> Non
                         f"{cfg.model.num_classes}; set model.num_classes to match the data")
 
 
-def create_eval_dataset(cfg: RunConfig, model: nn.Module | None = None, split: str | None = None):
-    """The evaluation dataset of a run (``data.val_split`` unless ``split`` is given), transformed.
+def create_val_dataset(cfg: RunConfig, model: nn.Module | None = None, split: str | None = None):
+    """The validation dataset of a run (``data.val_split`` unless ``split`` is given), transformed.
 
     Items are ``(image_tensor, label, unreadable_count)``; see :class:`SampleDataset`.
 

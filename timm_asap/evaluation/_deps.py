@@ -19,6 +19,7 @@ _DISTRIBUTIONS = {
     'scipy': 'scipy',
     'corrupt_tta': 'corrupt-tta',
     'matplotlib': 'matplotlib',
+    'pyautoattack': 'pyautoattack',
 }
 
 
@@ -72,6 +73,6 @@ def library_versions() -> dict[str, str]:
     }
     for key, dist in (('art', 'adversarial-robustness-toolbox'), ('opencv', 'opencv-python'),
                       ('scikit_image', 'scikit-image'), ('scipy', 'scipy'), ('corrupt_tta', 'corrupt-tta'),
-                      ('pillow', 'pillow')):
+                      ('pillow', 'pillow'), ('pyautoattack', 'pyautoattack')):
         out[f'version_{key}'] = _version(dist) or 'not installed'
     return out

@@ -7,14 +7,17 @@ arrays; anything else (e.g. normalised tensors) is rejected with a clear error.
 """
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 import torch
 import torch.utils.data
 from tqdm.auto import tqdm
+
+_logger = logging.getLogger(__name__)
 
 __all__ = [
     'EvalImages', 'to_uint8_chw', 'select_indices', 'load_images', 'create_eval_dataset', 'eval_transform',
@@ -30,10 +33,11 @@ class EvalImages:
         labels: int64 tensor (N,).
         indices: positions of the images in the source dataset (for matching pre-generated data).
         name: a description of the source, recorded in result rows.
+        unreadable: selected images that could not be decoded and were skipped (not replaced).
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, indices: Sequence[int] | None = None,
-                 name: str = 'custom'):
+                 name: str = 'custom', unreadable: int = 0):
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError(f"EvalImages needs a uint8 (N, C, H, W) tensor, got {images.dtype} {tuple(images.shape)}")
         if labels.ndim != 1 or len(labels) != len(images):
@@ -44,6 +48,7 @@ class EvalImages:
         self.labels = labels.long()
         self.indices = list(range(len(images))) if indices is None else [int(i) for i in indices]
         self.name = name
+        self.unreadable = int(unreadable)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -123,9 +128,67 @@ def _sample(item) -> tuple[Any, Any]:
     raise ValueError(f"dataset items must be (image, label, ...) tuples, got {type(item).__name__}")
 
 
+class _Unreadable(NamedTuple):
+    """An image that failed to decode (kept in place of the item, so the reader can skip and count it)."""
+
+    index: int
+    name: str
+    error: str
+
+
+def _as_list(batch):
+    return batch
+
+
+class _ReadOrSkip(torch.utils.data.Dataset):
+    """Items ``idx[k]`` of a dataset as ``(index, item)``, or ``(index, _Unreadable)`` for an undecodable image.
+
+    timm's ``ImageDataset`` answers a decode error with the next image (a duplicate under the bad
+    image's position); here its reader is read directly so the bad image is reported instead.
+    """
+
+    def __init__(self, dataset, indices: Sequence[int]):
+        self.dataset = dataset
+        self.indices = list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def _read(self, index: int):
+        from PIL import Image
+        from timm.data import ImageDataset
+
+        ds = self.dataset
+        if not isinstance(ds, ImageDataset) or ds.load_bytes:
+            return ds[index]
+        img, target, *_ = ds.reader[index]
+        img = img if isinstance(img, Image.Image) else Image.open(img)
+        img = img.convert(ds.input_img_mode or img.mode)  # decodes the pixels: a damaged file fails here
+        if ds.transform is not None:
+            img = ds.transform(img)
+        target = -1 if target is None else (ds.target_transform(target) if ds.target_transform else target)
+        return img, target
+
+    def __getitem__(self, k: int):
+        index = self.indices[k]
+        try:
+            return index, self._read(index)
+        except (OSError, SyntaxError) as e:  # PIL: truncated, corrupt or unidentified image files
+            try:
+                name = str(self.dataset.filename(index))
+            except (AttributeError, NotImplementedError, IndexError, KeyError, TypeError):
+                name = f'#{index}'
+            return index, _Unreadable(index, name, f'{type(e).__name__}: {e}')
+
+
 def load_images(dataset, count: int | None = None, seed: int = 0, order: str = 'random', workers: int = 0,
-                batch_size: int = 64, name: str | None = None, progress: bool = True) -> EvalImages:
+                batch_size: int = 64, name: str | None = None, progress: bool = True,
+                max_unreadable: float = 0.01) -> EvalImages:
     """Read ``count`` images of a map-style dataset (or DataLoader) into memory.
+
+    Images that cannot be decoded are skipped (not replaced by another image) and counted in
+    :attr:`EvalImages.unreadable`; more than ``max_unreadable`` of the selected images is an error
+    (the fine-tuning tool's ``data.max_unreadable`` policy).
 
     Args:
         dataset: a ``torch.utils.data.Dataset`` of (image, label, ...) items, a DataLoader (its
@@ -137,33 +200,48 @@ def load_images(dataset, count: int | None = None, seed: int = 0, order: str = '
         batch_size: read batch size.
         name: description recorded in result rows (default: the dataset's class name).
         progress: show a progress bar.
+        max_unreadable: fraction of the selected images that may be unreadable.
 
     Returns:
         :class:`EvalImages`.
 
     Raises:
-        ValueError: empty data, images of different sizes, or images not in [0, 1]/uint8.
+        ValueError: empty data, images of different sizes, images not in [0, 1]/uint8, or more
+            unreadable images than ``max_unreadable`` allows (naming the first ones).
     """
     if isinstance(dataset, EvalImages):
         idx = select_indices(len(dataset), count, seed, order)
-        return EvalImages(dataset.images[idx], dataset.labels[idx], [dataset.indices[i] for i in idx], dataset.name)
+        return EvalImages(dataset.images[idx], dataset.labels[idx], [dataset.indices[i] for i in idx], dataset.name,
+                          dataset.unreadable)
     if isinstance(dataset, torch.utils.data.DataLoader):
         dataset = dataset.dataset
     if not hasattr(dataset, '__len__') or not hasattr(dataset, '__getitem__'):
         raise ValueError(f"need a map-style dataset with __len__ and __getitem__, got {type(dataset).__name__}")
     total = len(dataset)
     idx = select_indices(total, count, seed, order)
-    subset = torch.utils.data.Subset(dataset, idx)
-    loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, num_workers=workers, shuffle=False,
-                                         collate_fn=_collate_uint8)
-    images, labels = [], []
-    for imgs, labs in tqdm(loader, desc='load images', disable=not progress, leave=False):
-        images.append(imgs)
-        labels.append(labs)
+    loader = torch.utils.data.DataLoader(_ReadOrSkip(dataset, idx), batch_size=batch_size, num_workers=workers,
+                                         shuffle=False, collate_fn=_as_list)
+    images, labels, kept, bad = [], [], [], []
+    for batch in tqdm(loader, desc='load images', disable=not progress, leave=False):
+        good = [(i, item) for i, item in batch if not isinstance(item, _Unreadable)]
+        bad += [item for _, item in batch if isinstance(item, _Unreadable)]
+        if good:
+            imgs, labs = _collate_uint8([item for _, item in good])
+            images.append(imgs)
+            labels.append(labs)
+            kept += [i for i, _ in good]
+    if bad:
+        shown = '; '.join(f'{b.name} ({b.error})' for b in bad[:3]) + ('; ...' if len(bad) > 3 else '')
+        if len(bad) > max_unreadable * len(idx):
+            raise ValueError(f"{len(bad)} of {len(idx)} selected images are unreadable, more than "
+                             f"max_unreadable={max_unreadable:g} allows: {shown}")
+        _logger.warning(f"skipped {len(bad)} unreadable image(s) of {len(idx)}: {shown}")
+    if not images:
+        raise ValueError("no evaluation images: every selected image is unreadable")
     shapes = {tuple(t.shape[1:]) for t in images}
     if len(shapes) != 1:
         raise ValueError(f"evaluation images must all have one size, got {sorted(shapes)}; use a resize/crop transform")
-    return EvalImages(torch.cat(images), torch.cat(labels), idx, name or type(dataset).__name__)
+    return EvalImages(torch.cat(images), torch.cat(labels), kept, name or type(dataset).__name__, len(bad))
 
 
 def _collate_uint8(batch):

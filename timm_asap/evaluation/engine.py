@@ -1,47 +1,39 @@
 """Batched inference, clean accuracy and common-corruption accuracy for several models at once."""
 from __future__ import annotations
 
-import contextlib
+import os
+import time
 from typing import Sequence
 
-import numpy as np
 import torch
 import torch.utils.data
+from timm.utils import accuracy
 from torch import nn
 from tqdm.auto import tqdm
 
-from .corruptions import check_corruptions, check_severities, corrupt, image_rng, resolve_protocol
+from ..runtime import amp_context, resolve_amp, resolve_device
+from .cache import CorruptionCache, iter_corrupted_sets
+from .corruptions import check_corruptions, check_severities, resolve_protocol
 from .data import CifarCDataset, EvalImages, ImageNetCFolder, _collate_uint8, eval_transform, select_indices
 from .wrapper import check_eval_mode
 
 __all__ = [
     'resolve_device', 'autocast', 'adapt_channels', 'predict_logits', 'topk_correct', 'evaluate_clean',
-    'evaluate_corruptions', 'CorruptedImages', 'CORRUPTION_SOURCES',
+    'evaluate_corruptions', 'CORRUPTION_SOURCES',
 ]
 
 CORRUPTION_SOURCES = ('generated', 'imagenet_c', 'cifar_c')
 
 
-def resolve_device(device: str | torch.device | None = 'auto') -> torch.device:
-    """``'auto'``/None -> CUDA when available, else CPU."""
-    if device in (None, 'auto'):
-        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    return torch.device(device)
-
-
 def autocast(device: torch.device, amp: str = 'auto'):
-    """AMP context for inference passes: ``'auto'`` = bfloat16 on CUDA, off on CPU; ``'bf16'``,
-    ``'fp16'``, ``'none'`` force a choice.
+    """AMP context for the inference passes: :func:`timm_asap.runtime.resolve_amp`'s precision for ``device``
+    (``'auto'``: bfloat16 on CUDA and on CPUs with native bf16, float32 elsewhere; ``'bf16'``, ``'fp16'``,
+    ``'none'`` force a choice).
 
     Raises:
-        ValueError: an unknown setting.
+        ValueError: an unknown setting (the message lists the allowed ones).
     """
-    if amp not in ('auto', 'bf16', 'fp16', 'none'):
-        raise ValueError(f"amp must be 'auto', 'bf16', 'fp16' or 'none', got {amp!r}")
-    if amp == 'none' or (amp == 'auto' and device.type != 'cuda'):
-        return contextlib.nullcontext()
-    dtype = torch.float16 if amp == 'fp16' else torch.bfloat16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return amp_context(device, resolve_amp(device, amp))
 
 
 def adapt_channels(x: torch.Tensor, in_chans: int | None) -> torch.Tensor:
@@ -79,14 +71,11 @@ def predict_logits(model: nn.Module, images: torch.Tensor, device: torch.device,
 
 
 def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 5)) -> dict[int, int]:
-    """Number of examples whose label is among the top-k logits, for each k (k capped at the class count)."""
-    out = {}
-    maxk = min(max(ks), logits.shape[1])
-    top = logits.topk(maxk, dim=1).indices
-    hit = top.eq(labels.view(-1, 1))
-    for k in ks:
-        out[k] = int(hit[:, :min(k, maxk)].any(dim=1).sum())
-    return out
+    """Number of examples whose label is among the top-k logits, for each k (k capped at the class count),
+    from :func:`timm.utils.accuracy`'s percentages."""
+    n = labels.numel()
+    ks = tuple(ks)
+    return {k: round(float(p) * n / 100) for k, p in zip(ks, accuracy(logits, labels, topk=ks))}
 
 
 def _check_models(models: Sequence[tuple[str, nn.Module]]) -> None:
@@ -131,48 +120,6 @@ def evaluate_clean(models: Sequence[tuple[str, nn.Module]], data: EvalImages, ba
              'top1': 100.0 * correct[name][1] / n, 'top5': 100.0 * correct[name][5] / n} for name, _ in models]
 
 
-class CorruptedImages(torch.utils.data.Dataset):
-    """Corrupted copies of :class:`EvalImages`, generated on the fly (in DataLoader workers).
-
-    Item ``j`` of the flat job list is (corruption, severity, image position); it returns
-    ``(job_id, uint8 image, label)``.
-    """
-
-    def __init__(self, data: EvalImages, jobs: list[tuple[str, int]], seed: int, protocol: str):
-        self.data = data
-        self.jobs = jobs
-        self.seed = seed
-        h, w = data.images.shape[-2:]
-        self.protocol = resolve_protocol(protocol, h, w)
-
-    def __len__(self) -> int:
-        return len(self.jobs) * len(self.data)
-
-    def __getitem__(self, item: int):
-        job, pos = divmod(item, len(self.data))
-        corruption, severity = self.jobs[job]
-        img = self.data.images[pos].permute(1, 2, 0).numpy()
-        out = corrupt(img, corruption, severity, image_rng(self.seed, corruption, self.data.indices[pos]),
-                      self.protocol)
-        return job, torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1))), int(self.data.labels[pos])
-
-
-def _collate_jobs(batch):
-    jobs = {b[0] for b in batch}
-    if len(jobs) != 1:
-        raise RuntimeError("internal error: a batch mixes corruption jobs")
-    return batch[0][0], torch.stack([b[1] for b in batch]), torch.tensor([b[2] for b in batch], dtype=torch.long)
-
-
-def _job_batches(n_jobs: int, n_images: int, batch_size: int) -> list[list[int]]:
-    batches = []
-    for job in range(n_jobs):
-        base = job * n_images
-        for start in range(0, n_images, batch_size):
-            batches.append(list(range(base + start, base + min(start + batch_size, n_images))))
-    return batches
-
-
 def evaluate_corruptions(
         models: Sequence[tuple[str, nn.Module]],
         data: EvalImages,
@@ -190,13 +137,16 @@ def evaluate_corruptions(
         device='auto',
         amp: str = 'auto',
         progress: bool = True,
+        cache: CorruptionCache | str | None = None,
+        generate_workers: int | None = None,
+        stats: dict | None = None,
 ) -> list[dict]:
     """Accuracy of each model per corruption and severity, all models on the very same images.
 
     Args:
         models: (name, model) pairs; models take [0, 1] inputs and are in eval mode.
-        data: the clean images (for ``source='generated'``: corrupted on the fly; for pre-generated
-            sources: only its channel count is used).
+        data: the clean images (for ``source='generated'``: each (corruption, severity) set is made once,
+            see :mod:`timm_asap.evaluation.cache`; for pre-generated sources: only its channel count is used).
         corruptions: names, or ``'benchmark'`` (the 15), ``'extra'``, ``'all'``.
         severities: subset of 1..5.
         seed: seed of the corruption randomness (and of the subset for pre-generated data).
@@ -209,10 +159,14 @@ def evaluate_corruptions(
         subset_order: ``'random'`` or ``'first'`` for pre-generated data.
         img_size: resize pre-generated images to this size (None: as stored).
         batch_size: images per batch.
-        workers: DataLoader workers generating/decoding images (0: in the main process).
+        workers: DataLoader workers decoding pre-generated images (0: in the main process).
         device: ``'auto'``, ``'cpu'``, ``'cuda'``, ...
         amp: AMP setting for the forward passes (see :func:`autocast`).
         progress: progress bar.
+        cache: folder (or :class:`CorruptionCache`) keeping generated sets for later models, seeds and
+            runs (None: generated sets are not kept).
+        generate_workers: processes generating corruptions (None: every core; 0: in this process).
+        stats: filled with ``cached`` / ``generated`` set counts and the seconds spent making sets.
 
     Returns:
         One row per (model, corruption, severity): ``task='corruption'``, ``corruption``, ``severity``,
@@ -245,14 +199,19 @@ def evaluate_corruptions(
     bar = tqdm(total=len(jobs) * (len(data) if source == 'generated' else (count or 0)) or None,
                desc=f'corruptions ({source})', disable=not progress, leave=False)
     if source == 'generated':
-        dataset = CorruptedImages(data, jobs, seed, protocol)
-        loader = torch.utils.data.DataLoader(
-            dataset, batch_sampler=_job_batches(len(jobs), len(data), batch_size), num_workers=workers,
-            collate_fn=_collate_jobs, persistent_workers=False, prefetch_factor=4 if workers > 0 else None)
-        for job, x, y in loader:
-            consume(job, x, y)
-            bar.update(len(y))
+        cache = CorruptionCache(cache) if isinstance(cache, (str, os.PathLike)) else cache
+        stats = stats if stats is not None else {}
+        made = 0.0
+        clock = time.perf_counter()
+        for job, images in iter_corrupted_sets(data, jobs, seed, protocol, cache, generate_workers, stats):
+            made += time.perf_counter() - clock
+            for start in range(0, len(images), batch_size):
+                y = data.labels[start:start + batch_size]
+                consume(job, images[start:start + batch_size], y)
+                bar.update(len(y))
             bar.set_postfix_str(f'{jobs[job][0]} s{jobs[job][1]}')
+            clock = time.perf_counter()
+        stats['make_s'] = round(made, 3)
     else:
         if not source_dir:
             raise ValueError(f"corruption source {source!r} needs source_dir (the folder of the pre-generated data)")

@@ -13,15 +13,10 @@ from .corruptions import ALL_CORRUPTIONS, CORRUPTIONS
 
 __all__ = [
     'RESULTS_SCHEMA', 'write_results', 'read_results', 'format_eps', 'markdown_report', 'parse_markdown_tables',
-    'plot_corruptions', 'plot_attacks', 'plot_shift', 'plot_aliasing', 'write_text_atomic',
+    'plot_corruptions', 'plot_attacks', 'plot_shift', 'plot_aliasing',
 ]
 
 RESULTS_SCHEMA = 'timm-asap-evaluation/1'
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` atomically (:func:`timm_asap._files.atomic_write_text`)."""
-    return atomic_write_text(path, text)
 
 
 def _clean_value(v):
@@ -39,7 +34,7 @@ def _clean_value(v):
 def write_results(path: str | os.PathLike, rows: Sequence[dict], config: dict | None = None) -> Path:
     """Write ``{'schema', 'config', 'rows'}`` as JSON, atomically (non-finite numbers become null)."""
     payload = {'schema': RESULTS_SCHEMA, 'config': _clean_value(config or {}), 'rows': [_clean_value(dict(r)) for r in rows]}
-    return write_text_atomic(path, json.dumps(payload, indent=1, allow_nan=False) + '\n')
+    return atomic_write_text(path, json.dumps(payload, indent=1, allow_nan=False) + '\n')
 
 
 def read_results(path: str | os.PathLike) -> tuple[list[dict], dict]:
@@ -78,7 +73,7 @@ def _num(v, digits: int = 2) -> str:
 
 def _attack_label(r: dict) -> str:
     norm = 'L∞' if r['norm'] == 'linf' else 'L2'
-    name = {'fgsm': 'FGSM', 'pgd': f"PGD-{r.get('steps')}", 'autoattack': 'AutoAttack (ART)'}[r['attack']]
+    name = {'fgsm': 'FGSM', 'pgd': f"PGD-{r.get('steps')}", 'autoattack': 'AutoAttack (standard)'}[r['attack']]
     return f"{name} {norm} ε={format_eps(float(r['eps']))}"
 
 
@@ -138,9 +133,14 @@ def markdown_report(rows: Sequence[dict], title: str | None = 'Robustness evalua
                              for c in order]))
     info = next((r for r in rows if 'count' in r and r.get('task') == 'clean'), None)
     if info is not None:
-        parts.append(f"Data: {info.get('dataset', '?')}, {info['count']} images, seed {info.get('seed', '?')}; "
+        skipped = info.get('unreadable') or 0
+        aa = next((r.get('library') for r in rows if r.get('attack') == 'autoattack'), None)
+        parts.append(f"Data: {info.get('dataset', '?')}, {info['count']} images"
+                     + (f" ({skipped} unreadable image{'s' if skipped != 1 else ''} skipped)" if skipped else '')
+                     + f", seed {info.get('seed', '?')}; precision {info.get('precision', 'float32')} (attacks float32); "
                      f"timm-asap {info.get('version_timm_asap', '?')}, timm {info.get('version_timm', '?')}, "
-                     f"torch {info.get('version_torch', '?')}, ART {info.get('version_art', '?')}.")
+                     f"torch {info.get('version_torch', '?')}, ART {info.get('version_art', '?')}"
+                     + (f", {aa}" if aa else '') + '.')
     return '\n\n'.join(parts) + '\n'
 
 

@@ -14,10 +14,12 @@ from torch import nn
 from ._deps import library_versions
 from .attacks import AttackSpec, check_eps, parse_eps
 from .corruptions import SEVERITIES, check_corruptions, check_severities
-from .data import load_images
+from .data import EvalImages, load_images
+from .._files import atomic_write_text
+from ..runtime import resolve_amp
 from .engine import CORRUPTION_SOURCES, evaluate_clean, evaluate_corruptions, resolve_device
 from .report import (markdown_report, plot_aliasing, plot_attacks, plot_corruptions, plot_shift, read_results,
-                     write_results, write_text_atomic)
+                     write_results)
 from .shift import SHIFT_MODES, aliasing_view, evaluate_shift_consistency
 from .summary import corruption_summary
 from .wrapper import check_eval_mode
@@ -36,10 +38,13 @@ class EvalOptions:
         seed: seed of the subset, the corruptions, the attacks and the shifts.
         subset_order: ``'random'`` or ``'first'``.
         batch_size: images per forward pass.
-        workers: DataLoader workers (image loading and corruption generation).
+        workers: DataLoader workers reading and decoding images.
+        max_unreadable: fraction of the selected images that may be unreadable (each is skipped and
+            counted, in ``results.json`` and the report) before the evaluation stops with an error.
         device: ``'auto'`` (CUDA when present), ``'cpu'``, ``'cuda'``, ...
-        amp: AMP for clean/corruption/shift passes: ``'auto'`` (bf16 on CUDA), ``'bf16'``, ``'fp16'``, ``'none'``.
-            Attacks always run in float32.
+        amp: precision of the clean/corruption/shift passes (:func:`timm_asap.runtime.resolve_amp`):
+            ``'auto'`` follows the hardware (bf16 on CUDA and on CPUs with native bf16, float32 elsewhere);
+            ``'bf16'``, ``'fp16'``, ``'none'`` force one. Attacks always run in float32.
         clean: evaluate clean top-1/top-5.
         corruptions: corruption names, ``'benchmark'`` (the 15), ``'all'`` (15 + 4 extra), or empty or
             ``'none'`` to skip.
@@ -47,6 +52,9 @@ class EvalOptions:
         corruption_protocol: ``'auto'``, ``'imagenet'``, ``'cifar'`` parameter tables (generated source).
         corruption_source: ``'generated'``, ``'imagenet_c'`` or ``'cifar_c'``.
         corruption_dir: root of pre-generated corruption data.
+        corruption_cache: folder keeping each generated (corruption, severity, images) set for later
+            models, seeds and runs (None: not kept); see :mod:`timm_asap.evaluation.cache`.
+        corruption_workers: processes generating corruptions (None: ``os.cpu_count()``; 0: in this process).
         mce_baseline: model name (of this run, or of ``baseline_results``) normalising mCE; None: the
             first model.
         baseline_results: a results.json holding the baseline's rows.
@@ -57,11 +65,13 @@ class EvalOptions:
         pgd_steps: PGD iterations.
         pgd_step_size: PGD step (None: 2.5 eps / steps).
         pgd_restarts: PGD random starts.
-        autoattack_eps: eps list of the AutoAttack-style suite (empty: skip; it is slow).
+        autoattack_eps: eps list of AutoAttack, standard version (``pyautoattack``; empty: skip; it is slow).
         autoattack_norm: ``'linf'`` or ``'l2'``.
-        autoattack_steps: APGD iterations (100 in the standard suite).
-        square_queries: Square attack queries (5000 in the standard suite).
+        autoattack_steps: APGD iterations; the standard version runs 100 (other values are rejected).
+        square_queries: Square attack queries; the standard version runs 5000 (other values are rejected).
         attack_count: images attacked (the first ones of the evaluated subset; None: all).
+        corruption_count: images corrupted (the first ones of the evaluated subset; None: all).
+        shift_count: images of the shift-consistency pass (the first ones; None: all).
         shift_trials: random shift pairs per image (0: skip shift consistency).
         max_shift: largest shift in pixels (None: a quarter of the image size).
         shift_mode: ``'circular'`` or ``'crop'``.
@@ -76,6 +86,7 @@ class EvalOptions:
     subset_order: str = 'random'
     batch_size: int = 128
     workers: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))
+    max_unreadable: float = 0.01
     device: str = 'auto'
     amp: str = 'auto'
     clean: bool = True
@@ -84,6 +95,8 @@ class EvalOptions:
     corruption_protocol: str = 'auto'
     corruption_source: str = 'generated'
     corruption_dir: str | None = None
+    corruption_cache: str | None = None
+    corruption_workers: int | None = None
     mce_baseline: str | None = None
     baseline_results: str | None = None
     alexnet_mce: bool | None = None
@@ -98,6 +111,8 @@ class EvalOptions:
     autoattack_steps: int = 100
     square_queries: int = 5000
     attack_count: int | None = None
+    corruption_count: int | None = None
+    shift_count: int | None = None
     shift_trials: int = 5
     max_shift: int | None = None
     shift_mode: str = 'circular'
@@ -135,6 +150,11 @@ class EvalOptions:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
+        if self.corruption_workers is not None and self.corruption_workers < 0:
+            raise ValueError(f"corruption_workers must be >= 0 or None (every core), got {self.corruption_workers}")
+        if not 0 <= self.max_unreadable <= 1:
+            raise ValueError(f"max_unreadable must be a fraction in [0, 1], got {self.max_unreadable}")
+        resolve_amp('cpu', self.amp)  # raises naming the allowed precisions
         if self.corruption_source not in CORRUPTION_SOURCES:
             raise ValueError(f"corruption_source must be one of {list(CORRUPTION_SOURCES)}, got {self.corruption_source!r}")
         if self.corruptions:
@@ -146,8 +166,12 @@ class EvalOptions:
             raise ValueError("shift_trials and aliasing_count must be >= 0")
         if self.autoattack_norm not in ('linf', 'l2'):
             raise ValueError(f"autoattack_norm must be 'linf' or 'l2', got {self.autoattack_norm!r}")
-        if self.attack_count is not None and self.attack_count < 1:
-            raise ValueError(f"attack_count must be >= 1 or None, got {self.attack_count}")
+        if self.autoattack_eps and (self.autoattack_steps, self.square_queries) != (100, 5000):
+            raise ValueError(f"the standard AutoAttack runs 100 APGD iterations and 5000 Square queries; got "
+                             f"autoattack_steps={self.autoattack_steps}, square_queries={self.square_queries}")
+        for key in ('attack_count', 'corruption_count', 'shift_count'):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1 or None, got {getattr(self, key)}")
         if image_shape is not None:
             build_attack_specs(self, image_shape)
         return self
@@ -207,7 +231,8 @@ def evaluate_models(
     for name, model in models:
         check_eval_mode(model, f"model {name!r}")
     images = load_images(data, opts.count, opts.seed, opts.subset_order, workers=opts.workers,
-                         batch_size=opts.batch_size, name=dataset_name, progress=opts.progress)
+                         batch_size=opts.batch_size, name=dataset_name, progress=opts.progress,
+                         max_unreadable=opts.max_unreadable)
     specs = build_attack_specs(opts, images.shape)
     device = resolve_device(opts.device)
     common = dict(device=device, progress=opts.progress)
@@ -226,37 +251,51 @@ def evaluate_models(
     if opts.clean:
         rows += evaluate_clean(models, images, opts.batch_size, amp=opts.amp, **common)
         lap('clean')
+    corruption_stats: dict = {}
     if opts.corruptions:
-        rows += evaluate_corruptions(models, images, opts.corruptions, opts.severities, opts.seed,
+        corrupted = _first(images, opts.corruption_count)
+        rows += evaluate_corruptions(models, corrupted, opts.corruptions, opts.severities, opts.seed,
                                      opts.corruption_protocol, opts.corruption_source, opts.corruption_dir,
                                      count=opts.count, subset_order=opts.subset_order,
                                      img_size=images.shape[-1] if opts.corruption_source == 'imagenet_c' else None,
-                                     batch_size=opts.batch_size, workers=opts.workers, amp=opts.amp, **common)
+                                     batch_size=opts.batch_size, workers=opts.workers, amp=opts.amp,
+                                     cache=opts.corruption_cache, generate_workers=opts.corruption_workers,
+                                     stats=corruption_stats, **common)
         baseline = opts.mce_baseline or models[0][0]
         baseline_rows = read_results(opts.baseline_results)[0] if opts.baseline_results else None
         alexnet = opts.alexnet_mce
         if alexnet is None:
             alexnet = opts.corruption_source == 'imagenet_c' and tuple(check_severities(opts.severities)) == SEVERITIES
-        rows += corruption_summary(rows, baseline, baseline_rows, alexnet=alexnet)
+        rows += [{'count': len(corrupted), **r} for r in corruption_summary(rows, baseline, baseline_rows, alexnet=alexnet)]
         lap('corruptions')
     if specs:
         from .attacks import evaluate_attacks
         rows += evaluate_attacks(models, images, specs, opts.attack_count, opts.batch_size, opts.seed, **common)
         lap('attacks')
     if opts.shift_trials:
-        rows += evaluate_shift_consistency(models, images, opts.shift_trials, opts.max_shift, opts.shift_mode,
+        rows += evaluate_shift_consistency(models, _first(images, opts.shift_count), opts.shift_trials, opts.max_shift, opts.shift_mode,
                                            opts.shift_curve, opts.seed, opts.batch_size, amp=opts.amp, **common)
         lap('shift')
     if opts.aliasing_count:
         rows += aliasing_view(models, images, opts.aliasing_count, **common)
         lap('aliasing')
-    meta = {'dataset': dataset_name or images.name, 'count': len(images), 'seed': opts.seed, 'device': str(device),
+    meta = {'dataset': dataset_name or images.name, 'count': len(images), 'unreadable': images.unreadable,
+            'seed': opts.seed, 'device': str(device), 'precision': str(resolve_amp(device, opts.amp) or 'float32').replace('torch.', ''),
             **library_versions()}
     rows = [{**r, **{k: v for k, v in meta.items() if k not in r}} for r in rows]
     if out_dir is not None:
         write_artefacts(rows, out_dir, {'options': opts.to_dict(), 'models': [n for n, _ in models],
-                                        'timing_s': timing, **meta}, plots=opts.plots)
+                                        'timing_s': timing, 'corruption_sets': corruption_stats, **meta},
+                        plots=opts.plots)
     return rows
+
+
+def _first(images: EvalImages, count: int | None) -> EvalImages:
+    """The first ``count`` of the evaluated images (all when None or larger)."""
+    if count is None or count >= len(images):
+        return images
+    return EvalImages(images.images[:count], images.labels[:count], images.indices[:count], images.name,
+                      images.unreadable)
 
 
 def write_artefacts(rows: Sequence[dict], out_dir, config: dict | None = None, plots: bool = True) -> dict[str, Path]:
@@ -264,7 +303,7 @@ def write_artefacts(rows: Sequence[dict], out_dir, config: dict | None = None, p
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = {'results.json': write_results(out / 'results.json', rows, config),
-               'results.md': write_text_atomic(out / 'results.md', markdown_report(rows))}
+               'results.md': atomic_write_text(out / 'results.md', markdown_report(rows))}
     if plots:
         for name, fn in (('corruptions.png', plot_corruptions), ('attacks.png', plot_attacks),
                          ('shift_consistency.png', plot_shift), ('aliasing.png', plot_aliasing)):

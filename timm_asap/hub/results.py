@@ -105,7 +105,7 @@ class EvalResults:
                     out.append(Metric('mce', r['mce'], f"mCE (vs {r.get('mce_baseline')})", ds))
             elif task == 'attack' and r.get('component') is None:
                 norm = 'Linf' if r.get('norm') == 'linf' else 'L2'
-                attack = {'pgd': f"PGD-{r.get('steps')}", 'fgsm': 'FGSM', 'autoattack': 'AutoAttack'}.get(
+                attack = {'pgd': f"PGD-{r.get('steps')}", 'fgsm': 'FGSM', 'autoattack': 'AutoAttack (standard)'}.get(
                     r.get('attack'), str(r.get('attack')))
                 out.append(Metric('robust_accuracy', r['robust_top1'],
                                   f"Robust top-1 accuracy, {attack} {norm} eps={format_eps(float(r['eps']))}", ds))

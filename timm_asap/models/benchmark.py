@@ -1,8 +1,11 @@
-"""Whole-network throughput: ResNet-50 against its ASAP, FLC, BlurPool and FFT-ASAP versions.
+"""Whole-network throughput: ResNet-50 against its ASAP, FLC, BlurPool and FFT-ASAP versions, and the
+CIFAR-size ResNet-18 against its ASAP and FLC versions (at 32x32).
 
 Models are timed interleaved (each round runs every model in turn, inference then a training step),
 so drifts of a shared machine hit all of them alike; the median over rounds is reported with ratios
-against the plain ResNet-50 measured in the same run. Peak memory: CUDA ``max_memory_allocated``
+against the family's baseline (``resnet50`` or ``resnet18_cifar``) measured in the same run.
+:func:`profile_extra_time` shows where a converted model's extra time goes (torch.profiler, per
+operator and per pooling module). Peak memory: CUDA ``max_memory_allocated``
 per model and pass; on the CPU the peak resident set size of a fresh process doing one training
 step (:func:`cpu_peak_rss`), since the CPU allocator has no per-model counter.
 """
@@ -23,7 +26,8 @@ from torch import nn
 
 from .convert import asapify
 
-__all__ = ['MODELS', 'build_model', 'benchmark_models', 'cpu_peak_rss', 'format_table', 'target_checks', 'paired_ratio']
+__all__ = ['MODELS', 'FAMILIES', 'build_model', 'benchmark_models', 'cpu_peak_rss', 'format_table', 'target_checks',
+           'paired_ratio', 'profile_extra_time', 'format_profile']
 
 BASELINE = 'resnet50'
 # label -> how to build it (pretrained=False; the weights do not change the timing)
@@ -33,6 +37,14 @@ MODELS: dict[str, Callable[[], nn.Module]] = {
     'resnet50_flc': lambda: timm.create_model('resnet50_flc'),
     'resnetaa50 (BlurPool)': lambda: timm.create_model('resnetaa50'),
     'resnet50_asap_fft': lambda: asapify(timm.create_model('resnet50'), pool='asap_fft'),
+    'resnet18_cifar': lambda: timm.create_model('resnet18_cifar'),
+    'resnet18_cifar_asap': lambda: timm.create_model('resnet18_cifar_asap'),
+    'resnet18_cifar_flc': lambda: timm.create_model('resnet18_cifar_flc'),
+}
+#: family -> its labels in :data:`MODELS`, the baseline first
+FAMILIES: dict[str, list[str]] = {
+    'resnet50': ['resnet50', 'resnet50_asap', 'resnet50_flc', 'resnetaa50 (BlurPool)', 'resnet50_asap_fft'],
+    'resnet18_cifar': ['resnet18_cifar', 'resnet18_cifar_asap', 'resnet18_cifar_flc'],
 }
 
 
@@ -57,7 +69,7 @@ class _Runner:
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model = self.model.to(memory_format=memory_format)
         self.x = torch.randn(batch_size, 3, img_size, img_size, device=device).to(memory_format=memory_format)
-        self.y = torch.randint(0, 1000, (batch_size,), device=device)
+        self.y = torch.randint(0, self.model.num_classes, (batch_size,), device=device)
         self.opt = torch.optim.SGD(self.model.parameters(), lr=1e-4, momentum=0.9)
         self.fn = torch.compile(self.model) if compile_ else self.model
         self.autocast = dtype != torch.float32
@@ -108,8 +120,9 @@ def benchmark_models(
         warmup: int = 1,
         passes: tuple[str, ...] = ('infer', 'train'),
         progress: bool = True,
+        family: str = 'resnet50',
 ) -> list[dict]:
-    """Time inference and training steps of the models, interleaved, and compare with ResNet-50.
+    """Time inference and training steps of the models, interleaved, and compare with the family's baseline.
 
     Args:
         device: ``'cpu'`` or ``'cuda'``.
@@ -118,23 +131,34 @@ def benchmark_models(
         img_size: square input size.
         channels_last: model and input in channels_last.
         compile_: wrap each model in ``torch.compile`` (compilation happens in the warm-up rounds).
-        models: labels of :data:`MODELS` (default: all); ResNet-50 is always included as baseline.
+        models: labels of the family's :data:`MODELS` (default: all); the baseline is always included.
         rounds: timed rounds; each runs every model's passes ``iters`` times; the median is reported.
         iters: steps per model and pass in a round.
         warmup: untimed rounds first (compilation, allocator, cuDNN autotuning).
         passes: ``'infer'`` and/or ``'train'``.
         progress: show a tqdm bar.
+        family: ``'resnet50'`` or ``'resnet18_cifar'`` (see :data:`FAMILIES`).
 
     Returns:
         One row per (model, pass): ``device``, ``dtype``, ``channels_last``, ``compile``, ``model``,
-        ``pass``, ``ms`` (median per step), ``img_per_s``, ``ratio_vs_resnet50`` (throughput ratio: median
-        over rounds of resnet50's time / this model's time in the same round), ``round_ms`` (per-round
-        times), ``peak_mb`` (CUDA only, else None).
+        ``pass``, ``ms`` (median per step), ``img_per_s``, ``baseline``, ``ratio_vs_baseline`` (throughput
+        ratio: median over rounds of the baseline's time / this model's time in the same round; also as
+        ``ratio_vs_resnet50`` for the resnet50 family), ``round_ms`` (per-round times), ``peak_mb`` (CUDA
+        only, else None).
+
+    Raises:
+        ValueError: an unknown family, or a model of another family.
     """
     device = torch.device(device)
-    labels = list(models or MODELS)
-    if BASELINE not in labels:
-        labels.insert(0, BASELINE)
+    if family not in FAMILIES:
+        raise ValueError(f"unknown benchmark family {family!r}; allowed: {list(FAMILIES)}")
+    labels = list(models or FAMILIES[family])
+    foreign = [m for m in labels if m not in FAMILIES[family]]
+    if foreign:
+        raise ValueError(f"models {foreign} are not of the {family} family; allowed: {FAMILIES[family]}")
+    baseline = FAMILIES[family][0]
+    if baseline not in labels:
+        labels.insert(0, baseline)
     # every model is a ResNet sharing one forward: each compiled (model, mode) is a recompile of it
     # (the setting is named cache_size_limit before torch 2.7)
     config = torch._dynamo.config
@@ -142,11 +166,11 @@ def benchmark_models(
     limit = max(getattr(config, limit_name), 2 * len(labels) * len(passes) + 2)
     with config.patch(**{limit_name: limit}):
         return _benchmark(device, dtype, batch_size, img_size, channels_last, compile_, labels, rounds, iters,
-                          warmup, passes, progress)
+                          warmup, passes, progress, baseline)
 
 
 def _benchmark(device, dtype, batch_size, img_size, channels_last, compile_, labels, rounds, iters, warmup, passes,
-               progress) -> list[dict]:
+               progress, baseline=BASELINE) -> list[dict]:
     from tqdm.auto import tqdm
 
     runners = [_Runner(label, device, dtype, batch_size, img_size, channels_last, compile_) for label in labels]
@@ -165,7 +189,7 @@ def _benchmark(device, dtype, batch_size, img_size, channels_last, compile_, lab
                     bar.update(1)
     rows = []
     for pass_ in passes:
-        base = times[(BASELINE, pass_)]
+        base = times[(baseline, pass_)]
         for runner in runners:
             own = times[(runner.label, pass_)]
             sec = statistics.median(own)
@@ -173,8 +197,10 @@ def _benchmark(device, dtype, batch_size, img_size, channels_last, compile_, lab
             rows.append(dict(
                 device=device.type, dtype=str(dtype).replace('torch.', ''), channels_last=channels_last,
                 compile=compile_, batch=batch_size, img_size=img_size, model=runner.label, **{'pass': pass_},
-                ms=round(sec * 1e3, 1), img_per_s=round(batch_size / sec, 2),
-                ratio_vs_resnet50=round(paired_ratio(base, own), 3), round_ms=[round(t * 1e3, 1) for t in own],
+                ms=round(sec * 1e3, 1), img_per_s=round(batch_size / sec, 2), baseline=baseline,
+                ratio_vs_baseline=round(paired_ratio(base, own), 3),
+                **({'ratio_vs_resnet50': round(paired_ratio(base, own), 3)} if baseline == BASELINE else {}),
+                round_ms=[round(t * 1e3, 1) for t in own],
                 peak_mb=round(peak / 2 ** 20) if peak is not None else None))
     del runners
     return rows
@@ -192,7 +218,7 @@ def _child_peak_rss(label: str, batch_size: int, img_size: int) -> dict:
     """In this (fresh) process: RSS before and peak after one training step of ``label`` on the CPU."""
     model = build_model(label)
     runner_x = torch.randn(batch_size, 3, img_size, img_size)
-    y = torch.randint(0, 1000, (batch_size,))
+    y = torch.randint(0, model.num_classes, (batch_size,))
     opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
     with open('/proc/self/statm') as f:
         before = int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
@@ -233,24 +259,25 @@ def format_table(rows: list[dict], rss: list[dict] | None = None) -> str:
     rss_by = {r['model']: r for r in (rss or [])}
     groups: dict[tuple, dict] = {}
     for r in rows:
-        key = (r['device'], r['dtype'], r['channels_last'], r['compile'], r['model'])
+        key = (r['device'], r['dtype'], r['channels_last'], r['compile'], r['model'], r['batch'], r['img_size'])
         groups.setdefault(key, {})[r['pass']] = r
     mem_head = ('peak MB (infer / train)' if any(r['peak_mb'] is not None for r in rows)
                 else 'CPU train step: peak RSS MB (step\'s own MB)')
-    lines = [f"| device | dtype | channels_last | compile | model | infer img/s | infer vs resnet50 | "
-             f"train img/s | train vs resnet50 | {mem_head} |",
-             '|---|---|---|---|---|---:|---:|---:|---:|---:|']
-    for (device, dtype, cl, comp, model), p in groups.items():
+    lines = [f"| device | dtype | channels_last | compile | batch x size | model | infer img/s | infer vs baseline | "
+             f"train img/s | train vs baseline | {mem_head} |",
+             '|---|---|---|---|---|---|---:|---:|---:|---:|---:|']
+    for (device, dtype, cl, comp, model, batch, size), p in groups.items():
         cells = []
         for pass_ in ('infer', 'train'):
             r = p.get(pass_)
-            cells += [f"{r['img_per_s']:.1f}", f"{r['ratio_vs_resnet50']:.2f}x"] if r else ['', '']
+            cells += [f"{r['img_per_s']:.1f}", f"{r['ratio_vs_baseline']:.2f}x vs {r['baseline']}"] if r else ['', '']
         if any(r['peak_mb'] is not None for r in p.values()):
             mem = ' / '.join(str(p[k]['peak_mb']) if k in p else '' for k in ('infer', 'train'))
         else:
             m = rss_by.get(model)
             mem = f"{m['peak_rss_mb']} ({m['step_mb']})" if m else ''
-        lines.append(f"| {device} | {dtype} | {cl} | {comp} | {model} | " + ' | '.join(cells) + f" | {mem} |")
+        lines.append(f"| {device} | {dtype} | {cl} | {comp} | {batch} x {size} | {model} | " + ' | '.join(cells)
+                     + f" | {mem} |")
     return '\n'.join(lines)
 
 
@@ -261,7 +288,8 @@ def target_checks(rows: list[dict]) -> list[str]:
     channels_last); resnet50_asap >= 1.8x the FFT formulation on CPU.
     """
     out = []
-    by = {(r['device'], r['dtype'], r['channels_last'], r['compile'], r['model'], r['pass']): r for r in rows}
+    by = {(r['device'], r['dtype'], r['channels_last'], r['compile'], r['model'], r['pass']): r for r in rows
+          if r.get('baseline', BASELINE) == BASELINE}
     for (device, dtype, cl, comp, model, pass_), r in sorted(by.items(), key=lambda kv: str(kv[0])):
         if model != 'resnet50_asap':
             continue
@@ -280,3 +308,109 @@ def target_checks(rows: list[dict]) -> list[str]:
             out.append(f"{setting}: resnet50_asap / resnet50 throughput {r['ratio_vs_resnet50']:.3f}x "
                        f"(target >= {goal}x): {'met' if r['ratio_vs_resnet50'] >= goal else 'NOT met'}")
     return out
+
+
+def _pool_modules(model: nn.Module) -> list[nn.Module]:
+    """The spectral (and BlurPool) pooling modules of a model: the layers a conversion adds."""
+    from timm.layers import BlurPool2d
+
+    from ..layers import ASAP2d, FLC2d
+    return [m for m in model.modules() if isinstance(m, (ASAP2d, FLC2d, BlurPool2d))]
+
+
+def _profiled_steps(label: str, device: torch.device, dtype: torch.dtype, batch_size: int, img_size: int,
+                    channels_last: bool, steps: int) -> tuple[dict[str, dict], dict[str, float]]:
+    """Per-operator times (ms per step) of ``steps`` training steps of one model, and per pooling-module type."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    runner = _Runner(label, device, dtype, batch_size, img_size, channels_last, False)
+    handles, scopes = [], []
+    for module in _pool_modules(runner.model):  # one profiler range around every pooling forward
+        name = f"pool:{type(module).__name__}"
+        handles.append(module.register_forward_pre_hook(
+            lambda m, a, n=name: scopes.append(record_function(n).__enter__())))
+        handles.append(module.register_forward_hook(lambda m, a, o: scopes.pop().__exit__(None, None, None)))
+    for _ in range(2):  # warm-up: allocator, cuDNN, the spectral matrices
+        runner.train()
+    _sync(device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == 'cuda' else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            runner.train()
+        _sync(device)
+    for h in handles:
+        h.remove()
+    cuda = device.type == 'cuda'
+    ops, modules = {}, {}
+    for ev in prof.key_averages():
+        # device time where there is a device (kernels), else CPU self time; microseconds -> ms per step
+        own = (ev.self_device_time_total if cuda else ev.self_cpu_time_total) / 1e3 / steps
+        total = (ev.device_time_total if cuda else ev.cpu_time_total) / 1e3 / steps
+        if ev.key.startswith('pool:'):
+            modules[ev.key[5:]] = round(total, 3)
+        elif own > 0:
+            ops[ev.key] = {'ms': round(own, 3), 'calls': ev.count // steps}
+    return ops, modules
+
+
+def profile_extra_time(model: str, baseline: str | None = None, device: str | torch.device = 'cpu',
+                       dtype: torch.dtype = torch.float32, batch_size: int = 32, img_size: int = 224,
+                       channels_last: bool = False, steps: int = 3, top: int = 15) -> dict:
+    """Where a converted model's extra training-step time goes, from torch.profiler.
+
+    Both models run ``steps`` training steps under the profiler (after two warm-up steps); per operator
+    (CUDA kernels on a GPU, CPU operators otherwise) the time per step of each is listed with the
+    difference, largest first, and the pooling modules (each forward wrapped in a ``pool:<type>`` range)
+    with their total time per step.
+
+    Args:
+        model: a label of :data:`MODELS` (e.g. ``'resnet50_asap'``).
+        baseline: its family's baseline (None: found from :data:`FAMILIES`).
+        device: ``'cpu'`` or ``'cuda'``.
+        dtype: float32, or a half type used through autocast.
+        batch_size: images per step.
+        img_size: square input size.
+        channels_last: channels_last model and input.
+        steps: profiled steps.
+        top: operators listed.
+
+    Returns:
+        ``{'model', 'baseline', 'device', 'dtype', 'batch', 'img_size', 'step_ms': {model: ms, baseline: ms},
+        'ops': [{'op', 'model_ms', 'baseline_ms', 'extra_ms', 'calls'}], 'pool_modules': {type: ms}}``.
+
+    Raises:
+        ValueError: an unknown model.
+    """
+    family = next((f for f, labels in FAMILIES.items() if model in labels), None)
+    if family is None:
+        raise ValueError(f"unknown benchmark model {model!r}; allowed: {list(MODELS)}")
+    baseline = baseline or FAMILIES[family][0]
+    device = torch.device(device)
+    args = (device, dtype, batch_size, img_size, channels_last, steps)
+    ops_m, pools = _profiled_steps(model, *args)
+    ops_b, _ = _profiled_steps(baseline, *args)
+    table = []
+    for op in set(ops_m) | set(ops_b):
+        m, b = ops_m.get(op, {}).get('ms', 0.0), ops_b.get(op, {}).get('ms', 0.0)
+        table.append({'op': op, 'model_ms': m, 'baseline_ms': b, 'extra_ms': round(m - b, 3),
+                      'calls': ops_m.get(op, ops_b.get(op, {})).get('calls', 0)})
+    table.sort(key=lambda r: -r['extra_ms'])
+    step = {model: round(sum(o['ms'] for o in ops_m.values()), 3),
+            baseline: round(sum(o['ms'] for o in ops_b.values()), 3)}
+    return {'model': model, 'baseline': baseline, 'device': device.type, 'dtype': str(dtype).replace('torch.', ''),
+            'batch': batch_size, 'img_size': img_size, 'channels_last': channels_last, 'step_ms': step,
+            'ops': table[:top], 'pool_modules': pools}
+
+
+def format_profile(result: dict) -> str:
+    """Markdown: the step times, the pooling modules' time and the operators with the most extra time."""
+    m, b = result['model'], result['baseline']
+    lines = [f"#### {m} vs {b} ({result['device']} {result['dtype']}, batch {result['batch']} x {result['img_size']}, "
+             f"training step)", '',
+             f"Profiled time per step: {m} {result['step_ms'][m]:.2f} ms, {b} {result['step_ms'][b]:.2f} ms.", '',
+             '| pooling module | ms per step (forward, with its kernels) |', '|---|---:|']
+    lines += [f"| {k} | {v:.3f} |" for k, v in result['pool_modules'].items()] or ['| (none) | |']
+    lines += ['', f"| operator / kernel | {m} ms | {b} ms | extra ms | calls per step |", '|---|---:|---:|---:|---:|']
+    lines += [f"| `{r['op'][:90]}` | {r['model_ms']:.3f} | {r['baseline_ms']:.3f} | {r['extra_ms']:+.3f} | {r['calls']} |"
+              for r in result['ops']]
+    return '\n'.join(lines)

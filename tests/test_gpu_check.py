@@ -1,0 +1,50 @@
+"""scripts/gpu_check.sh in its CPU mode (tiny sizes): every step runs, time-boxed, and writes its results."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from timm_asap.data import DEFAULT_FASHION_MNIST_DIR, find_fashion_mnist
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = ['gpu_tests', 'layers', 'models_resnet50', 'models_cifar', 'profile_cifar', 'study']
+
+
+@pytest.mark.skipif(shutil.which('timeout') is None or shutil.which('bash') is None, reason='needs bash and timeout')
+def test_gpu_check_cpu_mode(tmp_path):
+    pytest.importorskip('art')
+    if find_fashion_mnist(DEFAULT_FASHION_MNIST_DIR, 'test') is not None:
+        data = DEFAULT_FASHION_MNIST_DIR
+    else:
+        from finetune_helpers import write_fake_fashion_mnist
+        data = str(write_fake_fashion_mnist(tmp_path / 'fmnist', n_train=300, n_test=100))
+    out = tmp_path / 'out'
+    env = {**os.environ, 'PYTHON': sys.executable, 'TMPDIR': str(tmp_path)}
+    # the CPU mode's own budget is 115 s; a larger one keeps the test meaningful on a busy shared machine
+    proc = subprocess.run(['bash', str(ROOT / 'scripts' / 'gpu_check.sh'), '--cpu', '--data', data, '--out', str(out),
+                           '--budget', '200'], capture_output=True, text=True, env=env, timeout=330)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ['layers.json', 'models.json', 'models.md', 'profile.json', 'profile.md', 'status.json',
+                     'status.md', 'study.md']
+    assert all((out / f).stat().st_size < 100_000 for f in files)
+    status = json.loads((out / 'status.json').read_text())
+    steps = {s['step']: s['status'] for s in status['steps']}
+    assert list(steps) == STEPS
+    assert steps['study'] == 'ok', (out / 'status.md').read_text()[-3000:]
+    assert all(v.startswith(('ok', 'timed out')) for v in steps.values()), steps  # each step boxed, none broken
+    assert status['study']['table'] and status['machine']['mode'] == 'cpu'
+    assert '| model |' in (out / 'study.md').read_text()
+
+
+def test_gpu_check_bad_arguments(tmp_path):
+    proc = subprocess.run(['bash', str(ROOT / 'scripts' / 'gpu_check.sh'), '--frobnicate'], capture_output=True,
+                          text=True)
+    assert proc.returncode == 2 and "unknown argument '--frobnicate'" in proc.stderr
+    proc = subprocess.run(['bash', str(ROOT / 'scripts' / 'gpu_check.sh'), '--data', str(tmp_path)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and 'no Fashion-MNIST IDX files' in proc.stderr
