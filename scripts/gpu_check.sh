@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # One prepared GPU check, at most 9 minutes on one H100/H200, in priority order, each step time-boxed:
 #   1. the `gpu` test marker (pytest -m gpu)
-#   2. the layer benchmark (timm-asap benchmark-layers)
+#   2. the layer benchmark of the pooling backends against avg_pool2d (timm-asap benchmark-layers --backends)
 #   3. benchmark-models: bf16, channels_last, eager and compiled; resnet50 family at batch 32 and 256;
 #      resnet18_cifar family at 32 px
 #   4. torch.profiler: where resnet50_asap's and resnet18_cifar_asap's extra time goes (pooling kernels)
 #   5. the study, --preset gpu, with the time left (fewer seeds when less is left; the study says so)
 # Results land in OUT as each step finishes, at most 8 small files:
-#   status.md, status.json (every step: status, seconds, command, captured tables), layers.json, models.md,
+#   status.md, status.json (every step: status, seconds, command, captured tables), layers.json (the backend
+#   winners table), models.md,
 #   models.json, profile.md, profile.json, study.md. Bulky work files (runs, Hub folders) go to a scratch folder.
 #
 # Usage: scripts/gpu_check.sh [--cpu] [--data DIR] [--out DIR] [--budget SECONDS]
@@ -84,9 +85,8 @@ step() {
 
 if [ "$MODE" = cpu ]; then
   step gpu_tests 30 $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_evaluation.py
-  # TODO-free fallback: the current benchmark-layers command
-  step layers 30 $PY -m timm_asap.cli.main benchmark-layers --device cpu --batch-size 2 --repeats 1 --shapes 8x16 \
-    --output "$OUT/layers.json"
+  step layers 30 $PY -m timm_asap.cli.main benchmark-layers --device cpu --backends two_product,kronecker,triton --tiny \
+    --json "$OUT/layers.json" --output "$WORK/layer_rows.json"
   step models_resnet50 30 $PY -m timm_asap.cli.main benchmark-models --device cpu --models resnet50_asap \
     --batch-size 2 --img-size 32 --rounds 1 --warmup 0 --compile off --no-cpu-memory --no-progress \
     --output-dir "$WORK/models_resnet50"
@@ -100,9 +100,9 @@ if [ "$MODE" = cpu ]; then
     --output "$WORK/study" --no-progress
 else
   step gpu_tests 75 $PY -m pytest -q -m gpu -p no:cacheprovider
-  # TODO-free fallback: the current benchmark-layers command (with the pooling backends' flags:
-  # add --backends all --json "$OUT/layers.json")
-  step layers 45 $PY -m timm_asap.cli.main benchmark-layers --device cuda --channels-last --output "$OUT/layers.json"
+  # layers.json is the winners table backend 'auto' reads: commit it as timm_asap/layers/backend_table.json
+  step layers 100 $PY -m timm_asap.cli.main benchmark-layers --device cuda --backends two_product,kronecker,triton \
+    --cuda-dtypes bfloat16 --layouts channels_last contiguous --json "$OUT/layers.json" --output "$WORK/layer_rows.json"
   step models_resnet50 50 $PY -m timm_asap.cli.main benchmark-models --device cuda --compile off --no-progress \
     --batch-size 32 --rounds 3 --output-dir "$WORK/models_resnet50"
   step models_resnet50_b256 50 $PY -m timm_asap.cli.main benchmark-models --device cuda --compile off --no-progress \
