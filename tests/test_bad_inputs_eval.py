@@ -91,3 +91,18 @@ def test_study_options_errors():
         StudyOptions(max_seconds=0).validate()
     with pytest.raises(ValueError, match='precision must be one of'):
         StudyOptions(amp='fp8').validate()
+
+
+def test_checkpoint_of_another_architecture_with_the_same_tensors_is_an_error(tmp_path):
+    import timm
+    from timm_asap.evaluation import create_eval_model
+    from timm_asap.hub import IntegrityError, weights_metadata
+    from timm_asap.train.checkpoint import save_weights
+    asap = timm.create_model('resnet18_cifar_asap', num_classes=10, in_chans=1)
+    path = save_weights(asap.state_dict(), tmp_path / 'model.safetensors',
+                        metadata=weights_metadata(asap, 'resnet18_cifar_asap'))
+    with pytest.raises(IntegrityError, match=r"'resnet18_cifar_asap'.*'resnet18_cifar_flc'"):
+        create_eval_model('resnet18_cifar_flc', checkpoint_path=str(path), num_classes=10, in_chans=1)
+    loaded = create_eval_model('resnet18_cifar_asap', checkpoint_path=str(path), num_classes=10, in_chans=1)
+    weights = {k.split('.', 1)[1]: v for k, v in loaded.state_dict().items() if k.startswith('model.')}
+    assert all(torch.equal(weights[k], v) for k, v in asap.state_dict().items())

@@ -16,7 +16,7 @@ from timm_asap.config import apply_overrides
 from timm_asap.data import (
     DEFAULT_FASHION_MNIST_DIR, DataError, FashionMNIST, IdxError, ResumableSampler, SampleDataset, ShardSampler,
     create_val_dataset, create_run_data, create_split_dataset, create_transforms, dataset_classes,
-    find_fashion_mnist, read_idx, resolve_data_config, subset_indices, write_idx)
+    find_fashion_mnist, read_idx, run_data_config, subset_indices, write_idx)
 
 from finetune_helpers import tiny_config, write_fake_fashion_mnist, write_image_folder
 
@@ -109,7 +109,7 @@ def test_fashion_mnist_transform_32px(tmp_path):
     for chans in (1, 3):
         cfg = tiny_config(tmp_path, model={'in_chans': chans, 'img_size': 32}, data={'mean': None, 'std': None})
         model = timm.create_model('resnet18_cifar_asap', num_classes=10, in_chans=chans)
-        dc = resolve_data_config(cfg, model)
+        dc = run_data_config(cfg, model)
         assert dc['input_size'] == (chans, 32, 32) and dc['crop_pct'] == 1.0
         assert len(dc['mean']) == chans and len(dc['std']) == chans  # CIFAR RGB stats averaged for grey
         ds = create_val_dataset(cfg, model)
@@ -120,14 +120,14 @@ def test_fashion_mnist_transform_32px(tmp_path):
             raw = x * torch.tensor(dc['std']).view(3, 1, 1) + torch.tensor(dc['mean']).view(3, 1, 1)
             torch.testing.assert_close(raw[0], raw[2], atol=1e-5, rtol=0)
     with pytest.raises(DataError, match='data.mean has 2 values but the model takes 3 channels'):
-        resolve_data_config(tiny_config(tmp_path, model={'in_chans': 3}, data={'mean': [0.1, 0.2]}))
+        run_data_config(tiny_config(tmp_path, model={'in_chans': 3}, data={'mean': [0.1, 0.2]}))
 
 
 # ----------------------------------------------------------------------------------------- per-sample seeding
 def test_sample_dataset_is_seeded_per_epoch_and_index(tmp_path):
     write_fake_fashion_mnist(tmp_path, n_train=16, n_test=8)
     cfg = tiny_config(tmp_path, data={'scale': [0.3, 1.0], 'hflip': 0.5, 'reprob': 0.5})
-    dc = resolve_data_config(cfg)
+    dc = run_data_config(cfg)
     ds = SampleDataset(FashionMNIST(tmp_path, 'train', download=False), create_transforms(cfg, dc, True), seed=3,
                        in_chans=1)
     states = (random.getstate(), np.random.get_state()[1].copy(), torch.get_rng_state())
@@ -229,7 +229,7 @@ def test_unreadable_images_are_replaced_and_counted(tmp_path):
     (root / 'train' / 'b' / '0005.png').write_bytes(b'')
     cfg = tiny_config(root, model={'num_classes': 2}, data={'dataset': ''})
     ds = create_split_dataset(cfg.data, 'train', in_chans=1)
-    sd = SampleDataset(ds, create_transforms(cfg, resolve_data_config(cfg), False), in_chans=1)
+    sd = SampleDataset(ds, create_transforms(cfg, run_data_config(cfg), False), in_chans=1)
     counts = [sd[i][2] for i in range(len(sd))]
     assert sum(counts) == 2 and counts[1] == 1 and counts[5] == 1
     assert torch.equal(sd[1][0], sd[2][0])  # replaced by the next readable image
@@ -241,7 +241,7 @@ def test_torchvision_dataset_through_timm(tmp_path):
     cfg = tiny_config(root, model={'num_classes': 3}, data={'dataset': 'torch/image_folder'})
     ds = create_split_dataset(cfg.data, 'train', in_chans=1)
     assert len(ds) == 6 and dataset_classes(ds) == ['a', 'b', 'c']
-    sd = SampleDataset(ds, create_transforms(cfg, resolve_data_config(cfg), True), in_chans=1)
+    sd = SampleDataset(ds, create_transforms(cfg, run_data_config(cfg), True), in_chans=1)
     x, y, bad = sd[(0, 3)]
     assert x.shape == (1, 16, 16) and y == 1 and bad == 0
 

@@ -20,7 +20,7 @@ from timm_asap.config import ConfigError, apply_overrides
 from timm_asap.data import DataError
 from timm_asap.train import (
     CheckpointError, NonFiniteLossError, RunExistsError, TrainingInterrupted, config_differences, ensure_finetuned,
-    finetune, load_checkpoint)
+    finetune, load_run_checkpoint)
 
 from finetune_helpers import (
     TINY_ARGS, class_images, tiny_config, write_fake_fashion_mnist, write_image_folder)
@@ -72,7 +72,7 @@ def test_outputs_of_a_run(tmp_path, fmnist):
     assert 'epoch 1/2 | train loss' in log and 'img/s' in log
     # model.safetensors: weights only, of the best epoch, loadable straight into the registered model
     weights = load_file(out / 'model.safetensors')
-    best = load_checkpoint(out / 'best.pth')
+    best = load_run_checkpoint(out / 'best.pth')
     assert best['epoch'] == m['best_epoch']
     for k, v in best['state_dict'].items():
         assert torch.equal(weights[k], v), k
@@ -144,7 +144,7 @@ def test_recipe_mixup_cutmix_ema_accumulation_clip(tmp_path, fmnist):
     m = _run(cfg, tmp_path / 'run')
     row = m['history'][0]
     assert 'val_ema_top1' in row and m['best_metric_name'] == 'val_ema_top1'
-    ckpt = load_checkpoint(tmp_path / 'run' / 'last.pth')
+    ckpt = load_run_checkpoint(tmp_path / 'run' / 'last.pth')
     assert ckpt['num_updates'] == 2  # 6 batches, 4 per update: 4 + the remaining 2
     weights = load_file(tmp_path / 'run' / 'model.safetensors')
     for k, v in ckpt['state_dict_ema'].items():
@@ -164,7 +164,7 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, fmnis
     out = tmp_path / 'run'
     with pytest.raises(NonFiniteLossError, match=r'NaN/Inf in epoch 2 .*last good one is .*last\.pth \(epoch 1\)'):
         _run(cfg, out, callbacks=[poison])
-    ckpt = load_checkpoint(out / 'last.pth')
+    ckpt = load_run_checkpoint(out / 'last.pth')
     assert ckpt['epoch'] == 1 and ckpt['batches_done'] == 0
     assert all(torch.isfinite(v).all() for v in ckpt['state_dict'].values() if v.is_floating_point())
     status = json.loads((out / 'metrics.json').read_text())
@@ -211,7 +211,7 @@ def test_ensure_finetuned_returns_a_finished_run_without_training(tmp_path, fmni
         ensure_finetuned(apply_overrides(cfg, ['train.lr=0.1']), out)
     monkeypatch.undo()
     # an interrupted/unfinished folder is resumed, not restarted
-    ckpt = load_checkpoint(out / 'last.pth')
+    ckpt = load_run_checkpoint(out / 'last.pth')
     (out / 'metrics.json').unlink()
     resumed = ensure_finetuned(apply_overrides(cfg, ['train.epochs=2']), out, device='cpu', progress=False)
     assert resumed['epochs_completed'] == 2 and resumed['history'][0] == ckpt['history'][0]
@@ -291,7 +291,7 @@ def test_streaming_dataset_trains_and_resumes(tmp_path, fmnist, monkeypatch):
 
     with pytest.raises(TrainingInterrupted):
         _run(cfg, tmp_path / 'run', callbacks=[stop])
-    assert load_checkpoint(tmp_path / 'run' / 'last.pth')['batches_done'] == 2
+    assert load_run_checkpoint(tmp_path / 'run' / 'last.pth')['batches_done'] == 2
     resumed = _run(cfg, tmp_path / 'run', resume=True)
     reference = _run(cfg, tmp_path / 'ref')
     assert resumed['history'][1]['train_loss'] == reference['history'][1]['train_loss']

@@ -13,7 +13,7 @@ import torch.distributed as dist
 from safetensors.torch import load_file
 
 from timm_asap.config import save_config
-from timm_asap.train import finetune, load_checkpoint
+from timm_asap.train import finetune, load_run_checkpoint
 
 from finetune_helpers import tiny_config, write_fake_fashion_mnist
 
@@ -43,7 +43,7 @@ def test_torchrun_two_cpu_processes_gloo(tmp_path):
     for k in exported:
         assert torch.equal(exported[k], r0[k]), k
     # 2 epochs x 4 optimizer updates (48 images / (2 ranks x 6))
-    assert load_checkpoint(out / 'last.pth')['num_updates'] == 8
+    assert load_run_checkpoint(out / 'last.pth')['num_updates'] == 8
 
     metrics = json.loads((out / 'metrics.json').read_text())
     assert metrics['status'] == 'finished' and metrics['world_size'] == 2
@@ -74,7 +74,7 @@ def test_two_process_run_resumed_by_one_process(tmp_path):
            str(WORKER), str(cfg_path), str(out), '--kill-at', '5']
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and (out / 'last.pth').is_file(), proc.stdout[-2000:] + proc.stderr[-4000:]
-    ckpt = load_checkpoint(out / 'last.pth')
+    ckpt = load_run_checkpoint(out / 'last.pth')
     assert (ckpt['world_size'], ckpt['epoch'], ckpt['batches_done'], ckpt['num_updates']) == (2, 1, 1, 5)
 
     m = finetune(cfg, out, resume=True, device='cpu', progress=False)
@@ -83,5 +83,5 @@ def test_two_process_run_resumed_by_one_process(tmp_path):
     assert 'an epoch now has 8 optimizer updates instead of 4' in log
     assert m['status'] == 'finished' and m['world_size'] == 1 and m['epochs_completed'] == 2
     # 1 process: 8 updates per epoch; epoch 2 skipped the 12 images seen and ran the remaining 6 batches
-    last = load_checkpoint(out / 'last.pth')
+    last = load_run_checkpoint(out / 'last.pth')
     assert last['num_updates'] == 16 and m['history'][1]['train_images'] == 48

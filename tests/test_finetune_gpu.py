@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from timm_asap.train import finetune, load_checkpoint
+from timm_asap.train import finetune, load_run_checkpoint
 
 from finetune_helpers import tiny_config, write_fake_fashion_mnist
 
@@ -25,7 +25,7 @@ def test_amp_channels_last(tmp_path, fmnist, amp_dtype, loader):
     m = finetune(cfg, tmp_path / 'run', device='cuda', progress=False)
     assert m['amp'] == amp_dtype and m['channels_last'] is True and m['device'].startswith('cuda')
     assert m['loader'] == loader
-    ckpt = load_checkpoint(tmp_path / 'run' / 'last.pth')
+    ckpt = load_run_checkpoint(tmp_path / 'run' / 'last.pth')
     assert (ckpt['scaler'] is not None) == (amp_dtype == 'float16')
     weights = load_file(tmp_path / 'run' / 'model.safetensors')
     assert all(v.dtype in (torch.float32, torch.int64) for v in weights.values())

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from timm_asap.config import save_config
-from timm_asap.train import TrainingInterrupted, finetune, load_checkpoint
+from timm_asap.train import TrainingInterrupted, finetune, load_run_checkpoint
 
 from finetune_helpers import TINY_ARGS, tiny_config, write_fake_fashion_mnist
 
@@ -47,7 +47,7 @@ def test_sigterm_mid_epoch_then_resume_matches_uninterrupted(tmp_path, loader):
                            '--threads', str(torch.get_num_threads())],
                           env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 128 + 15, proc.stderr[-3000:]
-    ckpt = load_checkpoint(run / 'last.pth')
+    ckpt = load_run_checkpoint(run / 'last.pth')
     assert (ckpt['epoch'], ckpt['batches_done'], ckpt['num_updates']) == (1, 3, 11)
     assert len(ckpt['history']) == 1
     status = json.loads((run / 'metrics.json').read_text())
@@ -62,8 +62,8 @@ def test_sigterm_mid_epoch_then_resume_matches_uninterrupted(tmp_path, loader):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    ema_a = load_checkpoint(run / 'last.pth')['state_dict_ema']
-    ema_b = load_checkpoint(tmp_path / 'ref' / 'last.pth')['state_dict_ema']
+    ema_a = load_run_checkpoint(run / 'last.pth')['state_dict_ema']
+    ema_b = load_run_checkpoint(tmp_path / 'ref' / 'last.pth')['state_dict_ema']
     for k in ema_a:
         assert torch.equal(ema_a[k], ema_b[k]), k
     assert resumed['loader'] == reference['loader'] == loader
@@ -119,7 +119,7 @@ def test_resume_with_another_world_size_continues_the_epoch_on_this_runs_schedul
     data = write_fake_fashion_mnist(tmp_path / 'data', n_train=64, n_test=16)
     cfg = tiny_config(data, train={'epochs': 2, 'warmup_epochs': 1, 'warmup_lr': 0.001})
     reference, lrs, run = _reference_then_interrupted(tmp_path, monkeypatch, cfg)
-    ckpt = load_checkpoint(run / 'last.pth')
+    ckpt = load_run_checkpoint(run / 'last.pth')
     # as the 2-process run would have saved it: 1 batch per process into epoch 2, 4 + 1 updates
     ckpt.update(world_size=2, batches_per_epoch=4, batches_done=1, num_updates=5, rng=ckpt['rng'] * 2)
     torch.save(ckpt, run / 'last.pth')
@@ -128,7 +128,7 @@ def test_resume_with_another_world_size_continues_the_epoch_on_this_runs_schedul
     assert 'continues after the 2 batches already seen (2 per process)' in text
     assert 'an epoch now has 8 optimizer updates instead of 4' in text
     assert lrs == reference[10:]  # updates 11..16 at the rates of an uninterrupted 1-process run
-    assert load_checkpoint(run / 'last.pth')['num_updates'] == 16
+    assert load_run_checkpoint(run / 'last.pth')['num_updates'] == 16
     assert resumed['status'] == 'finished' and resumed['epochs_completed'] == 2
 
 
@@ -163,5 +163,5 @@ def test_restarted_epoch_counts_updates_from_its_start(tmp_path, monkeypatch):
     reference, lrs, run = _reference_then_interrupted(tmp_path, monkeypatch, cfg)
     m = finetune(tiny_config(data, train={'epochs': 2, 'seed': 8}), run, resume=True, device='cpu', progress=False)
     assert 'train.seed changed: the interrupted epoch restarts' in (run / 'train.log').read_text()
-    assert lrs == reference[8:] and load_checkpoint(run / 'last.pth')['num_updates'] == 16
+    assert lrs == reference[8:] and load_run_checkpoint(run / 'last.pth')['num_updates'] == 16
     assert m['history'][1]['train_images'] == 64

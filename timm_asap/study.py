@@ -35,6 +35,7 @@ from typing import Any, Callable
 
 import torch
 
+from ._files import atomic_path, atomic_write_text
 from .config import RunConfig, apply_overrides, load_config
 from .models.weight_tags import HUB_ORG
 from .runtime import resolve_amp, resolve_device
@@ -239,10 +240,7 @@ def study_config(label: str, arch: str, family: Family, seed: int, opts: StudyOp
 
 
 def _json_dump(path: Path, data: Any) -> Path:
-    tmp = path.with_name(f'.{path.name}.tmp')
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    tmp.replace(path)
-    return path
+    return atomic_write_text(path, json.dumps(data, indent=2, default=str))
 
 
 EVAL_SEED = 0  # every training seed is evaluated on the same images, corruption draws, attack starts and shifts
@@ -368,10 +366,9 @@ def _plot_summary(rows: list[dict], path: Path) -> Path:
     ax.legend(fontsize=8)
     ax.set_title('Fashion-MNIST: baseline vs FLC vs ASAP')
     fig.tight_layout()
-    tmp = path.with_name(f'.{path.stem}.tmp.png')
-    fig.savefig(tmp, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format='png')
     plt.close(fig)
-    tmp.replace(path)
     return path
 
 
@@ -551,7 +548,6 @@ def run_study(opts: StudyOptions | None = None, log: Callable[[str], None] = _st
         ValueError: invalid options, or a GPU preset without CUDA (see :func:`check_device`).
     """
     from .evaluation import create_eval_dataset, evaluate_models, load_images, wrap_model
-    from ._files import atomic_write_text
     from .evaluation.report import read_results
     from .hub import build_hub_folder, load_eval_results, load_trained_model
     from .train import ensure_finetuned
@@ -659,7 +655,7 @@ def run_study(opts: StudyOptions | None = None, log: Callable[[str], None] = _st
                   + f"\n### Convergence (validation top-1 per epoch, plateau: the last epoch gains < {PLATEAU_PP} pp)"
                   f"\n\n{plateau}\n\nWall time {_minutes(timings['total_s'])} (expected "
                   f"{_minutes(expected['total_s'])}).\n")
-    write_text_atomic(out / 'summary.md', summary_md)
+    atomic_write_text(out / 'summary.md', summary_md)
     _plot_summary(all_rows, out / 'summary.png')
     result = dict(options=dataclasses.asdict(opts), data_source=source, size=size, estimate=expected, table=all_rows,
                   train=train_metrics, convergence=curves, reload=reload_checks, timings=timings)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from .._files import atomic_write_text
 from ..benchmark import (
     NETWORK_SHAPES, RESNET50_SHAPES, benchmark_backends, benchmark_layers, format_backend_table, format_table,
     winners_table,
@@ -73,10 +74,7 @@ def _parse_shapes(items, default=RESNET50_SHAPES):
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.name}.tmp')
-    tmp.write_text(text)
-    tmp.replace(path)
+    atomic_write_text(path, text)
     print(f"wrote {path}")
 
 

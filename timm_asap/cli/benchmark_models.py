@@ -15,6 +15,7 @@ from timm_asap.models.benchmark import (
     FAMILIES, MODELS, benchmark_models, cpu_peak_rss, format_profile, format_table, profile_extra_time, target_checks)
 
 from ._yaml_defaults import parse_args_with_yaml_defaults
+from .._files import atomic_write_text
 
 DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
 
@@ -98,9 +99,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f'.{path.name}.tmp')
-    tmp.write_text(text)
-    tmp.replace(path)
+    atomic_write_text(path, text)
 
 
 def _machine() -> str:

@@ -12,6 +12,7 @@ import yaml
 from timm_asap.models.coverage import coverage_rows, rows_to_dicts, rows_to_markdown
 
 from ._yaml_defaults import parse_args_with_yaml_defaults
+from .._files import atomic_write_text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,9 +40,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f'.{path.name}.tmp')
-    tmp.write_text(text)
-    tmp.replace(path)
+    atomic_write_text(path, text)
 
 
 def main(argv=None) -> int:

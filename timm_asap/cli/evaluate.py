@@ -218,11 +218,11 @@ def _apply_run_config(args) -> None:
     if args.split == 'validation':
         args.split = cfg.data.val_split
     try:  # the fine-tuning pipeline's own resolution of crop, interpolation and statistics
-        from timm_asap.data import resolve_data_config
+        from timm_asap.data import run_data_config
     except ImportError:
-        resolve_data_config = None
-    if resolve_data_config is not None:
-        dc = resolve_data_config(cfg)
+        run_data_config = None
+    if run_data_config is not None:
+        dc = run_data_config(cfg)
         args.crop_pct = args.crop_pct if args.crop_pct is not None else dc.get('crop_pct')
         args.interpolation = args.interpolation or dc.get('interpolation')
         if cfg.data.mean is not None or cfg.data.std is not None:

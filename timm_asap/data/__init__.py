@@ -1,4 +1,5 @@
 """Data for fine-tuning and evaluation: built-in Fashion-MNIST and timm.data datasets, transforms, loaders."""
+from .._deprecation import deprecated_getattr
 from .dataset import SampleDataset, create_split_dataset, dataset_classes, is_folder_dataset, subset_indices
 from .errors import DataError
 from .fashion_mnist import (
@@ -8,7 +9,7 @@ from .idx import IdxError, read_idx, write_idx
 from .loader import LoaderBatches, ResumableSampler, ShardSampler, create_eval_loader, create_train_loader
 from .memory import MemoryAugment, MemoryEvalBatches, MemoryTrainBatches, augment_batch, sample_order
 from .pipeline import RunData, choose_loader, create_run_data, create_val_dataset
-from .transforms import create_transforms, resolve_data_config
+from .transforms import create_transforms, run_data_config
 
 __all__ = [
     'DataError', 'IdxError', 'read_idx', 'write_idx',
@@ -17,15 +18,15 @@ __all__ = [
     'ResumableSampler', 'ShardSampler', 'LoaderBatches', 'create_train_loader', 'create_eval_loader',
     'MemoryAugment', 'MemoryTrainBatches', 'MemoryEvalBatches', 'augment_batch', 'sample_order',
     'RunData', 'create_run_data', 'create_val_dataset', 'choose_loader',
-    'resolve_data_config', 'create_transforms', 'is_fashion_mnist',
+    'run_data_config', 'create_transforms', 'is_fashion_mnist',
 ]
 
 
 def __getattr__(name: str):
-    if name == 'create_eval_dataset':  # renamed: timm_asap.evaluation.create_eval_dataset is the evaluation one
-        import warnings
-        warnings.warn("timm_asap.data.create_eval_dataset is renamed create_val_dataset (a run's validation split); "
-                      "for evaluation data use timm_asap.evaluation.create_eval_dataset", DeprecationWarning,
-                      stacklevel=2)
-        return create_val_dataset
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return deprecated_getattr(__name__, name, {
+        # a run's validation split; timm_asap.evaluation.create_eval_dataset is the evaluation one
+        'create_eval_dataset': ('create_val_dataset (evaluation data: timm_asap.evaluation.create_eval_dataset)',
+                                lambda: create_val_dataset),
+        # timm.data.resolve_data_config takes other arguments
+        'resolve_data_config': ('run_data_config', lambda: run_data_config),
+    })

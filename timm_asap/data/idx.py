@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .._files import atomic_path
+
 __all__ = ['IdxError', 'read_idx', 'write_idx']
 
 # IDX type code -> numpy dtype (big-endian where it matters)
@@ -96,9 +98,6 @@ def write_idx(path: str | os.PathLike, array: np.ndarray) -> Path:
     code = _IDX_CODES[native]
     header = bytes([0, 0, code, array.ndim]) + struct.pack(f'>{array.ndim}I', *array.shape)
     body = np.ascontiguousarray(array, dtype=_IDX_TYPES[code]).tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with _open(tmp, 'wb', compressed=path.suffix == '.gz') as f:
+    with atomic_path(path) as tmp, _open(tmp, 'wb', compressed=path.suffix == '.gz') as f:
         f.write(header + body)
-    tmp.replace(path)
     return path

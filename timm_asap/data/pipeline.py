@@ -14,7 +14,7 @@ from .dataset import SampleDataset, create_split_dataset, dataset_classes, descr
 from .errors import DataError
 from .loader import LoaderBatches, create_eval_loader, create_train_loader
 from .memory import MemoryAugment, MemoryEvalBatches, MemoryTrainBatches, array_images, images_nbytes, to_device_images
-from .transforms import create_transforms, resolve_data_config
+from .transforms import create_transforms, run_data_config
 
 __all__ = ['RunData', 'create_run_data', 'create_val_dataset', 'choose_loader']
 
@@ -76,7 +76,7 @@ def create_val_dataset(cfg: RunConfig, model: nn.Module | None = None, split: st
         DataError: missing data, or a class count that differs from ``model.num_classes``.
     """
     split = split or cfg.data.val_split
-    data_config = resolve_data_config(cfg, model)
+    data_config = run_data_config(cfg, model)
     ds = create_split_dataset(cfg.data, split, in_chans=cfg.model.in_chans)
     _check_classes(cfg, split, dataset_classes(ds))
     return _wrap(cfg, ds, create_transforms(cfg, data_config, is_training=False), cfg.data.val_subset, 0)
@@ -109,7 +109,7 @@ def create_run_data(cfg: RunConfig, model: nn.Module | None = None, *, rank: int
             one batch.
     """
     d, t = cfg.data, cfg.train
-    data_config = resolve_data_config(cfg, model)
+    data_config = run_data_config(cfg, model)
     train_raw = create_split_dataset(d, d.train_split, in_chans=cfg.model.in_chans, is_training=True,
                                      batch_size=t.batch_size, seed=t.seed)
     classes = dataset_classes(train_raw)

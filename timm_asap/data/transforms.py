@@ -11,7 +11,7 @@ from ..config import RunConfig
 from .errors import DataError
 from .fashion_mnist import is_fashion_mnist
 
-__all__ = ['resolve_data_config', 'create_transforms', 'is_fashion_mnist', 'fit_channels']
+__all__ = ['run_data_config', 'create_transforms', 'is_fashion_mnist', 'fit_channels']
 
 def fit_channels(key: str, values, in_chans: int, average: bool, remedy: str | None = None) -> tuple[float, ...]:
     """Fit per-channel statistics to ``in_chans`` channels.
@@ -39,7 +39,7 @@ def fit_channels(key: str, values, in_chans: int, average: bool, remedy: str | N
     raise DataError(f"{key} has {len(values)} values but the model takes {in_chans} channels; {remedy}")
 
 
-def resolve_data_config(cfg: RunConfig, model: nn.Module | None = None) -> dict[str, Any]:
+def run_data_config(cfg: RunConfig, model: nn.Module | None = None) -> dict[str, Any]:
     """The timm data config (input_size, mean, std, crop_pct, interpolation, crop_mode) of a run.
 
     Values set in ``cfg.data`` win; the rest come from the model's ``pretrained_cfg`` (via
@@ -87,7 +87,7 @@ def create_transforms(cfg: RunConfig, data_config: dict[str, Any], is_training: 
 
     Args:
         cfg: the run configuration (augmentation settings in ``cfg.data``).
-        data_config: from :func:`resolve_data_config`.
+        data_config: from :func:`run_data_config`.
         is_training: the augmenting training transform, else the evaluation transform.
     """
     d = cfg.data

@@ -121,6 +121,9 @@ def create_eval_model(
     if in_chans is not None:
         kwargs['in_chans'] = in_chans
     model = timm.create_model(name, pretrained=pretrained, checkpoint_path=checkpoint_path or '', **kwargs)
+    if checkpoint_path and str(checkpoint_path).endswith('.safetensors'):
+        from timm_asap.hub.integrity import check_recorded_model
+        check_recorded_model(checkpoint_path, name, model, f"the model name {name!r}")
     if checkpoint_path and (mean is None or std is None):
         trained = trained_normalisation(checkpoint_path, model)
         if trained is not None:
@@ -138,8 +141,8 @@ def trained_normalisation(checkpoint_path: str | Path,
     path = find_run_config(checkpoint_path)
     if path is None:
         return None
-    from timm_asap.data import resolve_data_config
-    dc = resolve_data_config(load_config(path), model)
+    from timm_asap.data import run_data_config
+    dc = run_data_config(load_config(path), model)
     _logger.info(f"{checkpoint_path}: normalisation mean {tuple(dc['mean'])}, std {tuple(dc['std'])} from {path}")
     return tuple(dc['mean']), tuple(dc['std'])
 

@@ -30,7 +30,7 @@ from .._files import atomic_write_text, replace_dir, staging_dir
 from .card import build_model_card
 from .config_model import check_pooling, create_model_from_config
 from .errors import HubPublishError, IntegrityError, MissingEvaluationError
-from ..models import check_architecture
+from ..models.weight_tags import paper_ids
 from .image_processor import IMAGE_PROCESSOR_NAME
 from .integrity import (CONFIG_NAME, PICKLE_SUFFIXES, WEIGHTS_NAME, load_safetensors, save_safetensors,
                         state_shape_mismatch, verify_hub_folder, weights_metadata)
@@ -170,8 +170,8 @@ def hub_config_json(model: nn.Module, cfg: RunConfig, path: str | Path,
     """
     from timm.models._hub import save_config_for_hf
 
-    from ..data import resolve_data_config
-    resolved = resolve_data_config(cfg, model)
+    from ..data import run_data_config
+    resolved = run_data_config(cfg, model)
     data_config = {k: resolved[k] for k in ('input_size', 'mean', 'std', 'crop_pct', 'interpolation', 'crop_mode')
                    if resolved.get(k) is not None}
     model_config = {}
@@ -193,7 +193,7 @@ def hub_config_json(model: nn.Module, cfg: RunConfig, path: str | Path,
     pcfg['tag'] = cfg.model.tag or pcfg.get('tag')
     if cfg.hub.license:
         pcfg['license'] = cfg.hub.license
-    pcfg['paper_ids'] = 'arXiv:2307.09804' if cfg.model.pool != 'flc' else 'arXiv:2204.00491'
+    pcfg['paper_ids'] = paper_ids(cfg.model.pool)
     pcfg['paper_name'] = ('Fix your downsampling ASAP! Be natively more robust via Aliasing and Spectral '
                           'Artifact free Pooling') if cfg.model.pool != 'flc' else \
         'FrequencyLowCut Pooling - Plug & Play against Catastrophic Overfitting'

@@ -23,7 +23,7 @@ from .errors import IntegrityError
 
 __all__ = ['WEIGHTS_NAME', 'CONFIG_NAME', 'DIGEST_KEY', 'ARCHITECTURE_KEY', 'POOLING_KEY', 'PICKLE_SUFFIXES',
            'save_safetensors', 'read_safetensors_header', 'verify_safetensors', 'load_safetensors', 'read_config_json',
-           'config_model', 'expected_state_shapes', 'weights_metadata', 'check_weights_match_config',
+           'config_model', 'expected_state_shapes', 'weights_metadata', 'check_recorded_model', 'check_weights_match_config',
            'state_shape_mismatch', 'verify_hub_folder']
 
 WEIGHTS_NAME = 'model.safetensors'
@@ -217,13 +217,29 @@ def weights_metadata(model: torch.nn.Module, architecture: str) -> dict[str, str
     return {ARCHITECTURE_KEY: architecture, POOLING_KEY: json.dumps(pooling_signature(model))}
 
 
+def check_recorded_model(weights_path: str | Path, architecture: str, model: torch.nn.Module, named_in: str) -> None:
+    """Check a safetensors file against the architecture it is loaded into, where its header records one.
+
+    Args:
+        weights_path: the ``.safetensors`` file.
+        architecture: the architecture the weights are loaded into (a tag is ignored).
+        model: the built model (its pooling is compared with the recorded one).
+        named_in: where ``architecture`` was given, for the message (e.g. ``"the model name 'x'"``).
+
+    Raises:
+        IntegrityError: the header records another architecture or other pooling options, naming both.
+    """
+    config = {'architecture': architecture.split('.')[0]}
+    _check_recorded_model(weights_path, named_in, config, read_safetensors_header(weights_path)[1], model)
+
+
 def _check_recorded_model(weights_path, config_path, config: dict[str, Any], metadata: dict[str, str],
                           model: torch.nn.Module) -> None:
     recorded = metadata.get(ARCHITECTURE_KEY)
     if recorded and recorded != config['architecture']:
         raise IntegrityError(weights_path, f"holds weights of architecture {recorded!r} (its header records it) but "
                                            f"{config_path} names {config['architecture']!r}; they have the same "
-                                           f"tensors but compute different functions: fix 'architecture' in the config")
+                                           f"tensors but compute different functions: name the architecture the weights were trained as")
     if POOLING_KEY not in metadata:
         return
     built = pooling_signature(model)

@@ -6,13 +6,13 @@
 """
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 
 import timm
 from timm.models import get_arch_pretrained_cfgs
 from torch import nn
 
+from .._deprecation import deprecated_getattr
 from .registry import check_model_name, get_variant, list_variants
 from . import weight_tags
 
@@ -75,8 +75,4 @@ _REPLACEMENTS = {
 
 def deprecated_attribute(module: str, name: str):
     """Module ``__getattr__`` body: the deprecated ``name`` with a DeprecationWarning, else AttributeError."""
-    if name not in _REPLACEMENTS:
-        raise AttributeError(f"module {module!r} has no attribute {name!r}")
-    instead, value = _REPLACEMENTS[name]
-    warnings.warn(f"{module}.{name} is deprecated; use {instead}", DeprecationWarning, stacklevel=3)
-    return value()
+    return deprecated_getattr(module, name, _REPLACEMENTS)

@@ -29,7 +29,7 @@ from torch import nn
 from .convert import NotScriptableMixin, register_shared_pool_block
 from .creation import create_variant
 from .registry import make_entrypoint, variant_cfgs
-from .weight_tags import PAPER_IDS
+from .weight_tags import paper_ids
 
 __all__ = ['variant_pretrained_cfgs', 'CifarResNet', 'PreActBlock', 'SharedPoolPreActBlock', 'PreActResNet', 'CIFAR_ARCHITECTURES', 'CIFAR10_MEAN', 'CIFAR10_STD']
 
@@ -329,11 +329,11 @@ class PreActResNet(nn.Module):
 # registration
 # ---------------------------------------------------------------------------------------------------
 
-def _cfg(first_conv: str, pool_size: tuple[int, int], description: str) -> PretrainedCfg:
+def _cfg(first_conv: str, pool_size: tuple[int, int], description: str, pool: str) -> PretrainedCfg:
     return PretrainedCfg(
         num_classes=10, input_size=(3, 32, 32), pool_size=pool_size, crop_pct=1.0, interpolation='bilinear',
         mean=CIFAR10_MEAN, std=CIFAR10_STD, first_conv=first_conv, classifier='fc', license='apache-2.0',
-        paper_ids=PAPER_IDS, description=description)
+        paper_ids=paper_ids(pool), description=description)
 
 
 def _build_resnet18_cifar(pretrained: bool = False, **kwargs) -> nn.Module:
@@ -379,7 +379,7 @@ def variant_pretrained_cfgs(name: str) -> dict:
     weightless untagged cfg (random initialisation)."""
     arch, pool = next((a, p) for a in CIFAR_ARCHITECTURES for n, p in _names(a) if n == name)
     _, first_conv, pool_size, desc = CIFAR_ARCHITECTURES[arch]
-    defaults = _cfg(first_conv, pool_size, desc + _POOL_TEXT[pool])
+    defaults = _cfg(first_conv, pool_size, desc + _POOL_TEXT[pool], pool)
     untagged = dataclasses.replace(defaults, url=None, file=None, hf_hub_id=None)
     return variant_cfgs(name, defaults, [('', untagged)])
 

@@ -28,7 +28,7 @@ from torch import nn
 
 from ..version import __version__
 from . import weight_tags
-from .weight_tags import HUB_ORG, PAPER_IDS, WeightTag
+from .weight_tags import HUB_ORG, PAPER_IDS, WeightTag, paper_ids
 
 __all__ = [
     'MODULES', 'UnknownModelError', 'Variant', 'list_variants', 'get_variant', 'base_architecture', 'is_variant',
@@ -189,7 +189,7 @@ def base_tag_cfgs(variant: str, base: str, pool: str) -> list[tuple[str, Pretrai
         if cfg.paper_ids:
             notes += (f"base weights: {cfg.paper_ids}",)
         out.append((f"{cfg.tag}_base", dataclasses.replace(
-            cfg, architecture=None, tag=None, paper_ids=PAPER_IDS, license=cfg.license or 'unknown',
+            cfg, architecture=None, tag=None, paper_ids=paper_ids(pool), license=cfg.license or 'unknown',
             notes=notes + tuple(cfg.notes or ()),
             description=f"{variant}: {base} with {pool.upper()} downsampling, initialised from {full}")))
     return out
@@ -207,6 +207,10 @@ def _channel_stats(given, default, chans: int):
     if given is not None:
         return tuple(given)
     return default if default is not None and len(default) == chans else None
+
+
+def _pool_of(arch: str) -> str:
+    return next((pool for suffix, pool in _POOL_SUFFIXES if arch.endswith(suffix)), 'none')
 
 
 def weight_tag_cfg(entry: WeightTag, defaults: PretrainedCfg) -> PretrainedCfg:
@@ -234,7 +238,7 @@ def weight_tag_cfg(entry: WeightTag, defaults: PretrainedCfg) -> PretrainedCfg:
         test_input_size=None, min_input_size=None, pool_size=_scaled_pool_size(defaults, size), mean=mean, std=std,
         interpolation=entry.interpolation, crop_pct=entry.crop_pct, test_crop_pct=None, num_classes=entry.num_classes,
         label_offset=None, label_names=entry.label_names, label_descriptions=None, license=entry.license,
-        paper_ids=PAPER_IDS, notes=tuple(notes), description=f"{entry.name}: {entry.architecture} trained with "
+        paper_ids=paper_ids(_pool_of(entry.architecture)), notes=tuple(notes), description=f"{entry.name}: {entry.architecture} trained with "
         f"hub_configs/{entry.recipe}", origin_url=None, paper_name=None)
 
 

@@ -20,10 +20,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ['HUB_ORG', 'PAPER_IDS', 'FASHION_MNIST_LABELS', 'WeightTag', 'WEIGHT_TAGS', 'weight_tag']
+__all__ = ['HUB_ORG', 'PAPER_IDS', 'FLC_PAPER_IDS', 'paper_ids', 'FASHION_MNIST_LABELS', 'WeightTag', 'WEIGHT_TAGS', 'weight_tag']
 
 HUB_ORG = 'timm-asap'
-PAPER_IDS = 'arXiv:2307.09804'
+PAPER_IDS = 'arXiv:2307.09804'      # ASAP (and the baselines it is compared with)
+FLC_PAPER_IDS = 'arXiv:2204.00491'  # FLC pooling, ASAP's predecessor
+
+
+def paper_ids(pool: str) -> str:
+    """The paper of a pooling kind: FLC's for ``'flc'``, ASAP's for ``'asap'`` and the baselines."""
+    return FLC_PAPER_IDS if pool == 'flc' else PAPER_IDS
 FASHION_MNIST_LABELS = ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt', 'Sneaker', 'Bag',
                         'Ankle boot')
 

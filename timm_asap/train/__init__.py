@@ -1,5 +1,6 @@
 """Fine-tuning: base timm checkpoint -> ASAP/FLC model, single process or torchrun DDP."""
-from .checkpoint import load_checkpoint, save_checkpoint, save_weights
+from .._deprecation import deprecated_getattr
+from .checkpoint import load_run_checkpoint, save_checkpoint, save_weights
 from .distributed import DistEnv, init_distributed
 from .errors import CheckpointError, NonFiniteLossError, RunExistsError, TrainingError, TrainingInterrupted
 from .evaluate import validate
@@ -11,5 +12,10 @@ __all__ = [
     'finetune', 'ensure_finetuned', 'load_results', 'TrainState', 'config_differences',
     'TrainingError', 'TrainingInterrupted', 'NonFiniteLossError', 'CheckpointError', 'RunExistsError',
     'create_model_from_config', 'load_base_model', 'convert_from_base', 'create_teacher', 'check_pooling',
-    'validate', 'DistEnv', 'init_distributed', 'load_checkpoint', 'save_checkpoint', 'save_weights',
+    'validate', 'DistEnv', 'init_distributed', 'load_run_checkpoint', 'save_checkpoint', 'save_weights',
 ]
+
+
+def __getattr__(name: str):
+    # timm.models.load_checkpoint loads weights into a model; this reads a fine-tuning checkpoint
+    return deprecated_getattr(__name__, name, {'load_checkpoint': ('load_run_checkpoint', lambda: load_run_checkpoint)})

@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 from .._files import atomic_path
 from .errors import CheckpointError
 
-__all__ = ['CHECKPOINT_FORMAT', 'save_checkpoint', 'load_checkpoint', 'link_or_copy', 'save_weights',
+__all__ = ['CHECKPOINT_FORMAT', 'save_checkpoint', 'load_run_checkpoint', 'link_or_copy', 'save_weights',
            'get_rng_state', 'set_rng_state']
 
 CHECKPOINT_FORMAT = 'timm_asap.finetune/1'
@@ -47,7 +47,7 @@ def link_or_copy(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     return dst
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+def load_run_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read a fine-tuning checkpoint onto the CPU.
 
     Raises:

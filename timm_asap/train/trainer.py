@@ -41,7 +41,7 @@ from timm.utils import random_seed
 from ..config import RUN_CONFIG_FILE, RunConfig, config_from_dict, save_config
 from . import resume as _resume
 from .build import Parts, build_parts
-from .checkpoint import load_checkpoint, save_weights, set_rng_state
+from .checkpoint import load_run_checkpoint, save_weights, set_rng_state
 from .distributed import DistEnv, init_distributed
 from .errors import RunExistsError, TrainingInterrupted
 from .loop import EpochLoop, TrainState
@@ -58,7 +58,7 @@ def _start(cfg: RunConfig, out: Path, env: DistEnv, ckpt_path: Path | None, reco
            progress_bar: bool) -> tuple[Parts, Progress]:
     """Build the run's parts and take up the checkpoint's state when resuming."""
     t = cfg.train
-    ckpt = load_checkpoint(ckpt_path) if ckpt_path is not None else None
+    ckpt = load_run_checkpoint(ckpt_path) if ckpt_path is not None else None
     diff = _resume.check_checkpoint(cfg, ckpt, ckpt_path, env) if ckpt is not None else {}
     parts = build_parts(cfg, env, ckpt, ckpt_path)
     progress = Progress()
@@ -106,7 +106,7 @@ def _export(cfg: RunConfig, parts: Parts, progress: Progress, env: DistEnv, out:
     epoch = len(progress.history)
     if env.is_primary:
         if kind == 'best':
-            best = load_checkpoint(out / 'best.pth')
+            best = load_run_checkpoint(out / 'best.pth')
             weights = best['state_dict_ema'] if parts.ema is not None else best['state_dict']
             epoch = progress.best_epoch
         elif kind == 'ema':
