@@ -22,6 +22,7 @@ from typing import Any, Union
 import yaml
 
 from ._files import atomic_write_text
+from .layers.band import MODES, POOLS
 
 __all__ = [
     'ConfigError', 'ModelConfig', 'DataConfig', 'DistillConfig', 'TrainConfig', 'HubConfig', 'RunConfig',
@@ -293,8 +294,8 @@ class RunConfig:
 
     def validate(self) -> RunConfig:
         """Check value ranges and choices (types are checked on load)."""
-        _choice('model.pool', self.model.pool, ('asap', 'flc', 'none'))
-        _choice('model.mode', self.model.mode, ('centered', 'reference'))
+        _choice('model.pool', self.model.pool, (*POOLS, 'none'))
+        _choice('model.mode', self.model.mode, MODES)
         _choice('train.amp_dtype', self.train.amp_dtype, ('bfloat16', 'float16', 'float32'))
         _choice('train.export', self.train.export, ('best', 'last', 'ema'))
         _choice('train.dist_bn', self.train.dist_bn, ('reduce', 'broadcast', 'none'))

@@ -24,6 +24,7 @@ from pathlib import Path
 import yaml
 
 from timm_asap.evaluation.runner import EvalOptions
+from timm_asap.runtime import AMP_CHOICES
 
 from ._yaml_defaults import read_yaml_defaults
 
@@ -86,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--max-unreadable', type=float, default=d.max_unreadable,
                    help='fraction of the selected images that may be unreadable (skipped and counted)')
     g.add_argument('--device', default=d.device)
-    g.add_argument('--amp', choices=('auto', 'bf16', 'fp16', 'none'), default=d.amp)
+    g.add_argument('--amp', choices=AMP_CHOICES, default=d.amp)
     g.add_argument('--clean', type=_bool, default=d.clean)
     g = p.add_argument_group('common corruptions')
     g.add_argument('--corruptions', default='benchmark',

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from ..runtime import AMP_CHOICES
 from ..study import FAMILIES, PRESETS, preset_options, run_study
 
 
@@ -36,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help='time available: when the expected time is longer, fewer seeds run (said in the output)')
     p.add_argument('--data-dir', help="Fashion-MNIST IDX folder (default: Debian's package, else a download)")
     p.add_argument('--device', default='auto', help='auto, cpu or cuda')
-    p.add_argument('--amp', choices=['auto', 'bf16', 'fp16', 'none'],
+    p.add_argument('--amp', choices=AMP_CHOICES,
                    help='precision of the clean/corruption/shift passes (default: auto, which follows the hardware: '
                         'bf16 on CUDA and on CPUs with native bf16, float32 elsewhere); attacks run in float32')
     p.add_argument('--workers', type=int, help="DataLoader workers (default: the preset's)")

@@ -15,6 +15,7 @@ import functools
 
 from timm.models import generate_default_cfgs, model_entrypoint, register_model
 
+from ..layers.band import POOLS
 from .creation import create_variant
 from .registry import base_tag_cfgs, make_entrypoint, variant_cfgs
 
@@ -28,7 +29,6 @@ BASE_ARCHITECTURES = (
     'convnext_atto', 'convnext_tiny',
     'densenet121', 'vgg16_bn',
 )
-POOLS = ('asap', 'flc')
 
 _POOL_TEXT = {
     'asap': 'ASAP (aliasing- and spectral-artifact-free pooling, arXiv:2307.09804)',

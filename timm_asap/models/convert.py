@@ -51,7 +51,7 @@ from timm.layers.pool2d_same import AvgPool2dSame, MaxPool2dSame
 from timm.models.resnet import BasicBlock
 from torch import nn
 
-from timm_asap.layers import create_pool, output_size
+from timm_asap.layers import MODES, create_pool, output_size
 from timm_asap.layers.create import POOL_LAYERS, pool_arguments
 
 __all__ = [
@@ -663,7 +663,7 @@ def asapify(
     """
     if pool not in POOL_LAYERS:
         raise ValueError(f"asapify pool must be one of {sorted(POOL_LAYERS)}, got {pool!r}")
-    _check_choice('mode', mode, ('centered', 'reference'))
+    _check_choice('mode', mode, MODES)
     _check_choice('patchify', patchify, PATCHIFY_CHOICES)
     traced = [n or '<model>' for n, m in model.named_modules() if isinstance(m, torch.fx.GraphModule)]
     if traced:
