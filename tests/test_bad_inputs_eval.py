@@ -106,3 +106,15 @@ def test_checkpoint_of_another_architecture_with_the_same_tensors_is_an_error(tm
     loaded = create_eval_model('resnet18_cifar_asap', checkpoint_path=str(path), num_classes=10, in_chans=1)
     weights = {k.split('.', 1)[1]: v for k, v in loaded.state_dict().items() if k.startswith('model.')}
     assert all(torch.equal(weights[k], v) for k, v in asap.state_dict().items())
+
+
+def test_pretrained_weights_unreachable_is_one_line_with_the_offline_hint(tmp_path, monkeypatch, capsys):
+    import huggingface_hub.constants
+    from timm_asap.cli.evaluate import main
+    monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', True)
+    monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_CACHE', str(tmp_path / 'empty-cache'))
+    rc = main(['--model', 'resnet18_asap.tv_in1k_base', '--pretrained', '--dataset', 'fashion_mnist',
+               '--corruptions', 'none', '--count', '8', '--output', str(tmp_path / 'out')])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert rc == 3
+    assert 'timm/resnet18.tv_in1k' in err and 'HF_HUB_OFFLINE=1' in err and 'empty-cache' in err

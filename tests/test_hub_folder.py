@@ -466,14 +466,14 @@ def test_finetune_output_publishes_and_reloads(tmp_path):
 def test_written_files_and_folders_follow_the_umask(run_dirs, tmp_path):
     """Temp files are made 0600 and temp folders 0700; what lands gets an ordinary file's mode."""
     import os
-    from timm_asap.evaluation.report import write_text_atomic
+    from timm_asap._files import atomic_write_text
     from timm_asap.train.checkpoint import save_weights
     train, ev = run_dirs
     old = os.umask(0o022)
     try:
         out = H.export_output_dir(train, tmp_path / 'hub', eval_dir=ev)
         weights = save_weights({'w': torch.zeros(2)}, tmp_path / 'w.safetensors')
-        text = write_text_atomic(tmp_path / 'r.md', 'x')
+        text = atomic_write_text(tmp_path / 'r.md', 'x')
     finally:
         os.umask(old)
     assert out.stat().st_mode & 0o777 == 0o755

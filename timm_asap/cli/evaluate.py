@@ -24,6 +24,7 @@ from pathlib import Path
 import yaml
 
 from timm_asap.evaluation.runner import EvalOptions
+from timm_asap.hub.errors import HubDownloadError
 from timm_asap.runtime import AMP_CHOICES
 
 from ._yaml_defaults import read_yaml_defaults
@@ -279,8 +280,8 @@ def main(argv=None) -> int:
                                       args.interpolation, in_chans)
         out = Path(args.output)
         out.mkdir(parents=True, exist_ok=True)
-        from timm_asap.evaluation.report import write_text_atomic
-        write_text_atomic(out / 'evaluate_config.yaml', yaml.safe_dump(
+        from timm_asap._files import atomic_write_text
+        atomic_write_text(out / 'evaluate_config.yaml', yaml.safe_dump(
             {**{k: v for k, v in setup.items()}, 'img_size': img_size, 'in_chans': in_chans,
              **dataclasses.asdict(opts)}, sort_keys=False))
         from timm_asap.evaluation.runner import evaluate_models
@@ -288,6 +289,9 @@ def main(argv=None) -> int:
     except (ValueError, ImportError, FileNotFoundError) as e:
         print(f"timm-asap-evaluate: error: {e}", file=sys.stderr)
         return 2
+    except HubDownloadError as e:  # weights neither downloadable nor in the cache
+        print(f"timm-asap-evaluate: error: {e}", file=sys.stderr)
+        return 3
     from timm_asap.evaluation.report import markdown_report
     print(markdown_report(rows))
     _logger.info(f"wrote {out / 'results.json'}, {out / 'results.md'} and plots")

@@ -112,6 +112,9 @@ def create_eval_model(
         The model wrapped by :func:`wrap_model`, in eval mode.
     """
     import timm
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    from timm_asap.hub.load import hub_unreachable_error
     try:
         import timm_asap.models  # noqa: F401  (registers the ASAP/FLC variants when present)
     except ImportError:
@@ -120,7 +123,12 @@ def create_eval_model(
         kwargs['num_classes'] = num_classes
     if in_chans is not None:
         kwargs['in_chans'] = in_chans
-    model = timm.create_model(name, pretrained=pretrained, checkpoint_path=checkpoint_path or '', **kwargs)
+    try:
+        model = timm.create_model(name, pretrained=pretrained, checkpoint_path=checkpoint_path or '', **kwargs)
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled) as e:  # no network and not in the cache
+        cfg = timm.models.get_pretrained_cfg(name)
+        repo_id = (cfg.hf_hub_id if cfg is not None else None) or name
+        raise hub_unreachable_error(f"the pretrained weights of {name}", repo_id, None, None, e) from None
     if checkpoint_path and str(checkpoint_path).endswith('.safetensors'):
         from timm_asap.hub.integrity import check_recorded_model
         check_recorded_model(checkpoint_path, name, model, f"the model name {name!r}")

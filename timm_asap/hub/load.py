@@ -26,7 +26,7 @@ from .image_processor import register_image_processor
 from .integrity import CONFIG_NAME, WEIGHTS_NAME, check_weights_match_config, read_config_json, verify_hub_folder
 
 __all__ = ['download_hub_files', 'load_hub_folder', 'load_model', 'load_transformers_model',
-           'transformers_pipeline', 'seed_hub_cache']
+           'transformers_pipeline', 'seed_hub_cache', 'hub_unreachable_error']
 
 _logger = logging.getLogger(__name__)
 
@@ -52,7 +52,8 @@ def _purge_cached(path: Path) -> None:
             blob.unlink()
 
 
-def _not_reachable(name: str, repo_id: str, revision: str | None, cache_dir, error: Exception) -> HubDownloadError:
+def hub_unreachable_error(name: str, repo_id: str, revision: str | None, cache_dir,
+                          error: Exception) -> HubDownloadError:
     """One line for a file that is neither downloadable (no connection, offline mode) nor in the cache."""
     where = f"{constants.ENDPOINT}/{repo_id}" + (f" (revision {revision})" if revision else '')
     why = 'offline mode (HF_HUB_OFFLINE=1) is on' if constants.HF_HUB_OFFLINE else 'the Hub could not be reached'
@@ -70,7 +71,7 @@ def _fetch(repo_id: str, name: str, revision: str | None, cache_dir) -> Path:
         return Path(hf_hub_download(repo_id, name, revision=revision, cache_dir=cache_dir, library_name='timm-asap'))
     except (LocalEntryNotFoundError, OfflineModeIsEnabled) as e:
         _remove_incomplete(repo_id, cache_dir)
-        raise _not_reachable(name, repo_id, revision, cache_dir, e) from None
+        raise hub_unreachable_error(name, repo_id, revision, cache_dir, e) from None
     except (HfHubHTTPError, ValueError):
         _remove_incomplete(repo_id, cache_dir)
         raise  # huggingface_hub's own errors say what is wrong (no such repo or file, ...)
