@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 from ..runtime import AMP_CHOICES
 from ..study import FAMILIES, PRESETS, preset_options, run_study
@@ -57,11 +58,15 @@ def main(argv=None) -> int:
                 'corruption_count', 'attack_count', 'shift_count', 'severities', 'max_seconds', 'workers', 'amp'):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
+    from ..train import TrainingInterrupted
     try:
         opts = preset_options(preset, **overrides)
         run_study(opts)
     except ValueError as e:
         raise SystemExit(f"timm-asap study: {e}") from None
+    except TrainingInterrupted as e:  # a stop signal: the checkpoint is written, re-running resumes
+        print(f"timm-asap study: {e}; run the same command again to resume", file=sys.stderr)
+        return 128 + int(e.signum)
     return 0
 
 
