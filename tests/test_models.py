@@ -221,7 +221,7 @@ def test_pretrained_cfgs(name):
     variant = M.get_variant(name)
     trained = {t.name: t for t in M.WEIGHT_TAGS}
     for full, cfg in cfgs.items():
-        assert cfg.paper_ids == M.PAPER_IDS
+        assert cfg.paper_ids == ('arXiv:2204.00491' if variant.pool == 'flc' else 'arXiv:2307.09804'), full
         assert cfg.license
         assert len(cfg.input_size) == 3 and cfg.num_classes >= 0  # 0: headless base checkpoints
         # timm says pretrained exactly where weights can be downloaded
