@@ -78,6 +78,11 @@ def list_variants(pattern: str = '*', pool: str | None = None) -> list[str]:
     return [n for n in names if pool is None or get_variant(n).pool == pool]
 
 
+def _pool_of(arch: str) -> str:
+    """The pooling a registered name's suffix names (``'none'`` for a baseline)."""
+    return next((pool for suffix, pool in _POOL_SUFFIXES if arch.endswith(suffix)), 'none')
+
+
 def get_variant(name: str) -> Variant:
     """The :class:`Variant` record of a registered name (tag allowed).
 
@@ -89,10 +94,8 @@ def get_variant(name: str) -> Variant:
         close = difflib.get_close_matches(arch, list_variants(), n=6, cutoff=0.6)
         raise UnknownModelError(f"{arch!r} is not registered by timm_asap; close: {', '.join(close) or 'none'}")
     module = model_entrypoint(arch).__module__.rsplit('.', 1)[-1]
-    for suffix, pool in _POOL_SUFFIXES:
-        if arch.endswith(suffix):
-            return Variant(arch, arch[:-len(suffix)], pool, module)
-    return Variant(arch, arch, 'none', module)
+    pool = _pool_of(arch)
+    return Variant(arch, arch if pool == 'none' else arch[:-len(pool) - 1], pool, module)
 
 
 def base_architecture(name: str) -> str:
@@ -207,10 +210,6 @@ def _channel_stats(given, default, chans: int):
     if given is not None:
         return tuple(given)
     return default if default is not None and len(default) == chans else None
-
-
-def _pool_of(arch: str) -> str:
-    return next((pool for suffix, pool in _POOL_SUFFIXES if arch.endswith(suffix)), 'none')
 
 
 def weight_tag_cfg(entry: WeightTag, defaults: PretrainedCfg) -> PretrainedCfg:
