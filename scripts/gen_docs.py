@@ -18,8 +18,9 @@ The parts and their sources:
   ``timm-asap coverage`` (``docs/results/coverage/coverage.json``).
 * ``benchmark FILE``: a benchmark table with its command, machine and date, from a committed result file
   (``docs/results/benchmarks/*.json``; make one from a tool's Markdown table with ``--add-result``).
-* ``study-results``: the study's table from ``docs/results/study/`` (``summary.md`` as the study writes it,
-  plus ``run.json`` with command, machine, date and wall time); a "not measured yet" notice while absent.
+* ``study-results DIR``: a study's table from a result folder such as ``docs/results/study/cpu``
+  (``summary.md`` as the study writes it, plus ``run.json`` with command, machine, date and wall time); a
+  "not measured yet" notice while absent.
 
 Usage::
 
@@ -346,17 +347,20 @@ def add_result(path: Path, table: Path, title: str, command: str, machine: str, 
     return path
 
 
-STUDY_DIR = RESULTS / 'study'
-
-
 def gen_study_results(arg: str | None) -> str:
-    summary, run = STUDY_DIR / 'summary.md', STUDY_DIR / 'run.json'
+    if not arg:
+        raise DocsError("generated:study-results needs a result folder, e.g. "
+                        "<!-- generated:study-results docs/results/study/cpu -->")
+    folder = ROOT / arg
+    summary, run = folder / 'summary.md', folder / 'run.json'
     if not summary.is_file():
-        return ("**Not measured yet.** No converged study result has been recorded. "
-                "`timm-asap study --preset cpu` (2 CPU cores) or `timm-asap study --preset gpu` (one GPU) will "
-                "produce it: the table with mean ± std over seeds lands in `<output>/summary.md`, and once "
-                "that file and its run details are committed under `docs/results/study/` it appears here.")
+        return (f"**Not measured yet.** No study result is recorded in `{arg}/`. Once the `summary.md` a study "
+                "run writes to its output folder and a `run.json` with its command, machine, date and wall time "
+                "are committed there, it appears here.")
     meta = _read_json(run)
+    missing = [k for k in ('command', 'machine', 'date', 'wall_time') if k not in meta]
+    if missing:
+        raise DocsError(f"{arg}/run.json: missing {missing}; it holds command, machine, date and wall_time")
     tables = '\n'.join(ln for ln in summary.read_text().splitlines() if not ln.startswith('# '))
     return (f"Command: `{meta['command']}`. Machine: {meta['machine']}. Date: {meta['date']}. "
             f"Wall time: {meta['wall_time']}.\n\n{tables.strip()}")

@@ -115,6 +115,21 @@ def test_benchmark_result_files_are_complete_and_round_trip(tmp_path):
         gen_docs.gen_benchmark('docs/results/benchmarks/missing.json')
 
 
+def test_study_results_come_from_a_complete_result_folder(tmp_path):
+    folders = sorted(p.parent for p in (ROOT / 'docs' / 'results' / 'study').glob('*/summary.md'))
+    assert folders
+    for folder in folders:
+        text = gen_docs.gen_study_results(str(folder))
+        assert text.startswith('Command: `timm-asap study') and '| model |' in text, folder.name
+    assert gen_docs.gen_study_results(str(tmp_path)).startswith('**Not measured yet.**')
+    (tmp_path / 'summary.md').write_text('# t\n| model |\n')
+    (tmp_path / 'run.json').write_text(json.dumps({'command': 'c', 'machine': 'm', 'date': 'd'}))
+    with pytest.raises(gen_docs.DocsError, match=r"missing \['wall_time'\]"):
+        gen_docs.gen_study_results(str(tmp_path))
+    with pytest.raises(gen_docs.DocsError, match='needs a result folder'):
+        gen_docs.gen_study_results(None)
+
+
 def test_readme_is_short_and_keeps_the_ci_commands():
     text = (ROOT / 'README.md').read_text()
     assert len(text.splitlines()) <= 200

@@ -609,7 +609,7 @@ def run_study(opts: StudyOptions | None = None, log: Callable[[str], None] = _st
             eval_dir = out / 'eval' / name / f'seed{seed}'
             if (eval_dir / 'results.json').is_file():
                 rows, _ = read_results(eval_dir / 'results.json')
-                log(f"evaluated {name} seed {seed}: found {eval_dir / 'results.json'}, not evaluating again")
+                log(f"evaluated the {name} family seed {seed}: found {eval_dir / 'results.json'}, not evaluating again")
             else:
                 models = []
                 for label, _ in variants[name]:
@@ -617,7 +617,8 @@ def run_study(opts: StudyOptions | None = None, log: Callable[[str], None] = _st
                     net = load_trained_model(cfg, out / 'runs' / label / f'seed{seed}' / 'model.safetensors')
                     models.append((label, wrap_model(net, cfg.data.mean, cfg.data.std)))
                 rows = evaluate_models(models, images, eval_opts, out_dir=eval_dir, dataset_name='fashion_mnist/test')
-                log(f"evaluated {name} seed {seed}: {len(rows)} result rows -> {eval_dir}")
+                log(f"evaluated the {name} family ({', '.join(label for label, _ in variants[name])}) seed {seed}: "
+                    f"{len(rows)} result rows -> {eval_dir}")
             per_family_seed[name][seed] = rows
     timings['evaluate_s'] = time.perf_counter() - t
 
