@@ -69,13 +69,18 @@ def _rst_to_md(text: str) -> str:
     return re.sub(r'``(.+?)``', r'`\1`', text)
 
 
+def _shown(path: Path) -> str:
+    """``path`` relative to the repository when it lies inside it, else as given."""
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def _read_json(path: Path) -> dict:
     if not path.is_file():
-        raise DocsError(f"{path.relative_to(ROOT)}: result file not found")
+        raise DocsError(f"{_shown(path)}: result file not found")
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise DocsError(f"{path.relative_to(ROOT)}: not valid JSON ({e})") from None
+        raise DocsError(f"{_shown(path)}: not valid JSON ({e})") from None
 
 
 # ---------------------------------------------------------------------------------------------- config schema
@@ -352,6 +357,8 @@ def gen_study_results(arg: str | None) -> str:
         raise DocsError("generated:study-results needs a result folder, e.g. "
                         "<!-- generated:study-results docs/results/study/cpu -->")
     folder = ROOT / arg
+    if not folder.is_dir():
+        raise DocsError(f"{arg}: study result folder not found (create it, empty until a result is recorded)")
     summary, run = folder / 'summary.md', folder / 'run.json'
     if not summary.is_file():
         return (f"**Not measured yet.** No study result is recorded in `{arg}/`. Once the `summary.md` a study "

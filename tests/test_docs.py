@@ -128,6 +128,11 @@ def test_study_results_come_from_a_complete_result_folder(tmp_path):
         gen_docs.gen_study_results(str(tmp_path))
     with pytest.raises(gen_docs.DocsError, match='needs a result folder'):
         gen_docs.gen_study_results(None)
+    with pytest.raises(gen_docs.DocsError, match='study result folder not found'):
+        gen_docs.gen_study_results(str(tmp_path / 'typo'))
+    (tmp_path / 'run.json').unlink()
+    with pytest.raises(gen_docs.DocsError, match=f"{tmp_path / 'run.json'}: result file not found"):
+        gen_docs.gen_study_results(str(tmp_path))
 
 
 def test_readme_is_short_and_keeps_the_ci_commands():
