@@ -41,6 +41,8 @@ import typing
 from pathlib import Path
 from typing import Callable
 
+from timm_asap._files import atomic_write_text
+
 ROOT = Path(__file__).resolve().parent.parent
 DOC_FILES = ('README.md', 'docs/*.md')
 RESULTS = ROOT / 'docs' / 'results'
@@ -160,9 +162,6 @@ def gen_config_reference(arg: str | None) -> str:
 
 # ------------------------------------------------------------------------------------------------ the registry
 
-POOL_SUFFIXES = ('_asap', '_flc')
-
-
 def registered_architectures() -> list[str]:
     """Architectures whose timm entrypoint lives in the timm_asap package, in timm's order."""
     import timm
@@ -175,13 +174,8 @@ def registered_architectures() -> list[str]:
 def _published_project_tags(arch: str) -> list[str]:
     """Tags of ``arch`` that timm lists as pretrained and that are not zero-shot conversions of a base."""
     import timm
-    import timm_asap.models
 
-    tags = [t for t in timm.list_pretrained(f'{arch}.*') if not t.endswith('_base')]
-    # Until timm.list_pretrained() lists only published tags, the package's own check filters them; where the
-    # package no longer has it, timm's list is the truth.
-    is_loadable = getattr(timm_asap.models, 'is_loadable', None)
-    return [t for t in tags if is_loadable(t)] if is_loadable else tags
+    return [t for t in timm.list_pretrained(f'{arch}.*') if not t.endswith('_base')]
 
 
 def _default_loads(arch: str) -> tuple[str, str]:
@@ -201,12 +195,13 @@ def _default_loads(arch: str) -> tuple[str, str]:
 
 def _families() -> list[tuple[str, list[str], str | None]]:
     """(family name, its registered architectures, converted base) in registry order."""
+    from timm_asap.models import base_architecture
+
     archs = registered_architectures()
     names = set(archs)
     families: dict[str, list[str]] = {}
     for a in archs:
-        base = next((a[:-len(s)] for s in POOL_SUFFIXES if a.endswith(s)), a)
-        families.setdefault(base, []).append(a)
+        families.setdefault(base_architecture(a), []).append(a)
     out = []
     for base, members in families.items():
         members.sort(key=lambda a: (a != base, a.endswith('_flc')))
@@ -240,9 +235,10 @@ def gen_architectures(arg: str | None) -> str:
         cfg = get_pretrained_cfg(arch)
         converts = base if arch != base else '-'
         published = sorted({t for a in members for t in _published_project_tags(a)})
+        loadable = len(timm.list_pretrained(f'{arch}.*'))  # its base tags and its published tags
         rows.append([
             _family_label(base, members), f"`{converts}`" if converts != '-' else '-', _default_loads(arch)[1],
-            str(len([t for t in timm.list_pretrained(f'{arch}.*') if t.endswith('_base')]) + len(_published_project_tags(arch))), ', '.join(f"`{t}`" for t in published) or 'none published',
+            str(loadable), ', '.join(f"`{t}`" for t in published) or 'none published',
             'x'.join(map(str, cfg.input_size)) if cfg is not None else '',
             f"`{model_entrypoint(arch).__module__.split('.')[-1]}`"])
     total = len(registered_architectures())
@@ -348,7 +344,7 @@ def add_result(path: Path, table: Path, title: str, command: str, machine: str, 
     data = dict(title=title, command=command, machine=machine, date=date, software=software, notes=notes,
                 columns=header, rows=rows)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(path, json.dumps(data, indent=1, ensure_ascii=False) + '\n')
+    atomic_write_text(path, json.dumps(data, indent=1, ensure_ascii=False) + '\n')
     return path
 
 
@@ -404,12 +400,6 @@ def render(text: str, where: str = '', keep: frozenset[str] = frozenset()) -> st
         return f"{m.group(1)}{body.rstrip()}\n{m.group(5)}"
 
     return BLOCK.sub(replace, text)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f'.{path.name}.tmp')
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def outdated(keep: frozenset[str] = frozenset()) -> dict[Path, str]:
@@ -477,7 +467,7 @@ def main(argv=None) -> int:
             print(f"out of date: {path.relative_to(ROOT)} (run: python scripts/gen_docs.py)")
         return 1 if changed else 0
     for path, text in changed.items():
-        _write_atomic(path, text)
+        atomic_write_text(path, text)
         print(f"updated {path.relative_to(ROOT)}")
     if not changed:
         print('generated parts are up to date')
