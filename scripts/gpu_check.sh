@@ -66,7 +66,7 @@ step() {
   local name=$1 limit=$2; shift 2
   local have; have=$(left)
   if [ "$have" -lt 10 ]; then
-    printf '%s\n' "$($PY -c 'import json,sys; print(json.dumps(dict(step=sys.argv[1], status="skipped: no time left", seconds=0, command=sys.argv[2])))' "$name" "$*")" >> "$LOG"
+    $PY "$ROOT/scripts/gpu_check_record.py" "$LOG" "$name" "skipped: no time left" 0 /dev/null "$*"
     return
   fi
   [ "$name" != study ] && have=$((have - RESERVE))

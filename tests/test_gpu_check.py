@@ -41,6 +41,21 @@ def test_gpu_check_cpu_mode(tmp_path):
     assert '| model |' in (out / 'study.md').read_text()
 
 
+@pytest.mark.skipif(shutil.which('timeout') is None or shutil.which('bash') is None, reason='needs bash and timeout')
+def test_gpu_check_records_skipped_steps(tmp_path):
+    from finetune_helpers import write_fake_fashion_mnist
+
+    data = write_fake_fashion_mnist(tmp_path / 'fmnist', n_train=10, n_test=10)
+    out = tmp_path / 'out'
+    env = {**os.environ, 'PYTHON': sys.executable, 'TMPDIR': str(tmp_path)}
+    proc = subprocess.run(['bash', str(ROOT / 'scripts' / 'gpu_check.sh'), '--cpu', '--data', str(data), '--out', str(out),
+                           '--budget', '5'], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0 and 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+    status = json.loads((out / 'status.json').read_text())
+    assert [(s['step'], s['status']) for s in status['steps']] == [(s, 'skipped: no time left') for s in STEPS]
+    assert 'skipped: no time left' in (out / 'status.md').read_text()
+
+
 def test_gpu_check_bad_arguments(tmp_path):
     proc = subprocess.run(['bash', str(ROOT / 'scripts' / 'gpu_check.sh'), '--frobnicate'], capture_output=True,
                           text=True)
