@@ -311,3 +311,19 @@ def test_onnx_export(tmp_path):
         warnings.simplefilter('ignore')
         torch.onnx.export(model, (torch.randn(1, 3, 32, 32),), str(path), dynamo=False)
     onnx.checker.check_model(onnx.load(str(path)))
+
+
+def test_one_element_pool_sizes_convert_like_ints():
+    # torch accepts MaxPool2d((2,)); the conversion reads it as (2, 2)
+    x = torch.randn(1, 3, 16, 16)
+    one = M.asapify(nn.Sequential(nn.MaxPool2d((2,))), pool='asap')
+    two = M.asapify(nn.Sequential(nn.MaxPool2d(2)), pool='asap')
+    torch.testing.assert_close(one(x), two(x))
+
+
+@pytest.mark.parametrize('pool', ['asap', 'flc', 'asap_fft', 'flc_fft'])
+def test_profiled_pool_modules_cover_every_pool_layer(pool):
+    from timm_asap.models.benchmark import _pool_modules
+
+    model = M.asapify(timm.create_model('resnet18', num_classes=10), pool=pool)
+    assert _pool_modules(model) and all(type(m).__name__ != 'MaxPool2d' for m in _pool_modules(model))

@@ -314,8 +314,8 @@ def _pool_modules(model: nn.Module) -> list[nn.Module]:
     """The spectral (and BlurPool) pooling modules of a model: the layers a conversion adds."""
     from timm.layers import BlurPool2d
 
-    from ..layers import ASAP2d, FLC2d
-    return [m for m in model.modules() if isinstance(m, (ASAP2d, FLC2d, BlurPool2d))]
+    from ..layers.create import POOL_LAYERS
+    return [m for m in model.modules() if isinstance(m, (*POOL_LAYERS.values(), BlurPool2d))]
 
 
 def _profiled_steps(label: str, device: torch.device, dtype: torch.dtype, batch_size: int, img_size: int,

@@ -109,7 +109,9 @@ class _Axis:
 
 
 def _pair(v) -> tuple[int, int]:
-    """An int or a 2-sequence as an ``(int, int)`` pair (timm's ``to_2tuple``)."""
+    """An int, a 1-sequence (as torch accepts for pool sizes) or a 2-sequence as an ``(int, int)`` pair."""
+    if isinstance(v, (tuple, list)) and len(v) == 1:
+        v = v[0]
     h, w = to_2tuple(v)
     return int(h), int(w)
 
