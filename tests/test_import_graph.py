@@ -8,6 +8,7 @@ statically (every import statement of every core module, wherever it stands).
 from __future__ import annotations
 
 import ast
+import importlib.util
 import json
 import subprocess
 import sys
@@ -57,12 +58,7 @@ def _imports(path: Path, root: Path = ROOT) -> list[tuple[str, bool]]:
         if isinstance(node, ast.Import):
             out += [(a.name, id(node) in top_level) for a in node.names]
         elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.split('.')
-                base = base[:len(base) - node.level + 1]
-                mod = '.'.join(base + ([node.module] if node.module else []))
-            else:
-                mod = node.module
+            mod = importlib.util.resolve_name('.' * node.level + (node.module or ''), package) if node.level else node.module
             names = [f"{mod}.{a.name}" for a in node.names] if not node.module or node.level else [mod]
             out += [(n, id(node) in top_level) for n in names]
     return out

@@ -80,8 +80,9 @@ def test_registry_lists_every_supported_base():
 def test_registered_in_modules_timm_does_not_use():
     modules = {M.get_variant(n).module for n in M.list_variants()}
     assert modules == {'asap_timm', 'asap_cifar'}
-    for module in modules:
-        assert set(timm.list_models(module=module)) == {n for n in M.list_variants() if M.get_variant(n).module == module}
+    # every entrypoint this package defines, found independently of MODULES, is listed
+    ours = {n for n in timm.list_models() if timm.models.model_entrypoint(n).__module__.startswith('timm_asap.')}
+    assert set(M.list_variants()) == ours
     timm_modules = {m.rsplit('.', 1)[-1] for m in dir(timm.models)}
     assert not modules & timm_modules
 
@@ -349,6 +350,13 @@ def test_broken_or_missing_recipe_never_breaks_import_or_creation(tmp_path):
         load_config(recipe)
 
 
+def test_unknown_name_lists_each_close_match_once():
+    with pytest.raises(M.UnknownModelError, match='Close matches: ') as e:
+        M.check_model_name('resnet50_asp')
+    close = str(e.value).split('Close matches: ')[1].split('. ')[0].split(', ')
+    assert 'resnet50_asap' in close and len(close) == len(set(close)), close
+
+
 def test_unknown_names_say_import_timm_asap():
     with pytest.raises(M.UnknownModelError, match=r"import timm_asap.*resnet50_asap"):
         M.check_model_name('resnet50_aasp')
@@ -364,8 +372,9 @@ def test_deprecated_names_still_work():
     with pytest.raises(M.UnknownModelError, match=r"tv_in1k_base"):
         create('resnet50_asap.tv_in1k')
     assert create('resnet18_cifar', device='meta').num_classes == 10
-    with pytest.warns(DeprecationWarning, match='list_variants'):
+    with pytest.warns(DeprecationWarning, match='list_variants') as caught:
         variants = M.VARIANTS
+    assert caught[0].filename == __file__  # the warning names the caller's line, so Python's filters show it
     assert set(variants) == set(M.list_variants()) and variants['resnet50_asap'].base == 'resnet50'
     with pytest.warns(DeprecationWarning):
         info = M.TAG_INFO

@@ -7,7 +7,8 @@ Their weight tags are declared in :mod:`timm_asap.models.weight_tags`; every loo
 (:func:`list_variants`, :func:`is_loadable`, ...) reads timm's registry.
 """
 from . import asap_cifar, asap_timm  # noqa: F401  (register the architectures with timm)
-from ._deprecated import deprecated_attribute
+from .._deprecation import deprecated_getattr
+from ._deprecated import REPLACEMENTS as _DEPRECATED
 from .asap_cifar import CIFAR_ARCHITECTURES, CifarResNet, PreActBlock, PreActResNet
 from .asap_timm import BASE_ARCHITECTURES
 from .convert import (
@@ -33,4 +34,4 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    return deprecated_attribute(__name__, name)
+    return deprecated_getattr(__name__, name, _DEPRECATED)

@@ -12,11 +12,10 @@ import timm
 from timm.models import get_arch_pretrained_cfgs
 from torch import nn
 
-from .._deprecation import deprecated_getattr
 from .registry import check_model_name, get_variant, list_variants
 from . import weight_tags
 
-__all__ = ['TagInfo', 'create_model', 'variants_table', 'tag_info_table', 'deprecated_attribute']
+__all__ = ['TagInfo', 'create_model', 'variants_table', 'tag_info_table', 'REPLACEMENTS']
 
 
 @dataclass(frozen=True)
@@ -64,15 +63,10 @@ def tag_info_table() -> dict:
     return out
 
 
-_REPLACEMENTS = {
+REPLACEMENTS = {
     'create_model': ('timm.create_model (after import timm_asap) or timm_asap.hub.load_model', lambda: create_model),
     'VARIANTS': ('timm_asap.models.list_variants() / get_variant()', variants_table),
     'TAG_INFO': ("timm's pretrained cfgs (timm.models.get_arch_pretrained_cfgs) and "
                  "timm_asap.models.WEIGHT_TAGS", tag_info_table),
     'TagInfo': ('timm.models.PretrainedCfg / timm_asap.models.WeightTag', lambda: TagInfo),
 }
-
-
-def deprecated_attribute(module: str, name: str):
-    """Module ``__getattr__`` body: the deprecated ``name`` with a DeprecationWarning, else AttributeError."""
-    return deprecated_getattr(module, name, _REPLACEMENTS)

@@ -15,7 +15,6 @@ Example:
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 from typing import Optional, Union
 
@@ -380,8 +379,7 @@ def variant_pretrained_cfgs(name: str) -> dict:
     arch, pool = next((a, p) for a in CIFAR_ARCHITECTURES for n, p in _names(a) if n == name)
     _, first_conv, pool_size, desc = CIFAR_ARCHITECTURES[arch]
     defaults = _cfg(first_conv, pool_size, desc + _POOL_TEXT[pool], pool)
-    untagged = dataclasses.replace(defaults, url=None, file=None, hf_hub_id=None)
-    return variant_cfgs(name, defaults, [('', untagged)])
+    return variant_cfgs(name, defaults, [('', defaults)])  # _cfg names no weights: the untagged cfg is weightless
 
 
 default_cfgs = generate_default_cfgs({k: v for arch in CIFAR_ARCHITECTURES for name, _ in _names(arch)

@@ -23,9 +23,11 @@ from dataclasses import dataclass
 from typing import Callable
 
 import timm
-from timm.models import PretrainedCfg, get_arch_pretrained_cfgs, is_model, model_entrypoint, split_model_name_tag
+from timm.models import (PretrainedCfg, get_arch_pretrained_cfgs, is_model, is_model_in_modules, model_entrypoint,
+                         split_model_name_tag)
 from torch import nn
 
+from ..layers.band import POOLS
 from ..version import __version__
 from . import weight_tags
 from .weight_tags import HUB_ORG, PAPER_IDS, WeightTag, paper_ids
@@ -37,7 +39,6 @@ __all__ = [
 ]
 
 MODULES = ('asap_timm', 'asap_cifar')  # the registering modules, as timm.list_modules() shows them
-_POOL_SUFFIXES = (('_asap', 'asap'), ('_flc', 'flc'))
 
 
 class UnknownModelError(RuntimeError, ImportError):
@@ -68,19 +69,18 @@ class Variant:
 
 def is_variant(name: str) -> bool:
     """Whether ``name`` (tag ignored) is registered in timm by this package."""
-    arch = split_model_name_tag(name)[0] if isinstance(name, str) else ''
-    return is_model(arch) and model_entrypoint(arch).__module__.rsplit('.', 1)[-1] in MODULES
+    return isinstance(name, str) and is_model_in_modules(name, MODULES)
 
 
 def list_variants(pattern: str = '*', pool: str | None = None) -> list[str]:
     """Registered names of this package matching ``pattern`` (fnmatch), optionally of one pool kind."""
     names = sorted(n for m in MODULES for n in timm.list_models(module=m) if fnmatch.fnmatch(n, pattern))
-    return [n for n in names if pool is None or get_variant(n).pool == pool]
+    return [n for n in names if pool is None or _pool_of(n) == pool]
 
 
 def _pool_of(arch: str) -> str:
     """The pooling a registered name's suffix names (``'none'`` for a baseline)."""
-    return next((pool for suffix, pool in _POOL_SUFFIXES if arch.endswith(suffix)), 'none')
+    return next((pool for pool in POOLS if arch.endswith(f'_{pool}')), 'none')
 
 
 def get_variant(name: str) -> Variant:
@@ -105,7 +105,7 @@ def base_architecture(name: str) -> str:
 
 def _unknown_message(arch: str, source: str | None) -> str:
     ours = list_variants()
-    close = difflib.get_close_matches(arch, ours + timm.list_models(), n=5, cutoff=0.6)
+    close = difflib.get_close_matches(arch, timm.list_models(), n=5, cutoff=0.6)  # ours are in timm's registry
     where = f" (named in {source})" if source else ''
     return (f"unknown model {arch!r}{where}: it is not registered in timm. The ASAP/FLC architectures "
             f"(e.g. 'resnet50_asap') are registered by `import timm_asap`: run it before creating or loading the "
