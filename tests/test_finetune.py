@@ -79,6 +79,11 @@ def test_outputs_of_a_run(tmp_path, fmnist):
     model = timm.create_model('resnet18_cifar_asap', num_classes=10, in_chans=1, **TINY_ARGS)
     model.load_state_dict(weights, strict=True)
     assert m['export'] == {'kind': 'best', 'epoch': m['best_epoch'], 'file': 'model.safetensors'}
+    # its header records the architecture, the pooling and the data digest the checked loaders compare
+    from timm_asap.hub.integrity import DIGEST_KEY, load_safetensors, read_safetensors_header, weights_metadata
+    header = read_safetensors_header(out / 'model.safetensors')[1]
+    assert weights_metadata(model, 'resnet18_cifar_asap').items() <= header.items() and DIGEST_KEY in header
+    assert load_safetensors(out / 'model.safetensors').keys() == weights.keys()
 
 
 def test_zero_shot_conversion_loads_the_base_weights(tmp_path, fmnist):

@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 
 from .._files import atomic_path
+from ..hub.integrity import save_safetensors
 from .errors import CheckpointError
 
 __all__ = ['CHECKPOINT_FORMAT', 'save_checkpoint', 'load_run_checkpoint', 'link_or_copy', 'save_weights',
@@ -70,12 +70,10 @@ def load_run_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 def save_weights(state_dict: dict[str, torch.Tensor], path: str | os.PathLike,
                  metadata: dict[str, str] | None = None) -> Path:
-    """Write a state dict as ``.safetensors`` (weights only, CPU, contiguous), atomically."""
-    path = Path(path)
-    tensors = {k: v.detach().to('cpu').contiguous() for k, v in state_dict.items()}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={'format': 'pt', **(metadata or {})})
-    return path
+    """Write a state dict as ``.safetensors`` (weights only, CPU, contiguous), atomically, with the digest of
+    its data in the header (:func:`timm_asap.hub.integrity.save_safetensors`, which the checked loaders verify)."""
+    save_safetensors(state_dict, path, metadata)
+    return Path(path)
 
 
 def get_rng_state() -> dict[str, Any]:

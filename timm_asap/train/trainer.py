@@ -39,6 +39,7 @@ import torch
 from timm.utils import random_seed
 
 from ..config import RUN_CONFIG_FILE, RunConfig, config_from_dict, save_config
+from ..hub.integrity import weights_metadata
 from . import resume as _resume
 from .build import Parts, build_parts
 from .checkpoint import load_run_checkpoint, save_weights, set_rng_state
@@ -114,7 +115,8 @@ def _export(cfg: RunConfig, parts: Parts, progress: Progress, env: DistEnv, out:
         else:
             weights = parts.model.state_dict()
         save_weights(weights, out / 'model.safetensors', metadata={
-            'architecture': cfg.model.architecture, 'name': cfg.name, 'export': kind, 'epoch': str(epoch)})
+            **weights_metadata(parts.model, cfg.model.architecture), 'name': cfg.name, 'export': kind,
+            'epoch': str(epoch)})
         save_config(cfg, out / RUN_CONFIG_FILE)
         _logger.info(f"finished {cfg.name}: exported {kind} weights (epoch {epoch}) to {out / 'model.safetensors'}")
     return {'kind': kind, 'epoch': epoch, 'file': 'model.safetensors'}
