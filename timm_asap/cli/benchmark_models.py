@@ -98,10 +98,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def _write(path: Path, text: str) -> None:
-    atomic_write_text(path, text)
-
-
 def _machine() -> str:
     load = os.getloadavg()
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else 'none'
@@ -119,8 +115,8 @@ def _profile(args) -> int:
     text = f"{_machine()}\n\n" + '\n\n'.join(format_profile(r) for r in results) + '\n'
     print(text)
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    _write(args.output_dir / 'profile.md', text)
-    _write(args.output_dir / 'profile.json', json.dumps({'machine': _machine(), 'profiles': results}, indent=1))
+    atomic_write_text(args.output_dir / 'profile.md', text)
+    atomic_write_text(args.output_dir / 'profile.json', json.dumps({'machine': _machine(), 'profiles': results}, indent=1))
     print(f"wrote {args.output_dir}/profile.md and profile.json")
     return 0
 
@@ -157,11 +153,11 @@ def main(argv=None) -> int:
     print('\n'.join(checks))
     print(f"at the end: {end}")
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    _write(args.output_dir / 'benchmark_models.md', f"start: {start}\nend: {end}\n\n{table}\n\n" + '\n'.join(checks) + '\n')
-    _write(args.output_dir / 'benchmark_models.json', json.dumps(
+    atomic_write_text(args.output_dir / 'benchmark_models.md', f"start: {start}\nend: {end}\n\n{table}\n\n" + '\n'.join(checks) + '\n')
+    atomic_write_text(args.output_dir / 'benchmark_models.json', json.dumps(
         dict(machine_start=start, machine_end=end, rows=rows, cpu_peak_rss=rss, targets=checks), indent=1))
     resolved = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != 'config'}
-    _write(args.output_dir / 'config.yaml', yaml.safe_dump(resolved, sort_keys=False))
+    atomic_write_text(args.output_dir / 'config.yaml', yaml.safe_dump(resolved, sort_keys=False))
     print(f"wrote {args.output_dir}/benchmark_models.md, benchmark_models.json and config.yaml")
     return 0
 

@@ -39,10 +39,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parse_args_with_yaml_defaults(build_parser(), argv)
 
 
-def _write(path: Path, text: str) -> None:
-    atomic_write_text(path, text)
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     rows = coverage_rows(args.families, pool=args.pool, device=args.device, progress=not args.no_progress)
@@ -51,11 +47,11 @@ def main(argv=None) -> int:
     print(header)
     print(table)
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    _write(args.output_dir / 'coverage.md', f"{header}\n\n{table}\n")
-    _write(args.output_dir / 'coverage.json', json.dumps(
+    atomic_write_text(args.output_dir / 'coverage.md', f"{header}\n\n{table}\n")
+    atomic_write_text(args.output_dir / 'coverage.json', json.dumps(
         dict(timm=timm.__version__, torch=torch.__version__, pool=args.pool, rows=rows_to_dicts(rows)), indent=1))
     resolved = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != 'config'}
-    _write(args.output_dir / 'config.yaml', yaml.safe_dump(resolved, sort_keys=False))
+    atomic_write_text(args.output_dir / 'config.yaml', yaml.safe_dump(resolved, sort_keys=False))
     print(f"wrote {args.output_dir / 'coverage.md'}, coverage.json and config.yaml")
     return 0
 

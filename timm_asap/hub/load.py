@@ -20,6 +20,7 @@ from huggingface_hub import constants, hf_hub_download
 from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 from torch import nn
 
+from .._files import atomic_path, atomic_write_text
 from ..models.registry import check_architecture, check_model_name
 from .errors import HubDownloadError, IntegrityError
 from .image_processor import register_image_processor
@@ -160,10 +161,8 @@ def seed_hub_cache(folder: str | Path, repo_id: str, cache_dir: str | Path | Non
     for p, digest in digests.items():
         blob = repo / 'blobs' / digest
         if not blob.exists():
-            blob.parent.mkdir(parents=True, exist_ok=True)
-            tmp = blob.with_name(blob.name + '.incomplete')
-            shutil.copyfile(p, tmp)
-            os.replace(tmp, blob)
+            with atomic_path(blob) as tmp:
+                shutil.copyfile(p, tmp)
         link = snapshot / p.relative_to(folder)
         link.parent.mkdir(parents=True, exist_ok=True)
         if link.is_symlink() or link.exists():
@@ -173,9 +172,7 @@ def seed_hub_cache(folder: str | Path, repo_id: str, cache_dir: str | Path | Non
         except OSError:  # no symlinks (e.g. some Windows setups): copy, as huggingface_hub does
             shutil.copyfile(blob, link)
     (repo / 'refs').mkdir(parents=True, exist_ok=True)
-    tmp = repo / 'refs' / '.main.tmp'
-    tmp.write_text(commit)
-    os.replace(tmp, repo / 'refs' / 'main')
+    atomic_write_text(repo / 'refs' / 'main', commit)
     return snapshot
 
 
