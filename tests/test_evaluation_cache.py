@@ -115,5 +115,4 @@ def test_evaluate_corruptions_shares_sets_between_calls(images, tmp_path):
     rows_both = evaluate_corruptions(models, images, stats=s3, **{**kw, 'cache': None})
     assert s1['generated'] == 6 and s2 == {'cached': 6, 'generated': 0, 'make_s': s2['make_s']}
     assert s3['generated'] == 6  # no cache: made again
-    strip = [{k: v for k, v in r.items()} for r in rows_both]
-    assert rows_a + rows_b == [r for r in strip if r['model'] == 'a'] + [r for r in strip if r['model'] == 'b']
+    assert rows_a + rows_b == [r for r in rows_both if r['model'] == 'a'] + [r for r in rows_both if r['model'] == 'b']

@@ -26,7 +26,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -38,7 +37,7 @@ import torch
 from ._files import atomic_path, atomic_write_text
 from .config import RunConfig, apply_overrides, load_config
 from .models.weight_tags import HUB_ORG
-from .runtime import resolve_amp, resolve_device
+from .runtime import amp_context, resolve_amp, resolve_device
 
 __all__ = ['StudyOptions', 'Family', 'FAMILIES', 'VARIANT_SUFFIXES', 'PRESETS', 'preset_options', 'default_options',
            'full_options', 'run_study', 'study_table', 'estimate', 'convergence']
@@ -427,14 +426,14 @@ def _rates(label: str, arch: str, family: Family, batch: int, device: torch.devi
         return batch * steps / (time.perf_counter() - t)
 
     def train_step():
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        with amp_context(device, dtype):
             loss = F.cross_entropy(model(x), y)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
     def infer_step():
-        with torch.no_grad(), torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        with torch.no_grad(), amp_context(device, dtype):
             model(x)
 
     model.train()
@@ -443,7 +442,6 @@ def _rates(label: str, arch: str, family: Family, batch: int, device: torch.devi
     return {'model': label, 'train_img_s': round(train, 1), 'infer_img_s': round(timed(infer_step), 1)}
 
 
-CORRUPT_S_PER_IMAGE = 0.62e-3  # CPU seconds per 32x32 image and set, mean of the 15 (measured, one core)
 RUN_OVERHEAD_S = 2.0  # per training run and per model evaluated: building, checkpoints, plots (measured)
 POOL_START_S = 10.0   # starting the corruption processes (each imports torch and timm)
 
@@ -455,13 +453,15 @@ def estimate(opts: StudyOptions, device: torch.device) -> dict[str, Any]:
     (family, seed), for each model: clean + 75 corruption sets + 2 x trials shifted copies at the inference
     rate, and FGSM (2 passes) + PGD (steps + 2) per eps on the attacked images at the training-step rate
     (a gradient step costs about a training step). Corruption sets: made once, 75 x images x
-    :data:`CORRUPT_S_PER_IMAGE` over ``os.cpu_count()`` processes, plus their start. Publishing: about 2 s
+    :data:`timm_asap.evaluation.cache.CORRUPT_S_PER_IMAGE` over ``default_workers()`` processes, plus their start. Publishing: about 2 s
     per model; every run and evaluated model adds :data:`RUN_OVERHEAD_S`.
 
     Returns:
         ``rates`` (per model), the parts in seconds (``train_s``, ``corruption_sets_s``, ``evaluate_s``,
         ``publish_s``), ``total_s``, ``measure_s`` (time spent measuring).
     """
+    from .evaluation.cache import CORRUPT_S_PER_IMAGE, default_workers
+
     t0 = time.perf_counter()
     batch = opts.batch_size or RECIPE_BATCH
     if device.type != 'cuda' and any(f != _SMALL.name for f in opts.families):
@@ -478,7 +478,7 @@ def estimate(opts: StudyOptions, device: torch.device) -> dict[str, Any]:
     grad_steps = len(opts.eps) * n_att * (2 + opts.pgd_steps + 2)
     evaluate_s = seeds * sum(infer_images / r['infer_img_s'] + grad_steps / r['train_img_s'] + RUN_OVERHEAD_S
                              for r in rates)
-    corruption_s = jobs * n_corr * CORRUPT_S_PER_IMAGE / (os.cpu_count() or 1) + POOL_START_S
+    corruption_s = jobs * n_corr * CORRUPT_S_PER_IMAGE / default_workers() + POOL_START_S
     publish_s = 2.0 * len(rates)
     total = train_s + corruption_s + evaluate_s + publish_s
     return {'rates': rates, 'batch': batch, 'train_s': round(train_s), 'corruption_sets_s': round(corruption_s),

@@ -235,7 +235,6 @@ def run_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, spe
     nb_classes = clean_logits.shape[1]
     clean_correct = (clean_logits.argmax(1).numpy() == y)
     robust = clean_correct.copy()
-    components = []
     classifier = _classifier(model, shape, nb_classes, device)
     norm = _ART_NORM[spec.norm]
 
@@ -265,7 +264,7 @@ def run_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, spe
                 np.flatnonzero(robust))
         else:
             robust &= _autoattack_robust(model, x, y, spec, shape, device, batch_size, seed)
-    return {'clean_correct': clean_correct, 'robust_correct': robust, 'components': components}
+    return {'clean_correct': clean_correct, 'robust_correct': robust, 'components': []}
 
 
 def evaluate_attacks(
@@ -319,8 +318,6 @@ def evaluate_attacks(
                 base.update(version='standard', components=list(AUTOATTACK_COMPONENTS), steps=100,
                             square_queries=5000, restarts=1)
             rows.append({**base, 'component': None, 'robust_top1': 100.0 * float(res['robust_correct'].mean())})
-            for comp, robust in res['components']:
-                rows.append({**base, 'component': comp, 'robust_top1': 100.0 * float(robust.mean())})
             bar.update(1)
     bar.close()
     return rows

@@ -43,7 +43,7 @@ _logger = logging.getLogger(__name__)
 
 _CHUNK = 64  # images per pool task: small enough to spread 1000 images over 16 workers
 _POOL_MIN_S = 4.0  # below this much corruption work (estimated) the pool's start-up costs more than it saves
-_S_PER_IMAGE = 0.62e-3  # CPU seconds per 32x32 image and set, mean of the 15 corruptions (measured, one core)
+CORRUPT_S_PER_IMAGE = 0.62e-3  # CPU seconds per 32x32 image and set, mean of the 15 corruptions (measured, one core)
 _LIBRARIES = ('version_numpy', 'version_opencv', 'version_scikit_image', 'version_scipy', 'version_corrupt_tta',
               'version_pillow')
 
@@ -140,7 +140,7 @@ def generate_corrupted(data: EvalImages, jobs: Sequence[tuple[str, int]], seed: 
     images = data.images.numpy()
     ids = list(data.indices)
     chunks = [(s, min(s + _CHUNK, len(ids))) for s in range(0, len(ids), _CHUNK)]
-    work_s = len(jobs) * len(ids) * _S_PER_IMAGE * (h * w / 1024)
+    work_s = len(jobs) * len(ids) * CORRUPT_S_PER_IMAGE * (h * w / 1024)
     if workers <= 1 or not jobs or work_s < _POOL_MIN_S:
         for j, (c, s) in enumerate(jobs):
             yield j, torch.from_numpy(np.concatenate([_corrupt_chunk(images[a:b], ids[a:b], c, s, seed, protocol)
