@@ -29,13 +29,11 @@ def contraction(request, monkeypatch):
     paired); 'paired': the two-product form GPUs use, forced for every size. '-nhwc': inputs passed
     through :func:`_layout` are made channels_last and contracted in NHWC order whatever their channel
     count (the order channels_last models and CPU-compiled models take)."""
-    spectral_matrix.clear_cache()  # the plan cache is not keyed by the tuning constants patched here
     if request.param.startswith('paired'):
         monkeypatch.setattr(spectral_matrix, '_CPU_LOW_RANK_MAX', -1)
     if request.param.endswith('nhwc'):
         monkeypatch.setattr(spectral_matrix, '_MIN_NHWC_CHANNELS', 1)
-    yield request.param
-    spectral_matrix.clear_cache()
+    return request.param
 
 
 def _layout(x, contraction):
@@ -375,3 +373,10 @@ def test_cuda_autocast(dtype):
     assert y.dtype == dtype
     ref = asap_pool2d(x.double())
     assert ((y.double() - ref).abs().max() / ref.abs().max()) < DTYPE_TOL[dtype]
+
+
+def test_plan_cache_follows_the_cpu_tuning_constants(monkeypatch):
+    args = (32, 32, 'asap', 'one', 'centered', 'ortho', False, False, torch.float32, torch.device('cpu'))
+    assert spectral_matrix.pool_plan(*args).kind == 'low_rank'
+    monkeypatch.setattr(spectral_matrix, '_CPU_LOW_RANK_MAX', -1)  # what the 'paired' contraction fixture does
+    assert spectral_matrix.pool_plan(*args).kind == 'paired'

@@ -201,7 +201,8 @@ class PoolPlan(NamedTuple):
     out: tuple[int, int]
 
 
-def _build_plan(height, width, pool, padding, mode, norm, magnitude, nhwc, dtype, device) -> PoolPlan:
+def _build_plan(height, width, pool, padding, mode, norm, magnitude, nhwc, dtype, device,
+                low_rank_max, low_rank_min_plane) -> PoolPlan:
     oh = axis_operator(height, pool, padding, mode, norm)
     ow = axis_operator(width, pool, padding, mode, norm)
     out = (oh.p.shape[0], ow.p.shape[0])
@@ -209,8 +210,7 @@ def _build_plan(height, width, pool, padding, mode, norm, magnitude, nhwc, dtype
         kind, mats = 'magnitude', (oh.p, ow.p, oh.imag(), ow.imag())
     elif min(oh.rank, ow.rank) == 0:  # M_H x M_W^T vanishes
         kind, mats = 'plain', (oh.p, ow.p)
-    elif (device.type == 'cpu' and max(oh.rank, ow.rank) <= _CPU_LOW_RANK_MAX
-          and height * width >= _CPU_LOW_RANK_MIN_PLANE):
+    elif device.type == 'cpu' and max(oh.rank, ow.rank) <= low_rank_max and height * width >= low_rank_min_plane:
         # [P; V^T] per axis: one separable product yields P_H x P_W^T and V_H^T x V_W as blocks
         ext_h, ext_w = torch.cat([oh.p, oh.v.T], dim=0), torch.cat([ow.p, ow.v.T], dim=0)
         if oh.rank == ow.rank == 1:
@@ -232,9 +232,10 @@ def _build_plan(height, width, pool, padding, mode, norm, magnitude, nhwc, dtype
 
 @register_cache
 @functools.lru_cache(maxsize=PLAN_CACHE_SIZE)
-def _cached_plan(height, width, pool, padding, mode, norm, magnitude, nhwc, dtype, device) -> PoolPlan:
-    return build_outside_graphs(
-        lambda: _build_plan(height, width, pool, padding, mode, norm, magnitude, nhwc, dtype, device))
+def _cached_plan(height, width, pool, padding, mode, norm, magnitude, nhwc, dtype, device,
+                 low_rank_max, low_rank_min_plane) -> PoolPlan:
+    return build_outside_graphs(lambda: _build_plan(height, width, pool, padding, mode, norm, magnitude, nhwc, dtype,
+                                                    device, low_rank_max, low_rank_min_plane))
 
 
 @torch.compiler.assume_constant_result
@@ -254,11 +255,11 @@ def pool_plan(
 
     One call per pooling (under ``torch.compile`` it runs at trace time and its tensors enter the graph
     as constants). Nothing here is a module buffer, so state dicts stay untouched. At most
-    :data:`PLAN_CACHE_SIZE` plans are kept (least recently used dropped first); the key is the input's
-    size, options, order, dtype and device only, so call :func:`clear_cache` after changing a tuning
-    constant such as ``_CPU_LOW_RANK_MAX``.
+    :data:`PLAN_CACHE_SIZE` plans are kept (least recently used dropped first), keyed by the input's size,
+    options, order, dtype and device and the CPU low-rank tuning constants.
     """
-    return _cached_plan(height, width, pool, padding, mode, norm, magnitude, nhwc, dtype, device)
+    return _cached_plan(height, width, pool, padding, mode, norm, magnitude, nhwc, dtype, device,
+                        _CPU_LOW_RANK_MAX, _CPU_LOW_RANK_MIN_PLANE)
 
 
 # torch.compiler.is_exporting is missing from older torch releases
