@@ -12,3 +12,13 @@ def one_thread():
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def restore_backend():
+    """Put the pooling backend selection back as it was after a test that sets it."""
+    from timm_asap.layers import backends
+
+    previous = backends._selected
+    yield
+    backends._selected = previous

@@ -55,13 +55,6 @@ def test_create_pool_and_pool_arguments():
     assert pool_arguments('flc') == ('channels', 'stride', 'mode', 'variant', 'norm', 'device', 'dtype')
 
 
-@pytest.fixture
-def restore_backend():
-    previous = backends._selected
-    yield
-    backends._selected = previous
-
-
 @pytest.mark.parametrize('name', ['cuda', 'Triton', '', None, 1])
 def test_bad_backend_names(name, restore_backend):
     allowed = re.escape("['auto', 'two_product', 'kronecker', 'triton']")

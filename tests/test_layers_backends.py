@@ -48,13 +48,6 @@ def interpreter(monkeypatch):
     triton_pool._kernel.cache_clear()
 
 
-@pytest.fixture
-def restore_backend():
-    previous = backends._selected
-    yield
-    backends._selected = previous
-
-
 def _pool(name):
     return 'flc' if name.startswith('flc') else 'asap'
 

@@ -170,11 +170,10 @@ def spectral_pool(x: torch.Tensor, pool: str, padding: str, mode: str, norm: str
     """Shared body of :func:`asap_pool2d` and :func:`flc_pool2d` (inputs already validated): dispatch
     to the backend :func:`resolve_backend` picks."""
     height, width = static_size(x.shape[-2]), static_size(x.shape[-1])
-    if not magnitude and get_backend() != 'two_product':
-        dtype = compute_dtype(x)
-        backend = resolve_backend(x, height, width, dtype, magnitude)
-        if backend == 'kronecker':
-            return kronecker_pool(x, height, width, pool, padding, mode, norm, dtype)
-        if backend == 'triton':
-            return triton_pool(x, height, width, pool, padding, mode, norm, dtype)
+    dtype = compute_dtype(x)
+    backend = resolve_backend(x, height, width, dtype, magnitude)
+    if backend == 'kronecker':
+        return kronecker_pool(x, height, width, pool, padding, mode, norm, dtype)
+    if backend == 'triton':
+        return triton_pool(x, height, width, pool, padding, mode, norm, dtype)
     return two_product_pool(x, pool, padding, mode, norm, magnitude)

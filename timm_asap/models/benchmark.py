@@ -194,12 +194,12 @@ def _benchmark(device, dtype, batch_size, img_size, channels_last, compile_, lab
             own = times[(runner.label, pass_)]
             sec = statistics.median(own)
             peak = peaks.get((runner.label, pass_))
+            ratio = round(paired_ratio(base, own), 3)
             rows.append(dict(
                 device=device.type, dtype=str(dtype).replace('torch.', ''), channels_last=channels_last,
                 compile=compile_, batch=batch_size, img_size=img_size, model=runner.label, **{'pass': pass_},
                 ms=round(sec * 1e3, 1), img_per_s=round(batch_size / sec, 2), baseline=baseline,
-                ratio_vs_baseline=round(paired_ratio(base, own), 3),
-                **({'ratio_vs_resnet50': round(paired_ratio(base, own), 3)} if baseline == BASELINE else {}),
+                ratio_vs_baseline=ratio, **({'ratio_vs_resnet50': ratio} if baseline == BASELINE else {}),
                 round_ms=[round(t * 1e3, 1) for t in own],
                 peak_mb=round(peak / 2 ** 20) if peak is not None else None))
     del runners
