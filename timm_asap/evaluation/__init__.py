@@ -10,6 +10,7 @@ from .corruptions import (
     check_severities, corrupt)
 from .data import CifarCDataset, EvalImages, ImageNetCFolder, create_eval_dataset, load_images, to_uint8_chw
 from .engine import evaluate_clean, evaluate_corruptions
+from .provenance import evaluation_record, record_differences
 from .report import markdown_report, parse_markdown_tables, read_results, write_results
 from .runner import EvalOptions, build_attack_specs, evaluate_models, write_artefacts
 from .shift import aliasing_view, evaluate_shift_consistency
@@ -26,4 +27,5 @@ __all__ = [
     'EvalImages', 'load_images', 'create_eval_dataset', 'ImageNetCFolder', 'CifarCDataset', 'to_uint8_chw',
     'NormalizedModel', 'wrap_model', 'create_eval_model', 'check_eval_mode',
     'write_results', 'read_results', 'markdown_report', 'parse_markdown_tables',
+    'evaluation_record', 'record_differences',
 ]
