@@ -160,7 +160,25 @@ class StudyOptions:
             raise ValueError(f"max_seconds must be > 0 or None, got {self.max_seconds}")
         if any(not 0 <= e <= 1 for e in self.eps):
             raise ValueError(f"eps must lie in [0, 1] (pixel units), got {self.eps}")
+        _check_output_dir(self.output_dir)
+        from .evaluation import EvalOptions  # severities, counts, precision: as the evaluation will check them
+        EvalOptions.from_dict(_eval_options(self, torch.device('cpu'), Path(self.output_dir) / 'eval_cache')).validate()
         return self
+
+
+def _check_output_dir(path: str) -> None:
+    """The output folder exists as a folder or can be made: no part of its path is a file.
+
+    Raises:
+        ValueError: naming the file that stands in the way.
+    """
+    folder = Path(path)
+    for part in (folder, *folder.parents):
+        if part.exists():
+            if not part.is_dir():
+                what = 'is a file' if part == folder else f'lies under {part}, which is a file'
+                raise ValueError(f"output folder {str(path)!r} {what}; name a folder (it is created when missing)")
+            return
 
 
 #: preset name -> (what it is for, its options). ``default`` is the README's main command.
@@ -500,18 +518,63 @@ def _fit_seeds(opts: StudyOptions, expected: dict, log: Callable[[str], None]) -
     return dataclasses.replace(opts, seeds=opts.seeds[:k]), expected
 
 
-def describe(opts: StudyOptions, device: torch.device) -> str:
-    """What the options run, in one paragraph."""
+def describe(opts: StudyOptions, device: torch.device, runs: list[dict] | None = None,
+             evaluations: list[dict] | None = None) -> str:
+    """What the study runs, in one paragraph: planned from ``opts``, or, given the records of the runs and
+    evaluations that were used, what ran.
+
+    Args:
+        opts: the study options (families, preset).
+        device: the device the study runs on.
+        runs: the metrics of the training runs used (their recorded config and per-epoch history).
+        evaluations: the records of the ``results.json`` files used (their ``config``): the evaluation
+            options, image count, device and precision they were made with.
+    """
     fams = '; '.join(f"{f} ({FAMILIES[f].description}) as baseline, _flc and _asap" for f in opts.families)
-    precision = str(resolve_amp(device, opts.amp) or 'float32').replace('torch.', '')
-    n_test = opts.eval_count or 10000
-    return (f"preset {opts.preset!r}: {fams}; seeds {opts.seeds}; {opts.epochs or 'the recipe (20)'} epoch(s) on "
-            f"{opts.train_subset or 60000} training images, batch {opts.batch_size or RECIPE_BATCH}, validation on "
-            f"{opts.val_subset or 10000}; evaluation: clean on {n_test} test images, 15 corruptions x "
-            f"{len(opts.severities)} severities on {min(opts.corruption_count, n_test)}, FGSM and PGD-{opts.pgd_steps} "
-            f"at eps {', '.join(f'{e * 255:g}/255' for e in opts.eps)} on {min(opts.attack_count, n_test)}, shift "
-            f"consistency on {min(opts.shift_count, n_test)} ({opts.shift_trials} trials); device {device.type}, "
-            f"precision {precision} (attacks float32)")
+    if runs:
+        seeds = sorted({int(r['config']['train']['seed']) for r in runs})
+        training = _one_of(_describe_training(r['epochs_completed'], r['history'][-1]['train_images'],
+                                              r['config']['train']['batch_size'],
+                                              r['config']['data']['val_subset'] or 10000) for r in runs)
+    else:
+        seeds = opts.seeds
+        training = _describe_training(opts.epochs or 'the recipe (20)', opts.train_subset or 60000,
+                                      opts.batch_size or RECIPE_BATCH, opts.val_subset or 10000)
+    if evaluations:
+        evaluation = _one_of(_describe_evaluation(e['options'], e['count'], e['precision']) for e in evaluations)
+    else:
+        precision = str(resolve_amp(device, opts.amp) or 'float32').replace('torch.', '')
+        evaluation = _describe_evaluation(_eval_options(opts, device, Path(opts.output_dir) / 'eval_cache'),
+                                          opts.eval_count or 10000, precision)
+    return f"preset {opts.preset!r}: {fams}; seeds {seeds}; {training}; {evaluation}"
+
+
+def _one_of(texts) -> str:
+    return ' / '.join(dict.fromkeys(texts))  # one text when every run (or evaluation) was made the same way
+
+
+def _describe_training(epochs: int | str, train_images: int, batch: int, val_images: int) -> str:
+    return f"{epochs} epoch(s) on {train_images} training images, batch {batch}, validation on {val_images}"
+
+
+def _describe_evaluation(options: dict, images: int, precision: str) -> str:
+    """The evaluation options (fields of :class:`~timm_asap.evaluation.EvalOptions`) in words."""
+    from .evaluation import check_corruptions
+
+    def on(key: str) -> int:
+        return min(options[key] or images, images)
+
+    def eps(key: str) -> str:
+        return ', '.join(f'{e * 255:g}/255' for e in options[key])
+
+    sev = list(options['severities'])
+    pgd = f"PGD-{options['pgd_steps']}"
+    attacks = (f"FGSM and {pgd} at eps {eps('fgsm_eps')}" if options['fgsm_eps'] == options['pgd_linf_eps']
+               else f"FGSM at eps {eps('fgsm_eps')} and {pgd} at eps {eps('pgd_linf_eps')}")
+    return (f"evaluation: clean on {images} test images, {len(check_corruptions(options['corruptions']))} corruptions x "
+            f"{len(sev)} severit{'y' if len(sev) == 1 else 'ies'} ({', '.join(map(str, sev))}) on "
+            f"{on('corruption_count')}, {attacks} on {on('attack_count')}, shift consistency on {on('shift_count')} "
+            f"({options['shift_trials']} trials); device {options['device']}, precision {precision} (attacks float32)")
 
 
 def _minutes(seconds: float) -> str:
@@ -530,6 +593,44 @@ def check_device(opts: StudyOptions, device: torch.device) -> None:
                          f"(it then prints its expected time, hours on a small CPU)")
 
 
+def _run_dir(out: Path, label: str, seed: int) -> Path:
+    return out / 'runs' / label / f'seed{seed}'
+
+
+#: what study.json keeps of each evaluation's record (not its timings or library versions)
+_RECORD_KEYS = ('options', 'models', 'model_sha256', 'images_sha256', 'dataset', 'count', 'device', 'precision')
+
+
+def _evaluate_family(name: str, seed: int, models: dict[str, RunConfig], out: Path, images, eval_opts: dict,
+                     device: torch.device, log: Callable[[str], None]) -> tuple[list[dict], dict]:
+    """The rows and record of one family and seed: the stored ``results.json`` when its record equals this
+    evaluation's (options, weights, images, precision), else a new evaluation (saying why in one line)."""
+    from .evaluation import EvalOptions, evaluate_models, evaluation_record, read_results, record_differences, wrap_model
+    from .evaluation.provenance import describe_differences
+    from .hub import load_trained_model
+
+    eval_dir = out / 'eval' / name / f'seed{seed}'
+    stored = eval_dir / 'results.json'
+    options = EvalOptions.from_dict(eval_opts)
+    nets = [(label, wrap_model(load_trained_model(cfg, _run_dir(out, label, seed) / 'model.safetensors'),
+                               cfg.data.mean, cfg.data.std)) for label, cfg in models.items()]
+    if stored.is_file():
+        try:
+            rows, recorded = read_results(stored)
+            why = describe_differences(record_differences(recorded, evaluation_record(options, nets, images, device)))
+        except ValueError as e:  # our own file, damaged: made again
+            why = f"unreadable: {e}"
+        if not why:
+            log(f"evaluated the {name} family seed {seed}: found {stored}, made with these settings and weights; "
+                f"not evaluating again")
+            return rows, {k: recorded.get(k) for k in _RECORD_KEYS}
+        log(f"{stored} was made with other settings ({why}); evaluating the {name} family seed {seed} again")
+    rows = evaluate_models(nets, images, options, out_dir=eval_dir, dataset_name='fashion_mnist/test')
+    log(f"evaluated the {name} family ({', '.join(models)}) seed {seed}: {len(rows)} result rows -> {eval_dir}")
+    recorded = read_results(stored)[1]
+    return rows, {k: recorded.get(k) for k in _RECORD_KEYS}
+
+
 def run_study(opts: StudyOptions | None = None, log: Callable[[str], None] = _stage) -> dict[str, Any]:
     """Run (or resume) the study and return its summary; every artefact is written under ``opts.output_dir``.
 
@@ -544,26 +645,37 @@ def run_study(opts: StudyOptions | None = None, log: Callable[[str], None] = _st
         <output_dir>/hub/<model>/          the Hub folder written by the dry-run publish
         <output_dir>/hf_cache/             an offline Hub cache used to reload by name
 
+    Everything that can be checked is checked before anything is written: the options, the device, the
+    data, and every training run the study would take up (a finished or unfinished run under ``runs/`` is
+    used only when it was made with the configuration asked for now). A stored evaluation
+    (``eval/<family>/seed<k>/results.json``) is used only when its record (options, weights, images,
+    precision) equals this evaluation's; otherwise the family and seed are evaluated again. The summary
+    states what ran, read from the records of the runs and evaluations used.
+
     Raises:
-        ValueError: invalid options, or a GPU preset without CUDA (see :func:`check_device`).
+        ValueError: invalid options, a GPU preset without CUDA (see :func:`check_device`), missing data.
+        RunExistsError: a run under ``runs/`` was made with another configuration (nothing is written).
     """
-    from .evaluation import create_eval_dataset, evaluate_models, load_images, wrap_model
-    from .evaluation.report import read_results
+    from .evaluation import create_eval_dataset, load_images
     from .hub import build_hub_folder, load_eval_results, load_trained_model
-    from .train import ensure_finetuned
+    from .train import check_reusable, ensure_finetuned
 
     opts = (opts or default_options()).validate()
     device = resolve_device(opts.device)
     check_device(opts, device)
     out = Path(opts.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     start = time.perf_counter()
 
     data_dir, source = locate_data(opts.data_dir)
-    size = describe(opts, device)
+    families = {name: FAMILIES[name] for name in opts.families}
+    variants = {name: fam.variants() for name, fam in families.items()}
+    configs = {(label, seed): study_config(label, arch, families[name], seed, opts, data_dir)
+               for name in families for label, arch in variants[name] for seed in opts.seeds}
+    for (label, seed), cfg in configs.items():  # before anything is written: one line naming what differs
+        check_reusable(cfg, _run_dir(out, label, seed))
     log(f"data: Fashion-MNIST from {source}")
-    log(f"runs: {size}")
+    log(f"runs: {describe(opts, device)}")
     expected = estimate(opts, device)
     rates = ', '.join(f"{r['model']} {r['train_img_s']:.0f}" for r in expected['rates'])
     log(f"expected time: about {_minutes(expected['total_s'])} (training {_minutes(expected['train_s'])} at "
@@ -574,18 +686,15 @@ def run_study(opts: StudyOptions | None = None, log: Callable[[str], None] = _st
         _logger.warning(f"preset {opts.preset!r} on the CPU: expected {_minutes(expected['total_s'])}")
     if opts.max_seconds is not None and expected['total_s'] > opts.max_seconds:
         opts, expected = _fit_seeds(opts, expected, log)
+        configs = {key: cfg for key, cfg in configs.items() if key[1] in opts.seeds}
+    out.mkdir(parents=True, exist_ok=True)
     _json_dump(out / 'options.json', dataclasses.asdict(opts))
 
-    families = {name: FAMILIES[name] for name in opts.families}
-    variants = {name: fam.variants() for name, fam in families.items()}
-    configs = {(label, seed): study_config(label, arch, families[name], seed, opts, data_dir)
-               for name in families for label, arch in variants[name] for seed in opts.seeds}
-
     t = time.perf_counter()
-    train_metrics, curves = {}, {}
+    runs, train_metrics, curves = {}, {}, {}
     for (label, seed), cfg in configs.items():
-        run_dir = out / 'runs' / label / f'seed{seed}'
-        metrics = ensure_finetuned(cfg, run_dir, device=device, progress=opts.progress)
+        run_dir = _run_dir(out, label, seed)
+        metrics = runs[(label, seed)] = ensure_finetuned(cfg, run_dir, device=device, progress=opts.progress)
         train_metrics[f'{label}/seed{seed}'] = {k: metrics.get(k) for k in ('val_top1', 'best_metric',
                                                                             'train_images_per_sec')}
         curve = curves[f'{label}/seed{seed}'] = convergence(metrics.get('history') or [])
@@ -603,23 +712,13 @@ def run_study(opts: StudyOptions | None = None, log: Callable[[str], None] = _st
     images = load_images(test_set, count=opts.eval_count, seed=EVAL_SEED, name='fashion_mnist/test', progress=False)
     eval_opts = _eval_options(opts, device, out / 'eval_cache')
     per_family_seed: dict[str, dict[int, list[dict]]] = {}
+    evaluations: dict[str, dict] = {}
     for name in families:
         per_family_seed[name] = {}
         for seed in opts.seeds:
-            eval_dir = out / 'eval' / name / f'seed{seed}'
-            if (eval_dir / 'results.json').is_file():
-                rows, _ = read_results(eval_dir / 'results.json')
-                log(f"evaluated the {name} family seed {seed}: found {eval_dir / 'results.json'}, not evaluating again")
-            else:
-                models = []
-                for label, _ in variants[name]:
-                    cfg = configs[(label, seed)]
-                    net = load_trained_model(cfg, out / 'runs' / label / f'seed{seed}' / 'model.safetensors')
-                    models.append((label, wrap_model(net, cfg.data.mean, cfg.data.std)))
-                rows = evaluate_models(models, images, eval_opts, out_dir=eval_dir, dataset_name='fashion_mnist/test')
-                log(f"evaluated the {name} family ({', '.join(label for label, _ in variants[name])}) seed {seed}: "
-                    f"{len(rows)} result rows -> {eval_dir}")
-            per_family_seed[name][seed] = rows
+            models = {label: configs[(label, seed)] for label, _ in variants[name]}
+            per_family_seed[name][seed], evaluations[f'{name}/seed{seed}'] = _evaluate_family(
+                name, seed, models, out, images, eval_opts, device, log)
     timings['evaluate_s'] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -630,7 +729,7 @@ def run_study(opts: StudyOptions | None = None, log: Callable[[str], None] = _st
         for label, _ in variants[name]:
             cfg = configs[(label, first_seed)]
             hub_dir = out / 'hub' / label
-            trained = load_trained_model(cfg, out / 'runs' / label / f'seed{first_seed}' / 'model.safetensors')
+            trained = load_trained_model(cfg, _run_dir(out, label, first_seed) / 'model.safetensors')
             build_hub_folder(trained, cfg, hub_dir, results=load_eval_results(out / 'eval' / name / f'seed{first_seed}'),
                              eval_model=label)
             check = _reload_check(label, cfg, trained, hub_dir, out / 'hf_cache', probe)
@@ -652,6 +751,7 @@ def run_study(opts: StudyOptions | None = None, log: Callable[[str], None] = _st
                             f" ({'plateaued' if c['plateaued'] else 'still improving'}: last epoch "
                             f"{c['last_gain_pp']:+.2f} pp over the best earlier one)") for run, c in curves.items())
     timings['total_s'] = time.perf_counter() - start
+    size = describe(opts, device, runs=list(runs.values()), evaluations=list(evaluations.values()))
     summary_md = (f"# Fashion-MNIST robustness study\n\nData: {source}. Runs: {size}.\n\n" + '\n'.join(tables)
                   + f"\n### Convergence (validation top-1 per epoch, plateau: the last epoch gains < {PLATEAU_PP} pp)"
                   f"\n\n{plateau}\n\nWall time {_minutes(timings['total_s'])} (expected "
@@ -659,7 +759,8 @@ def run_study(opts: StudyOptions | None = None, log: Callable[[str], None] = _st
     atomic_write_text(out / 'summary.md', summary_md)
     _plot_summary(all_rows, out / 'summary.png')
     result = dict(options=dataclasses.asdict(opts), data_source=source, size=size, estimate=expected, table=all_rows,
-                  train=train_metrics, convergence=curves, reload=reload_checks, timings=timings)
+                  train=train_metrics, convergence=curves, evaluations=evaluations, reload=reload_checks,
+                  timings=timings)
     _json_dump(out / 'study.json', result)
     print('\n' + summary_md, flush=True)
     log(f"done in {_minutes(timings['total_s'])}; artefacts under {out}")

@@ -3,10 +3,14 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
-
 from ..runtime import AMP_CHOICES
 from ..study import FAMILIES, PRESETS, preset_options, run_study
+from ..train.errors import RunExistsError, TrainingError, TrainingInterrupted
+from ._errors import STATUS_BAD_INPUT, STATUS_FAILED, run_cli
+
+#: a run of another configuration in --output is bad input (nothing was written); a run that failed (its loss
+#: diverged, a checkpoint cannot be read) is failed work; the rest as every CLI (docs/study.md, "Exit status")
+STATUSES = ((RunExistsError, STATUS_BAD_INPUT), (TrainingError, STATUS_FAILED))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,26 +51,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Run the command line; returns the exit status (docs/study.md, "Exit status")."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(message)s')
+    return run_cli('timm-asap study', lambda: _run(args), STATUSES)
+
+
+def _run(args: argparse.Namespace) -> int:
     preset = args.preset or ('full' if args.full else 'default')
     if args.full and preset != 'full':
-        raise SystemExit(f"timm-asap study: --full is --preset full; it cannot be combined with --preset {preset}")
+        raise ValueError(f"--full is --preset full; it cannot be combined with --preset {preset}")
     overrides = dict(output_dir=args.output, device=args.device, progress=not args.no_progress,
                      data_dir=args.data_dir)
     for key in ('families', 'seeds', 'epochs', 'train_subset', 'val_subset', 'batch_size', 'eval_count',
                 'corruption_count', 'attack_count', 'shift_count', 'severities', 'max_seconds', 'workers', 'amp'):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
-    from ..train import TrainingInterrupted
+    opts = preset_options(preset, **overrides)
     try:
-        opts = preset_options(preset, **overrides)
         run_study(opts)
-    except ValueError as e:
-        raise SystemExit(f"timm-asap study: {e}") from None
     except TrainingInterrupted as e:  # a stop signal: the checkpoint is written, re-running resumes
-        print(f"timm-asap study: {e}; run the same command again to resume", file=sys.stderr)
-        return 128 + int(e.signum)
+        e.args = (f"{e}; run the same command again to resume",)
+        raise
     return 0
 
 
