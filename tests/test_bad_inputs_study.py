@@ -17,7 +17,7 @@ from timm_asap.cli.finetune import main as finetune_main
 from timm_asap.cli.study import main as study_main
 from timm_asap.config import save_config
 from timm_asap.evaluation import read_results
-from timm_asap.study import StudyOptions, run_study
+from timm_asap.study import StudyOptions, _plot_summary, run_study, study_table
 from timm_asap.train import NonFiniteLossError, finetune
 
 from finetune_helpers import tiny_config, write_fake_fashion_mnist
@@ -196,3 +196,34 @@ def test_diverging_finetune_after_an_epoch_names_its_checkpoint_and_resuming_it_
     assert finetune_main(hint.split()[2:] + ['--device', 'cpu', '--no-progress']) == 0
     metrics = json.loads((out / 'metrics.json').read_text())
     assert metrics['status'] == 'finished' and metrics['epochs_completed'] == 2
+
+
+# --- 12: the summary plot's bars are the spread over seeds or, with one seed, the sampling error ------------------
+
+def _bars(monkeypatch, per_seed):
+    import matplotlib.axes
+    drawn, titles = [], []
+    bar, set_title = matplotlib.axes.Axes.bar, matplotlib.axes.Axes.set_title
+    monkeypatch.setattr(matplotlib.axes.Axes, 'bar', lambda self, *a, **k: drawn.append(k['yerr']) or bar(self, *a, **k))
+    monkeypatch.setattr(matplotlib.axes.Axes, 'set_title',
+                        lambda self, text, *a, **k: titles.append(text) or set_title(self, text, *a, **k))
+    _, rows = study_table(per_seed)
+    return rows, drawn, titles
+
+
+def test_summary_plot_with_one_seed_draws_the_sampling_error_and_says_so(tmp_path, monkeypatch):
+    per_seed = {0: [{'task': 'clean', 'model': 'a', 'top1': 90.0, 'count': 100},
+                    {'task': 'shift', 'model': 'a', 'consistency': 50.0, 'count': 400}]}
+    rows, drawn, titles = _bars(monkeypatch, per_seed)
+    _plot_summary(rows, tmp_path / 'summary.png')
+    assert drawn == [[pytest.approx(3.0), pytest.approx(2.5)]]  # sqrt(p (1 - p) / n) in %
+    assert 'bars: ± binomial standard error of the test-image sample (seed 0 only' in ' '.join(titles[0].split())
+    assert (tmp_path / 'summary.png').stat().st_size > 0
+
+
+def test_summary_plot_with_several_seeds_draws_their_spread_and_says_so(tmp_path, monkeypatch):
+    per_seed = {s: [{'task': 'clean', 'model': 'a', 'top1': 90.0 + 2 * s, 'count': 100}] for s in (0, 1)}
+    rows, drawn, titles = _bars(monkeypatch, per_seed)
+    _plot_summary(rows, tmp_path / 'summary.png')
+    assert drawn == [[pytest.approx(2 ** 0.5)]]
+    assert 'bars: ± standard deviation over the 2 seeds [0, 1]' in ' '.join(titles[0].split())

@@ -27,6 +27,7 @@ import json
 import logging
 import math
 import statistics
+import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -364,24 +365,46 @@ def convergence(history: list[dict]) -> dict[str, Any]:
     return {'val_top1': curve, 'last_gain_pp': gain, 'plateaued': gain < PLATEAU_PP}
 
 
+def error_bars(rows: list[dict]) -> tuple[str, str]:
+    """Which error the summary plot draws: the spread over seeds when there are several, else the sampling error.
+
+    Args:
+        rows: the rows of :func:`study_table` (each with its ``seeds``).
+
+    Returns:
+        (the row-key suffix of the bar lengths, ``' std'`` or ``' se'``; the caption saying what the bars are).
+
+    Example:
+        >>> error_bars([{'model': 'a', 'seeds': [0]}])[0]
+        ' se'
+    """
+    seeds = sorted({s for row in rows for s in row['seeds']})
+    if len(seeds) > 1:
+        return ' std', f"bars: ± standard deviation over the {len(seeds)} seeds {seeds}"
+    return ' se', (f"bars: ± binomial standard error of the test-image sample (seed {seeds[0]} only; "
+                   f"for corruption mCA an upper bound)")
+
+
 def _plot_summary(rows: list[dict], path: Path) -> Path:
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
     metrics = [k for k in rows[0] if k not in ('model', 'seeds', 'mCE') and not k.endswith((' std', ' se', ' n'))]
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.4 * len(metrics)), 3.6))
+    suffix, caption = error_bars(rows)
+    width_in = max(6.0, 1.4 * len(metrics))
+    fig, ax = plt.subplots(figsize=(width_in, 4.0))
     width = 0.8 / len(rows)
     for i, row in enumerate(rows):
         xs = [j + i * width for j in range(len(metrics))]
         ax.bar(xs, [row.get(m, math.nan) for m in metrics], width,
-               yerr=[row.get(f'{m} std', 0.0) for m in metrics], label=row['model'], capsize=2)
+               yerr=[row.get(f'{m}{suffix}', math.nan) for m in metrics], label=row['model'], capsize=2)
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(metrics))])
     ax.set_xticklabels(metrics, rotation=25, ha='right', fontsize=8)
     ax.set_ylabel('accuracy / agreement (%)')
     ax.set_ylim(0, 100)
     ax.legend(fontsize=8)
-    ax.set_title('Fashion-MNIST: baseline vs FLC vs ASAP')
+    ax.set_title('Fashion-MNIST: baseline vs FLC vs ASAP\n' + textwrap.fill(caption, int(12 * width_in)), fontsize=9)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, format='png')
