@@ -39,6 +39,7 @@ from ._files import atomic_path, atomic_write_text
 from .config import RunConfig, apply_overrides, load_config
 from .models.weight_tags import HUB_ORG
 from .runtime import amp_context, resolve_amp, resolve_device
+from .study_conversion import Arm, arm_config, conversion_arms, converted_model, cost_rows, cost_table, goal_check, repaired_model
 
 __all__ = ['StudyOptions', 'Family', 'FAMILIES', 'VARIANT_SUFFIXES', 'PRESETS', 'preset_options', 'default_options',
            'full_options', 'run_study', 'study_table', 'estimate', 'convergence']
@@ -114,6 +115,14 @@ class StudyOptions:
             (at least one) and the output says so.
         progress: progress bars.
         full: the complete recipe (recorded in the outputs).
+        convert_pools: poolings of the conversion arm (:mod:`timm_asap.study_conversion`): each seed's
+            trained baseline converted to them; empty: no conversion arm.
+        convert_positions: where the arm's pooling goes for strided convolutions (``'before'``: the
+            paper's placement; ``'after'``: the op at stride 1, then the pooling).
+        convert_epochs: fine-tuning lengths of the arm (each a run of its own, cosine schedule to 0).
+        convert_distill: fine-tune without (False) and/or with (True) distillation from the baseline.
+        convert_lr: the arm's fine-tuning learning rate (peak, no warm-up), at the study's batch size.
+        repair_images: unlabeled training images the ``repaired`` arm re-estimates BatchNorm statistics on.
     """
 
     output_dir: str = 'study_output'
@@ -140,6 +149,12 @@ class StudyOptions:
     max_seconds: float | None = None
     progress: bool = True
     full: bool = False
+    convert_pools: list[str] = field(default_factory=lambda: ['asap'])
+    convert_positions: list[str] = field(default_factory=lambda: ['before'])
+    convert_epochs: list[int] = field(default_factory=lambda: [1])
+    convert_distill: list[bool] = field(default_factory=lambda: [False])
+    convert_lr: float = 0.01
+    repair_images: int = 2000
 
     def validate(self) -> StudyOptions:
         unknown = sorted(set(self.families) - set(FAMILIES))
@@ -162,9 +177,29 @@ class StudyOptions:
         if any(not 0 <= e <= 1 for e in self.eps):
             raise ValueError(f"eps must lie in [0, 1] (pixel units), got {self.eps}")
         _check_output_dir(self.output_dir)
+        self._validate_conversion()
         from .evaluation import EvalOptions  # severities, counts, precision: as the evaluation will check them
         EvalOptions.from_dict(_eval_options(self, torch.device('cpu'), Path(self.output_dir) / 'eval_cache')).validate()
         return self
+
+
+    def _validate_conversion(self) -> None:
+        from .models import POOL_POSITIONS
+
+        for key, allowed in (('convert_pools', ('asap', 'flc')), ('convert_positions', POOL_POSITIONS),
+                             ('convert_distill', (False, True))):
+            values = getattr(self, key)
+            if any(v not in allowed for v in values) or len(set(values)) != len(values):
+                raise ValueError(f"{key} must be distinct values of {list(allowed)}, got {values}")
+        if any(not isinstance(e, int) or e < 1 for e in self.convert_epochs) or \
+                len(set(self.convert_epochs)) != len(self.convert_epochs):
+            raise ValueError(f"convert_epochs must be distinct integers >= 1, got {self.convert_epochs}")
+        if self.convert_pools and not (self.convert_positions and self.convert_distill):
+            raise ValueError("a conversion arm needs at least one of convert_positions and of convert_distill")
+        if not self.convert_lr > 0:
+            raise ValueError(f"convert_lr must be > 0, got {self.convert_lr}")
+        if self.repair_images < 1:
+            raise ValueError(f"repair_images must be >= 1, got {self.repair_images}")
 
 
 def _check_output_dir(path: str) -> None:
@@ -385,7 +420,7 @@ def error_bars(rows: list[dict]) -> tuple[str, str]:
                    f"for corruption mCA an upper bound)")
 
 
-def _plot_summary(rows: list[dict], path: Path) -> Path:
+def _plot_summary(rows: list[dict], path: Path, title: str = 'Fashion-MNIST: baseline vs FLC vs ASAP') -> Path:
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -404,7 +439,7 @@ def _plot_summary(rows: list[dict], path: Path) -> Path:
     ax.set_ylabel('accuracy / agreement (%)')
     ax.set_ylim(0, 100)
     ax.legend(fontsize=8)
-    ax.set_title('Fashion-MNIST: baseline vs FLC vs ASAP\n' + textwrap.fill(caption, int(12 * width_in)), fontsize=9)
+    ax.set_title(title + '\n' + textwrap.fill(caption, int(12 * width_in)), fontsize=9)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, format='png')
@@ -441,12 +476,14 @@ def _reload_check(arch: str, cfg: RunConfig, trained: torch.nn.Module, hub_dir: 
     return {'model': arch, 'max_abs_logit_diff': max(diffs.values()), 'per_source': diffs, 'identical': max(diffs.values()) == 0.0}
 
 
-def _rates(label: str, arch: str, family: Family, batch: int, device: torch.device, steps: int = 2) -> dict:
-    """Training and inference images per second of one model on ``device``, from a few timed steps."""
+def _rates(label: str, arch: str, family: Family, batch: int, device: torch.device, steps: int = 2,
+           **model_kwargs) -> dict:
+    """Training and inference images per second of one model on ``device``, from a few timed steps
+    (``model_kwargs``: further ``timm.create_model`` arguments, e.g. ``pool_position``)."""
     import timm
     import torch.nn.functional as F
 
-    model = timm.create_model(arch, num_classes=10, in_chans=1, **family.model_args).to(device)
+    model = timm.create_model(arch, num_classes=10, in_chans=1, **family.model_args, **model_kwargs).to(device)
     cuda = device.type == 'cuda'
     fmt = torch.channels_last if cuda else torch.contiguous_format
     model = model.to(memory_format=fmt)
@@ -495,7 +532,9 @@ def estimate(opts: StudyOptions, device: torch.device) -> dict[str, Any]:
     rate, and FGSM (2 passes) + PGD (steps + 2) per eps on the attacked images at the training-step rate
     (a gradient step costs about a training step). Corruption sets: made once, 75 x images x
     :data:`timm_asap.evaluation.cache.CORRUPT_S_PER_IMAGE` over ``default_workers()`` processes, plus their start. Publishing: about 2 s
-    per model; every run and evaluated model adds :data:`RUN_OVERHEAD_S`.
+    per model; every run and evaluated model adds :data:`RUN_OVERHEAD_S`. The conversion arm adds its fine-tuning
+    epochs (a third more per step with distillation), one evaluation per arm and the repair's forward passes, at
+    the rates of the converted architecture with the arm's placement.
 
     Returns:
         ``rates`` (per model), the parts in seconds (``train_s``, ``corruption_sets_s``, ``evaluate_s``,
@@ -521,6 +560,20 @@ def estimate(opts: StudyOptions, device: torch.device) -> dict[str, Any]:
                              for r in rates)
     corruption_s = jobs * n_corr * CORRUPT_S_PER_IMAGE / default_workers() + POOL_START_S
     publish_s = 2.0 * len(rates)
+    arms = conversion_arms(opts.convert_pools, opts.convert_positions, opts.convert_epochs, opts.convert_distill)
+    for f in opts.families if arms else ():
+        fam = FAMILIES[f]
+        arm_rates = {(pool, pos): _rates(f'{fam.name}_{pool}', f'{fam.architecture}_{pool}', fam, batch, device,
+                                         pool_position=pos)
+                     for pool in opts.convert_pools for pos in opts.convert_positions}
+        for arm in arms:
+            r = arm_rates[(arm.pool, arm.position)]
+            teacher = 1 + (1 / 3 if arm.distill else 0)  # a teacher forward costs about a third of a training step
+            train_s += seeds * (arm.epochs * (teacher * n_train / r['train_img_s'] + n_val / r['infer_img_s'])
+                                + (RUN_OVERHEAD_S if arm.epochs else 0))
+            evaluate_s += seeds * (infer_images / r['infer_img_s'] + grad_steps / r['train_img_s'] + RUN_OVERHEAD_S
+                                   + (opts.repair_images / r['infer_img_s'] if arm.repair else 0))
+            publish_s += 2.0 if arm.epochs else 0.0
     total = train_s + corruption_s + evaluate_s + publish_s
     return {'rates': rates, 'batch': batch, 'train_s': round(train_s), 'corruption_sets_s': round(corruption_s),
             'evaluate_s': round(evaluate_s), 'publish_s': round(publish_s), 'total_s': round(total),
@@ -569,7 +622,18 @@ def describe(opts: StudyOptions, device: torch.device, runs: list[dict] | None =
         precision = str(resolve_amp(device, opts.amp) or 'float32').replace('torch.', '')
         evaluation = _describe_evaluation(_eval_options(opts, device, Path(opts.output_dir) / 'eval_cache'),
                                           opts.eval_count or 10000, precision)
-    return f"preset {opts.preset!r}: {fams}; seeds {seeds}; {training}; {evaluation}"
+    return f"preset {opts.preset!r}: {fams}; seeds {seeds}; {training}; {evaluation}{_describe_conversion(opts)}"
+
+
+def _describe_conversion(opts: StudyOptions) -> str:
+    if not opts.convert_pools:
+        return ''
+    distill = ' and '.join({False: 'without', True: 'with'}[d] for d in opts.convert_distill)
+    return (f"; conversion arm: each seed's trained baseline converted to {', '.join(p.upper() for p in opts.convert_pools)} "
+            f"(pool {' and '.join(opts.convert_positions)} the strided convolutions), evaluated zero-shot, after "
+            f"re-estimating BatchNorm statistics on {opts.repair_images} unlabeled training images, and after "
+            f"{' and '.join(map(str, opts.convert_epochs))} epoch(s) of fine-tuning at lr {opts.convert_lr:g} {distill} "
+            f"distillation from the baseline")
 
 
 def _one_of(texts) -> str:
@@ -624,19 +688,25 @@ def _run_dir(out: Path, label: str, seed: int) -> Path:
 _RECORD_KEYS = ('options', 'models', 'model_sha256', 'images_sha256', 'dataset', 'count', 'device', 'precision')
 
 
-def _evaluate_family(name: str, seed: int, models: dict[str, RunConfig], out: Path, images, eval_opts: dict,
-                     device: torch.device, log: Callable[[str], None]) -> tuple[list[dict], dict]:
-    """The rows and record of one family and seed: the stored ``results.json`` when its record equals this
-    evaluation's (options, weights, images, precision), else a new evaluation (saying why in one line)."""
-    from .evaluation import EvalOptions, evaluate_models, evaluation_record, read_results, record_differences, wrap_model
-    from .evaluation.provenance import describe_differences
+def _trained_nets(models: dict[str, RunConfig], out: Path, seed: int) -> list[tuple[str, torch.nn.Module]]:
+    """(label, model taking [0, 1] inputs) of the trained runs ``models`` (label -> run config) of ``seed``."""
+    from .evaluation import wrap_model
     from .hub import load_trained_model
 
-    eval_dir = out / 'eval' / name / f'seed{seed}'
+    return [(label, wrap_model(load_trained_model(cfg, _run_dir(out, label, seed) / 'model.safetensors'),
+                               cfg.data.mean, cfg.data.std)) for label, cfg in models.items()]
+
+
+def _evaluate_family(what: str, eval_dir: Path, nets: list[tuple[str, torch.nn.Module]], images, eval_opts: dict,
+                     device: torch.device, log: Callable[[str], None]) -> tuple[list[dict], dict]:
+    """The rows and record of the models ``nets`` ((label, model taking [0, 1] inputs), ``what`` in the log):
+    the stored ``eval_dir/results.json`` when its record equals this evaluation's (options, weights, images,
+    precision), else a new evaluation (saying why in one line)."""
+    from .evaluation import EvalOptions, evaluate_models, evaluation_record, read_results, record_differences
+    from .evaluation.provenance import describe_differences
+
     stored = eval_dir / 'results.json'
     options = EvalOptions.from_dict(eval_opts)
-    nets = [(label, wrap_model(load_trained_model(cfg, _run_dir(out, label, seed) / 'model.safetensors'),
-                               cfg.data.mean, cfg.data.std)) for label, cfg in models.items()]
     if stored.is_file():
         try:
             rows, recorded = read_results(stored)
@@ -644,14 +714,67 @@ def _evaluate_family(name: str, seed: int, models: dict[str, RunConfig], out: Pa
         except ValueError as e:  # our own file, damaged: made again
             why = f"unreadable: {e}"
         if not why:
-            log(f"evaluated the {name} family seed {seed}: found {stored}, made with these settings and weights; "
-                f"not evaluating again")
+            log(f"evaluated {what}: found {stored}, made with these settings and weights; not evaluating again")
             return rows, {k: recorded.get(k) for k in _RECORD_KEYS}
-        log(f"{stored} was made with other settings ({why}); evaluating the {name} family seed {seed} again")
+        log(f"{stored} was made with other settings ({why}); evaluating {what} again")
     rows = evaluate_models(nets, images, options, out_dir=eval_dir, dataset_name='fashion_mnist/test')
-    log(f"evaluated the {name} family ({', '.join(models)}) seed {seed}: {len(rows)} result rows -> {eval_dir}")
+    log(f"evaluated {what} ({', '.join(label for label, _ in nets)}): {len(rows)} result rows -> {eval_dir}")
     recorded = read_results(stored)[1]
     return rows, {k: recorded.get(k) for k in _RECORD_KEYS}
+
+
+def _repair_images(opts: StudyOptions, data_dir: str, recipe: RunConfig) -> torch.Tensor:
+    """The first ``opts.repair_images`` training images (uint8) of a fixed random order: the unlabeled images the
+    ``repaired`` arm re-estimates BatchNorm statistics on."""
+    from .evaluation import create_eval_dataset, load_images
+
+    train_set = create_eval_dataset('fashion_mnist', data_dir, split='train', img_size=recipe.model.img_size,
+                                    crop_pct=recipe.data.crop_pct, interpolation=recipe.data.interpolation,
+                                    in_chans=recipe.model.in_chans)
+    return load_images(train_set, count=opts.repair_images, seed=EVAL_SEED, name='fashion_mnist/train',
+                       progress=False).images
+
+
+def _arm_nets(arms: list[Arm], name: str, base_cfg: RunConfig, arm_configs: dict, out: Path, seed: int,
+              train_images: torch.Tensor) -> list[tuple[str, torch.nn.Module]]:
+    """(label, model taking [0, 1] inputs) of every arm of family ``name`` and ``seed``: the converted baseline
+    zero-shot and repaired (built here), and the fine-tuned runs."""
+    from .evaluation import wrap_model
+    from .hub import load_trained_model
+
+    base = load_trained_model(base_cfg, _run_dir(out, name, seed) / 'model.safetensors')
+    nets = []
+    for arm in arms:
+        label = arm.label(name)
+        if arm.epochs:
+            net = load_trained_model(arm_configs[(label, seed)], _run_dir(out, label, seed) / 'model.safetensors')
+        else:
+            net = converted_model(arm, base_cfg, base)
+            if arm.repair:
+                net = repaired_model(net, train_images, base_cfg.data.mean, base_cfg.data.std)
+        nets.append((label, wrap_model(net, base_cfg.data.mean, base_cfg.data.std)))
+    return nets
+
+
+def _conversion_summary(name: str, arms: list[Arm], scratch: dict[int, list[dict]], converted: dict[int, list[dict]],
+                        runs: dict, seconds: dict[str, list[float]], opts: StudyOptions) -> dict[str, Any]:
+    """The conversion arm of family ``name``: its table next to the baseline and from-scratch models, the cost of
+    each arm in training images, and which arms reach the goal (:func:`timm_asap.study_conversion.goal_check`)."""
+    md, rows = study_table({seed: scratch[seed] + converted[seed] for seed in scratch})
+    base_run = runs[(name, opts.seeds[0])]
+    n_train = base_run['history'][-1]['train_images']
+    scratch_images = base_run['epochs_completed'] * n_train
+    by_label = {arm.label(name): arm for arm in arms}
+    costs = cost_rows(by_label, scratch_images, opts.repair_images, n_train, seconds)
+    goal = goal_check(rows, name, {pool: f"{name}_{pool}" for pool in opts.convert_pools}, by_label,
+                      {r['model']: r['relative_cost'] for r in costs})
+    markdown = (f"### Conversion arm: {name} converted after training\n\n"
+                + '\n'.join(f"- `{label}`: {arm.describe()}" for label, arm in by_label.items())
+                + f"\n\n{md}\nCost of each arm (the from-scratch models trained on {scratch_images} images):\n\n"
+                + cost_table(costs, scratch_images)
+                + "\nGoal: the base's clean accuracy, at least the from-scratch model's corruption gain, at most a "
+                  "third of the from-scratch training images:\n\n" + '\n'.join(f"- {line}" for line in goal) + '\n')
+    return {'table': rows, 'costs': costs, 'goal': goal, 'markdown': markdown}
 
 
 def run_study(opts: StudyOptions | None = None, log: Callable[[str], None] = _stage) -> dict[str, Any]:
@@ -695,7 +818,11 @@ def run_study(opts: StudyOptions | None = None, log: Callable[[str], None] = _st
     variants = {name: fam.variants() for name, fam in families.items()}
     configs = {(label, seed): study_config(label, arch, families[name], seed, opts, data_dir)
                for name in families for label, arch in variants[name] for seed in opts.seeds}
-    for (label, seed), cfg in configs.items():  # before anything is written: one line naming what differs
+    arms = conversion_arms(opts.convert_pools, opts.convert_positions, opts.convert_epochs, opts.convert_distill)
+    arm_configs = {(arm.label(name), seed): arm_config(
+        arm, configs[(name, seed)], _run_dir(out, name, seed) / 'model.safetensors', opts.convert_lr,
+        f"{HUB_ORG}/{arm.label(name)}_fmnist") for name in families for arm in arms if arm.epochs for seed in opts.seeds}
+    for (label, seed), cfg in {**configs, **arm_configs}.items():  # before anything is written: one line naming what differs
         check_reusable(cfg, _run_dir(out, label, seed))
     log(f"data: Fashion-MNIST from {source}")
     log(f"runs: {describe(opts, device)}")
@@ -710,6 +837,7 @@ def run_study(opts: StudyOptions | None = None, log: Callable[[str], None] = _st
     if opts.max_seconds is not None and expected['total_s'] > opts.max_seconds:
         opts, expected = _fit_seeds(opts, expected, log)
         configs = {key: cfg for key, cfg in configs.items() if key[1] in opts.seeds}
+        arm_configs = {key: cfg for key, cfg in arm_configs.items() if key[1] in opts.seeds}
     out.mkdir(parents=True, exist_ok=True)
     _json_dump(out / 'options.json', dataclasses.asdict(opts))
 
@@ -726,6 +854,15 @@ def run_study(opts: StudyOptions | None = None, log: Callable[[str], None] = _st
             + (f", last epoch {curve['last_gain_pp']:+.2f} pp over the best earlier one" if curve['plateaued'] is not None
                else '') + f") -> {run_dir}")
     timings['train_s'] = time.perf_counter() - t
+    t = time.perf_counter()
+    arm_seconds: dict[str, list[float]] = {}
+    for (label, seed), cfg in arm_configs.items():  # after the baselines they start from
+        run_dir = _run_dir(out, label, seed)
+        metrics = ensure_finetuned(cfg, run_dir, device=device, progress=opts.progress)
+        arm_seconds.setdefault(label, []).append(sum(r.get('epoch_time_s', 0.0) for r in metrics.get('history') or []))
+        log(f"fine-tuned {label} seed {seed} from the trained baseline: val top-1 by epoch "
+            f"{convergence(metrics.get('history') or [])['val_top1']} -> {run_dir}")
+    timings['convert_train_s'] = time.perf_counter() - t
 
     t = time.perf_counter()
     recipe = next(iter(configs.values()))
@@ -734,34 +871,45 @@ def run_study(opts: StudyOptions | None = None, log: Callable[[str], None] = _st
                                    in_chans=recipe.model.in_chans)
     images = load_images(test_set, count=opts.eval_count, seed=EVAL_SEED, name='fashion_mnist/test', progress=False)
     eval_opts = _eval_options(opts, device, out / 'eval_cache')
+    train_images = _repair_images(opts, data_dir, recipe) if arms else None
     per_family_seed: dict[str, dict[int, list[dict]]] = {}
+    arm_rows: dict[str, dict[int, list[dict]]] = {name: {} for name in families}
     evaluations: dict[str, dict] = {}
     for name in families:
         per_family_seed[name] = {}
         for seed in opts.seeds:
             models = {label: configs[(label, seed)] for label, _ in variants[name]}
+            eval_dir = out / 'eval' / name / f'seed{seed}'
             per_family_seed[name][seed], evaluations[f'{name}/seed{seed}'] = _evaluate_family(
-                name, seed, models, out, images, eval_opts, device, log)
+                f"the {name} family seed {seed}", eval_dir, _trained_nets(models, out, seed), images, eval_opts,
+                device, log)
+            if arms:
+                arm_rows[name][seed], evaluations[f'{name}/seed{seed}/conversion'] = _evaluate_family(
+                    f"the {name} conversion arm seed {seed}", eval_dir / 'conversion',
+                    _arm_nets(arms, name, configs[(name, seed)], arm_configs, out, seed, train_images), images,
+                    {**eval_opts, 'mce_baseline': name, 'baseline_results': str(eval_dir / 'results.json')},
+                    device, log)
     timings['evaluate_s'] = time.perf_counter() - t
 
     t = time.perf_counter()
     first_seed = opts.seeds[0]
     reload_checks = []
     probe = load_images(test_set, count=16, seed=123, progress=False).images
-    for name in families:
-        for label, _ in variants[name]:
-            cfg = configs[(label, first_seed)]
-            hub_dir = out / 'hub' / label
-            trained = load_trained_model(cfg, _run_dir(out, label, first_seed) / 'model.safetensors')
-            build_hub_folder(trained, cfg, hub_dir, results=load_eval_results(out / 'eval' / name / f'seed{first_seed}'),
-                             eval_model=label)
-            check = _reload_check(label, cfg, trained, hub_dir, out / 'hf_cache', probe)
-            reload_checks.append(check)
-            verdict = 'identical logits' if check['identical'] else f"max |logit diff| {check['max_abs_logit_diff']:.2e}"
-            log(f"published {label} -> {hub_dir} (dry run); reloaded by name: {verdict}")
-            if check['max_abs_logit_diff'] > 1e-5:
-                raise RuntimeError(f"{label}: the published weights do not reproduce the trained model "
-                                   f"(max |logit diff| {check['max_abs_logit_diff']:.3g})")
+    published = [(label, configs[(label, first_seed)], out / 'eval' / name / f'seed{first_seed}')
+                 for name in families for label, _ in variants[name]]
+    published += [(arm.label(name), arm_configs[(arm.label(name), first_seed)],
+                   out / 'eval' / name / f'seed{first_seed}' / 'conversion') for name in families for arm in arms if arm.epochs]
+    for label, cfg, results_dir in published:
+        hub_dir = out / 'hub' / label
+        trained = load_trained_model(cfg, _run_dir(out, label, first_seed) / 'model.safetensors')
+        build_hub_folder(trained, cfg, hub_dir, results=load_eval_results(results_dir), eval_model=label)
+        check = _reload_check(label, cfg, trained, hub_dir, out / 'hf_cache', probe)
+        reload_checks.append(check)
+        verdict = 'identical logits' if check['identical'] else f"max |logit diff| {check['max_abs_logit_diff']:.2e}"
+        log(f"published {label} -> {hub_dir} (dry run); reloaded by name: {verdict}")
+        if check['max_abs_logit_diff'] > 1e-5:
+            raise RuntimeError(f"{label}: the published weights do not reproduce the trained model "
+                               f"(max |logit diff| {check['max_abs_logit_diff']:.3g})")
     timings['publish_reload_s'] = time.perf_counter() - t
 
     tables, all_rows = [], []
@@ -769,6 +917,12 @@ def run_study(opts: StudyOptions | None = None, log: Callable[[str], None] = _st
         table, rows = study_table(per_family_seed[name])
         tables.append(f"### {name}\n\n{table}")
         all_rows += rows
+    conversion = {name: _conversion_summary(name, arms, per_family_seed[name], arm_rows[name], runs, arm_seconds, opts)
+                  for name in families} if arms else {}
+    for name, part in conversion.items():
+        tables.append(part.pop('markdown'))
+        _plot_summary(part['table'], out / f'conversion_{name}.png',
+                      title=f"Fashion-MNIST: {name} converted to {' and '.join(p.upper() for p in opts.convert_pools)}")
     plateau = '\n'.join(f"- {run}: val top-1 by epoch {c['val_top1']}"
                          + ('' if c['plateaued'] is None else
                             f" ({'plateaued' if c['plateaued'] else 'still improving'}: last epoch "
@@ -782,8 +936,8 @@ def run_study(opts: StudyOptions | None = None, log: Callable[[str], None] = _st
     atomic_write_text(out / 'summary.md', summary_md)
     _plot_summary(all_rows, out / 'summary.png')
     result = dict(options=dataclasses.asdict(opts), data_source=source, size=size, estimate=expected, table=all_rows,
-                  train=train_metrics, convergence=curves, evaluations=evaluations, reload=reload_checks,
-                  timings=timings)
+                  conversion=conversion, train=train_metrics, convergence=curves, evaluations=evaluations,
+                  reload=reload_checks, timings=timings)
     _json_dump(out / 'study.json', result)
     print('\n' + summary_md, flush=True)
     log(f"done in {_minutes(timings['total_s'])}; artefacts under {out}")
