@@ -252,7 +252,8 @@ def test_compare_a_model_with_itself_and_with_its_conversion():
     assert result['converted_correct'] == int((conv_pred == labels).sum())
     assert result['agree'] == int((base_pred == conv_pred).sum()) < 24
     assert result['agreement'] == pytest.approx(100 * result['agree'] / 24)
-    assert result['agreement_se'] == pytest.approx(100 * (result['agree'] / 24 * (1 - result['agree'] / 24) / 24) ** 0.5)
+    share = result['agree'] / 24
+    assert result['agreement_se'] == pytest.approx(100 * (share * (1 - share) / 24) ** 0.5)
 
 
 def test_compare_rejects_bad_images():
@@ -266,3 +267,146 @@ def test_compare_rejects_bad_images():
     with pytest.raises(ValueError, match='predicts 10 classes, the converted one 3'):
         compare_models(model, timm.create_model('preactresnet18', **{**W8, 'num_classes': 3}), torch.rand(2, 1, 8, 8),
                        torch.tensor([0, 1]))
+
+
+# ---- the CLIs ---------------------------------------------------------------------------------------------
+
+needs_fmnist = pytest.mark.skipif(not FMNIST_DIR.is_dir(), reason=f'Fashion-MNIST not in {FMNIST_DIR}')
+
+
+@pytest.fixture(scope='module')
+def base_run(tmp_path_factory):
+    """A fine-tuning run folder of a tiny base model: model.safetensors (with its header) and config.yaml."""
+    from timm_asap.config import config_from_dict, save_config
+    from timm_asap.hub.integrity import save_safetensors, weights_metadata
+    folder = tmp_path_factory.mktemp('base_run')
+    model = _w8(3)
+    with torch.no_grad():  # running statistics unlike the defaults, so the repair visibly changes them
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    save_safetensors(model.state_dict(), folder / 'model.safetensors', weights_metadata(model, 'preactresnet18'))
+    save_config(config_from_dict({
+        'model': {'architecture': 'preactresnet18', 'pool': 'none', 'num_classes': 10, 'in_chans': 1, 'img_size': 32,
+                  'model_args': {'channels': [8, 16, 32, 64], 'stem_chs': 8}},
+        'data': {'dataset': 'fashion_mnist', 'mean': [0.286], 'std': [0.353]}}), folder / 'config.yaml')
+    return folder
+
+
+def _cli(module, argv, capsys):
+    status = module.main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return status, out.out, out.err
+
+
+def _one_line_error(err: str, prog: str, words: str) -> None:
+    lines = [line for line in err.strip().splitlines() if line.startswith(f'{prog}: error:')]
+    assert len(lines) == 1 and words in lines[0], err
+    assert 'Traceback' not in err
+
+
+@needs_fmnist
+def test_compare_and_repair_clis_agree_on_the_repaired_model(base_run, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    from timm_asap.cli import compare, repair
+    from timm_asap.hub.integrity import ARCHITECTURE_KEY, POOLING_KEY, read_safetensors_header
+    ckpt = base_run / 'model.safetensors'
+    report = tmp_path / 'compare.json'
+    common = ['--count', 24, '--batch-size', 8, '--seed', 1]
+    status, out, _ = _cli(compare, ['--model', f'preactresnet18@{ckpt}', '--pool', 'flc', *common,
+                                    '--repair-images', 16, '--repair-batch-size', 8, '--json', report], capsys)
+    assert status == 0
+    assert '| base (preactresnet18) |' in out and '| preactresnet18_flc, zero-shot |' in out
+    assert 'preactresnet18_flc, BatchNorm re-estimated on 16 images of fashion_mnist:train' in out
+    payload = json.loads(report.read_text())
+    assert payload['written_by'] == 'timm-asap compare' and payload['images']['count'] == 24
+    assert payload['model_args'] == {'channels': [8, 16, 32, 64], 'stem_chs': 8, 'num_classes': 10, 'in_chans': 1}
+    base_row, zero_row, repaired_row = payload['rows']
+    assert 'agreement' not in base_row and zero_row['count'] == 24 == repaired_row['count']
+    assert repaired_row['agreement'] != zero_row['agreement'] or repaired_row['top1'] != zero_row['top1']
+
+    out_file = tmp_path / 'w8_flc.safetensors'
+    status, out, _ = _cli(repair, ['--model', f'preactresnet18@{ckpt}', '--pool', 'flc', '--count', 16, '--batch-size',
+                                   8, '--seed', 1, '--output', out_file], capsys)
+    assert status == 0 and f'load it as preactresnet18_flc@{out_file}' in out
+    meta = read_safetensors_header(out_file)[1]
+    assert meta[ARCHITECTURE_KEY] == 'preactresnet18_flc' and json.loads(meta[POOLING_KEY])
+    record = json.loads(meta['timm_asap.repair'])
+    assert record['images'] == 16 and record['mean'] == [0.286] and record['source'] == 'fashion_mnist:train'
+    repaired, base = load_file(out_file), load_file(ckpt)
+    assert repaired.keys() == base.keys()
+    for k, v in base.items():  # the weights are the base's; only the BatchNorm statistics moved
+        assert torch.equal(repaired[k], v) == (not _is_stat(k)), k
+    # the saved model is the one compare measured: same images, same batches, same statistics
+    status, out, _ = _cli(compare, ['--model', f'preactresnet18@{ckpt}', '--converted',
+                                    f'preactresnet18_flc@{out_file}', *common, '--json', report], capsys)
+    assert status == 0
+    rows = json.loads(report.read_text())['rows']
+    assert (rows[1]['correct'], rows[1]['agree']) == (repaired_row['correct'], repaired_row['agree'])
+    # and it loads with timm as a checkpoint of the registered variant
+    model = timm.create_model('preactresnet18_flc', pretrained=True, pretrained_cfg_overlay=dict(file=str(out_file)),
+                              **W8)
+    assert torch.equal(model.stages[1][0].norm1.running_mean, repaired['stages.1.0.norm1.running_mean'])
+    # running it again replaces its own file
+    assert _cli(repair, ['--model', f'preactresnet18@{ckpt}', '--pool', 'flc', '--count', 16, '--output', out_file],
+                capsys)[0] == 0
+
+
+def test_repair_cli_reads_an_image_folder(base_run, tmp_path, capsys):
+    from timm_asap.cli import repair
+    folder = _png_folder(tmp_path / 'images', 5, size=40)
+    out_file = tmp_path / 'from_folder.safetensors'
+    status, out, _ = _cli(repair, ['--model', f"preactresnet18@{base_run / 'model.safetensors'}", '--pool', 'asap',
+                                   '--images', folder, '--count', 'all', '--batch-size', 4, '--output', out_file],
+                          capsys)
+    assert status == 0 and 'on 5 images' in out and out_file.is_file()
+
+
+@pytest.mark.parametrize('argv, words', [
+    (['--pool', 'asap', '--output', '{run}/model.safetensors'], 'never overwrites its input'),
+    (['--pool', 'asap', '--output', '{tmp}/foreign.safetensors'], 'exists and was not written by timm-asap repair'),
+    (['--pool', 'asap', '--output', '{tmp}/weights.pth'], 'give a .safetensors path'),
+    (['--output', '{tmp}/new.safetensors'], 'has no spectral pooling: give a converted model'),
+    (['--pool-args', '{padding: large}', '--output', '{tmp}/new.safetensors'], '--pool-args apply with --pool'),
+])
+def test_repair_cli_refuses_bad_outputs_and_models(base_run, tmp_path, capsys, argv, words):
+    from timm_asap.cli import repair
+    foreign = tmp_path / 'foreign.safetensors'
+    foreign.write_bytes(b'not ours')
+    before = (base_run / 'model.safetensors').read_bytes()
+    argv = [a.replace('{run}', str(base_run)).replace('{tmp}', str(tmp_path)) for a in argv]
+    status, _, err = _cli(repair, ['--model', f"preactresnet18@{base_run / 'model.safetensors'}", '--count', 4,
+                                   *argv], capsys)
+    assert status == 2
+    _one_line_error(err, 'timm-asap repair', words)
+    assert foreign.read_bytes() == b'not ours' and (base_run / 'model.safetensors').read_bytes() == before
+    assert not (tmp_path / 'new.safetensors').exists()
+
+
+@pytest.mark.parametrize('argv, words', [
+    (['--model', 'preactresnet18@{tmp}/missing.safetensors'], 'missing.safetensors not found'),
+    (['--model', 'resnet18_cifar'], 'resnet18_cifar: no pretrained weights for this tag'),
+    (['--model', 'preactresnet18@{run}/model.safetensors', '--json', '{tmp}/foreign.json'],
+     'exists and was not written by timm-asap compare'),
+    (['--model', 'preactresnet18@{run}/model.safetensors', '--converted', 'preactresnet18@{run}/model.safetensors'],
+     'has no spectral pooling'),
+    (['--model', 'preactresnet18@{run}/model.safetensors', '--pool-args', '{padding: huge}'], 'padding'),
+    (['--model', 'preactresnet18@{run}/model.safetensors', '--model-args', '[1, 2]'], 'expected a mapping'),
+])
+def test_compare_cli_bad_input_is_one_line(base_run, tmp_path, capsys, argv, words):
+    from timm_asap.cli import compare
+    (tmp_path / 'foreign.json').write_text('{"mine": true}')
+    argv = [a.replace('{run}', str(base_run)).replace('{tmp}', str(tmp_path)) for a in argv]
+    status, out, err = _cli(compare, [*argv, '--count', 4], capsys)
+    assert status == 2
+    _one_line_error(err, 'timm-asap compare', words)
+    assert (tmp_path / 'foreign.json').read_text() == '{"mine": true}'
+
+
+def test_the_commands_are_listed(capsys):
+    from timm_asap.cli.main import main
+    assert main([]) == 0
+    usage = capsys.readouterr().out
+    assert '  compare ' in usage and '  repair ' in usage

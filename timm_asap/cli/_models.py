@@ -11,7 +11,8 @@ import timm
 import yaml
 from torch import nn
 
-__all__ = ['LoadedModel', 'load_classifier', 'converted_copy', 'read_images', 'yaml_dict']
+__all__ = ['LoadedModel', 'load_classifier', 'converted_copy', 'read_images', 'yaml_dict', 'base_model_args',
+           'normalisation', 'spec_weights']
 
 _logger = logging.getLogger(__name__)
 
@@ -82,6 +83,17 @@ def _architecture(model: nn.Module, fallback: str) -> str:
     return str(cfg.get('architecture') or fallback).split('.')[0]
 
 
+def spec_weights(spec: str) -> str:
+    """The local weights file a spec loads ('' when timm downloads or caches them): the checkpoint of
+    ``NAME@CHECKPOINT``, the ``model.safetensors`` of ``local-dir:<folder>``."""
+    from timm_asap.hub.integrity import WEIGHTS_NAME
+
+    from .evaluate import parse_model_spec
+    _, name, ckpt = parse_model_spec(spec)
+    source, ident = timm.models.parse_model_name(name)
+    return str(Path(ident) / WEIGHTS_NAME) if source == 'local-dir' else ckpt
+
+
 def load_classifier(spec: str, model_args: dict | None = None, mean=None, std=None) -> LoadedModel:
     """Load the model a ``NAME[@CHECKPOINT]`` spec names, with its weights.
 
@@ -113,11 +125,10 @@ def load_classifier(spec: str, model_args: dict | None = None, mean=None, std=No
             raise ValueError(f"model {spec!r}: a {source}: name brings its own weights; drop @{ckpt}")
         inner = load_model(name, pretrained=True, **args)
         if source == 'local-dir':
-            from timm_asap.hub.integrity import CONFIG_NAME, WEIGHTS_NAME, read_config_json
+            from timm_asap.hub.integrity import CONFIG_NAME, read_config_json
             config = read_config_json(Path(ident) / CONFIG_NAME)
             args = {**config.get('model_args', {}), 'num_classes': config.get('num_classes'), **args}
-            ckpt = str(Path(ident) / WEIGHTS_NAME)
-        return LoadedModel(wrap_model(inner, mean, std), _architecture(inner, name), args, ckpt)
+        return LoadedModel(wrap_model(inner, mean, std), _architecture(inner, name), args, spec_weights(spec))
     if ckpt:
         if not Path(ckpt).is_file():
             raise FileNotFoundError(f"model {spec!r}: checkpoint {ckpt} not found")
@@ -132,6 +143,16 @@ def load_classifier(spec: str, model_args: dict | None = None, mean=None, std=No
                          f"hf-hub:<repo> or local-dir:<folder>")
     inner = load_model(name, pretrained=True, **args)
     return LoadedModel(wrap_model(inner, mean, std), _architecture(inner, name), args, '')
+
+
+def base_model_args(loaded: LoadedModel) -> dict:
+    """``loaded``'s model arguments without its pooling options: those its converted variants share."""
+    return {k: v for k, v in loaded.model_args.items() if k not in _POOL_KEYS}
+
+
+def normalisation(model: nn.Module, which: str) -> list[float]:
+    """The ``'mean'`` or ``'std'`` a wrapped model (:class:`~timm_asap.evaluation.NormalizedModel`) applies."""
+    return [round(float(v), 6) for v in getattr(model, which).flatten()]
 
 
 def converted_copy(loaded: LoadedModel, pool: str, pool_args: dict | None = None) -> LoadedModel:
@@ -159,15 +180,16 @@ def converted_copy(loaded: LoadedModel, pool: str, pool_args: dict | None = None
 
 
 def read_images(model: nn.Module, dataset: str, data_dir: str | None, split: str, count: int | None, seed: int,
-                workers: int = 0, progress: bool = False):
+                workers: int = 0, progress: bool = False, img_size: int | None = None):
     """``count`` images of a dataset at the model's input size and channels, as the evaluation reads them
     (:func:`timm_asap.evaluation.create_eval_dataset` and :func:`~timm_asap.evaluation.load_images`):
-    Fashion-MNIST uncropped, other data with the model's crop and interpolation."""
+    Fashion-MNIST uncropped, other data with the model's crop and interpolation; ``img_size`` None: the model's
+    pretrained_cfg input size."""
     from timm_asap.data import is_fashion_mnist
     from timm_asap.evaluation import create_eval_dataset, load_images
     from timm_asap.evaluation.wrapper import model_input_info
     info = model_input_info(model)
-    img_size = info['input_size'][-1] if info['input_size'] else 224
+    img_size = img_size or (info['input_size'][-1] if info['input_size'] else 224)
     in_chans = info['in_chans'] or 3
     crop_pct = 1.0 if is_fashion_mnist(dataset) else float(info.get('crop_pct') or 1.0)
     ds = create_eval_dataset(dataset, data_dir, split, img_size, crop_pct, info.get('interpolation') or 'bilinear',

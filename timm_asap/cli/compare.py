@@ -68,7 +68,7 @@ def add_model_arguments(p: argparse.ArgumentParser, what: str) -> None:
     g.add_argument('--std', type=float, nargs='+', default=None)
     g.add_argument('--pool-args', default=None, metavar='YAML',
                    help="further asapify arguments, e.g. '{mode: reference}' or '{padding: large}'")
-    g.add_argument('--batch-size', type=_positive, default=None)
+    g.add_argument('--img-size', type=_positive, default=None, help="input size (default: the model's pretrained_cfg)")
     g.add_argument('--device', default='auto', help="'auto' (CUDA when present), 'cpu', 'cuda', ...")
     g.add_argument('--workers', type=int, default=0, help='DataLoader workers reading images')
     g.add_argument('--seed', type=int, default=0, help='seed of the random image subsets')
@@ -80,7 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION,
                                 epilog='Exit status: 0 done, 2 bad arguments/model/data, 3 Hub unreachable.')
     add_model_arguments(p, 'the base model')
-    p.add_argument('--pool', choices=('asap', 'flc'), default='asap', help='the pooling it is converted to')
+    p.add_argument('--pool', choices=('asap', 'flc'), default=None,
+                   help='the pooling a copy of the base is converted to (default: asap)')
+    p.add_argument('--converted', default=None, metavar='NAME[@CHECKPOINT]',
+                   help='compare this converted model (e.g. one written by timm-asap repair or fine-tuned) instead of '
+                        "converting the base; it takes the base's model arguments and normalisation")
+    p.add_argument('--batch-size', type=_positive, default=128, help='images per forward pass')
     p.add_argument('--amp', choices=AMP_CHOICES, default='none',
                    help="inference precision (default: none, float32)")
     g = p.add_argument_group('data')
@@ -95,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--repair-split', default='train', help='split of --dataset the repair images come from')
     g.add_argument('--repair-dir', default=None, metavar='DIR',
                    help='an image folder to repair with instead (all its images unless --repair-images)')
+    g.add_argument('--repair-batch-size', type=_positive, default=64,
+                   help='images per batch of the repair (its estimate averages per-batch statistics)')
     p.add_argument('--json', default=None, metavar='PATH', help='also write the numbers to this JSON file')
     return p
 
@@ -139,41 +146,54 @@ def _run(args) -> int:
     from timm_asap.models import recalibrate_norm
     from timm_asap.runtime import resolve_amp, resolve_device
 
-    from ._models import converted_copy, load_classifier, read_images, yaml_dict
+    from timm_asap.models import is_converted
+
+    from ._models import base_model_args, converted_copy, load_classifier, normalisation, read_images, yaml_dict
 
     _check_json_target(args.json)
     device = resolve_device(args.device)
     resolve_amp(device, args.amp)
     pool_args = yaml_dict(args.pool_args, '--pool-args')
     base = load_classifier(args.model, yaml_dict(args.model_args, '--model-args'), args.mean, args.std)
-    converted = converted_copy(base, args.pool, pool_args)
+    if args.converted is None:
+        converted = converted_copy(base, args.pool or 'asap', pool_args)
+        how = f"converted to {(args.pool or 'asap').upper()} ({pool_args or 'default options'})"
+    else:
+        if args.pool is not None or pool_args:
+            raise ValueError("--pool and --pool-args convert the base; a --converted model brings its own pooling")
+        converted = load_classifier(args.converted, base_model_args(base), normalisation(base.model, 'mean'),
+                                    normalisation(base.model, 'std'))
+        if not is_converted(converted.model.model):
+            raise ValueError(f"--converted {args.converted} ({converted.architecture}) has no spectral pooling")
+        how = f"against {args.converted}"
     images = read_images(base.model, args.dataset, args.data_dir, args.split, args.count, args.seed, args.workers,
-                         args.progress)
-    batch_size = args.batch_size or 128
-    common = dict(batch_size=batch_size, device=device, amp=args.amp, progress=args.progress)
+                         args.progress, args.img_size)
+    common = dict(batch_size=args.batch_size, device=device, amp=args.amp, progress=args.progress)
     zero = compare_models(base.model, converted.model, images, **common)
-    rows = [_row(f"base ({base.architecture})", zero, 'base'), _row(f"{converted.architecture}, zero-shot", zero,
-                                                                    'converted')]
+    label = f"{converted.architecture}, zero-shot" if args.converted is None else args.converted
+    rows = [_row(f"base ({base.architecture})", zero, 'base'), _row(label, zero, 'converted')]
     repair = None
     if args.repair_images is not None or args.repair_dir is not None:
         if args.repair_dir is not None:
             source = ('folder', args.repair_dir, args.repair_split)
         else:
             source = (args.dataset, args.data_dir, args.repair_split)
-        train = read_images(base.model, *source, args.repair_images, args.seed, args.workers, args.progress)
-        repaired = recalibrate_norm(copy.deepcopy(converted.model).to(device), train.float(), batch_size=batch_size,
-                                    progress=args.progress)
-        repair = {'images': len(train), 'source': train.name, 'batch_size': batch_size}
+        train = read_images(base.model, *source, args.repair_images, args.seed, args.workers, args.progress,
+                            args.img_size)
+        repaired = recalibrate_norm(copy.deepcopy(converted.model).to(device), train.float(),
+                                    batch_size=args.repair_batch_size, progress=args.progress)
+        repair = {'images': len(train), 'source': train.name, 'seed': args.seed, 'batch_size': args.repair_batch_size}
         result = compare_models(base.model, repaired.eval(), images, **common)
-        rows.append(_row(f"{converted.architecture}, BatchNorm re-estimated on {len(train)} images of {train.name}",
-                         result, 'converted'))
-    print(f"{args.model} converted to {args.pool.upper()} ({pool_args or 'default options'}): "
+        rows.append(_row(f"{label.removesuffix(', zero-shot')}, BatchNorm re-estimated on {len(train)} images of "
+                         f"{train.name}", result, 'converted'))
+    print(f"{args.model} {how}: "
           f"{len(images)} images of {images.name}, {args.amp if args.amp != 'none' else 'float32'}")
     print(compare_table(rows))
     print("(± binomial standard error over the images; agreement: share of images where both predict the same class)")
     if args.json:
         payload = {'written_by': WRITTEN_BY, 'base': args.model, 'architecture': base.architecture,
-                   'model_args': base.model_args, 'pool': args.pool, 'pool_args': pool_args,
+                   'model_args': base.model_args, 'converted': args.converted or converted.architecture,
+                   'pool': None if args.converted else (args.pool or 'asap'), 'pool_args': pool_args,
                    'images': {'source': images.name, 'count': len(images), 'seed': args.seed}, 'amp': args.amp,
                    'device': str(device), 'repair': repair, 'rows': rows, **library_versions()}
         atomic_write_text(args.json, json.dumps(payload, indent=2) + '\n')

@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 
 from ._errors import run_cli
-from .compare import _count, add_model_arguments, hub_statuses
+from .compare import _count, _positive, add_model_arguments, hub_statuses
 
 __all__ = ['main', 'build_parser', 'check_output', 'variant_kwargs', 'REPAIR_KEY']
 
@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 epilog='Exit status: 0 done, 2 bad arguments/model/data/output, 3 Hub unreachable.')
     add_model_arguments(p, 'the converted model (or, with --pool, the base model to convert)')
     p.add_argument('--pool', choices=('asap', 'flc'), default=None,
-                   help='convert the model (a base) to this pooling first; its <architecture>_<pool> must be registered')
+                   help='convert the model (a base) to this pooling first; its <architecture>_<pool> must be '
+                        'registered')
     g = p.add_argument_group('images (unlabeled; labels are ignored)')
     g.add_argument('--images', default=None, metavar='DIR', help='an image folder (files in class subfolders or not)')
     g.add_argument('--dataset', default='fashion_mnist', help="'fashion_mnist', 'folder' or a timm.data name")
@@ -53,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--split', default='train')
     g.add_argument('--count', type=_count, default=2000,
                    help="images used (a random subset; 'all': every one)")
+    p.add_argument('--batch-size', type=_positive, default=64,
+                   help='images per batch (the estimate averages per-batch statistics)')
     p.add_argument('--output', required=True, metavar='FILE.safetensors', help='where the repaired weights go')
     return p
 
@@ -77,7 +80,8 @@ def check_output(output: str, inputs: list[str]) -> None:
     from timm_asap.hub.integrity import read_safetensors_header
     path = Path(output)
     if path.suffix != '.safetensors':
-        raise ValueError(f"--output {output}: the repaired weights are written as safetensors; give a .safetensors path")
+        raise ValueError(f"--output {output}: the repaired weights are written as safetensors; give a .safetensors "
+                         "path")
     for source in inputs:
         if source and path.exists() and _same_file(path, source):
             raise ValueError(f"--output {output} is the model's input {source}; {PROG} never overwrites its input: "
@@ -115,13 +119,12 @@ def _run(args) -> int:
     from timm_asap.models import check_architecture, is_converted, recalibrate_norm, running_stat_layers
     from timm_asap.runtime import resolve_device
 
-    from ._models import converted_copy, load_classifier, read_images, yaml_dict
+    from ._models import converted_copy, load_classifier, normalisation, read_images, spec_weights, yaml_dict
 
-    check_output(args.output, [])  # before any work; the input's path is checked once it is known
+    check_output(args.output, [spec_weights(args.model)])  # before any work
     model_args = yaml_dict(args.model_args, '--model-args')
     pool_args = yaml_dict(args.pool_args, '--pool-args')
     given = load_classifier(args.model, model_args, args.mean, args.std)
-    check_output(args.output, [given.weights])
     if args.pool is not None:
         loaded = converted_copy(given, args.pool, pool_args)
         check_architecture(loaded.architecture, f"--pool {args.pool} of {given.architecture}")
@@ -139,12 +142,11 @@ def _run(args) -> int:
                          "GroupNorm normalise each sample on its own): there is nothing to repair")
     source = ('folder', args.images, args.split) if args.images is not None else (args.dataset, args.data_dir,
                                                                                    args.split)
-    images = read_images(loaded.model, *source, args.count, args.seed, args.workers, args.progress)
+    images = read_images(loaded.model, *source, args.count, args.seed, args.workers, args.progress, args.img_size)
     device = resolve_device(args.device)
-    batch_size = args.batch_size or 64
+    batch_size = args.batch_size
     recalibrate_norm(loaded.model.to(device), images.float(), batch_size=batch_size, progress=args.progress)
-    mean = [round(float(v), 6) for v in loaded.model.mean.flatten()]
-    std = [round(float(v), 6) for v in loaded.model.std.flatten()]
+    mean, std = normalisation(loaded.model, 'mean'), normalisation(loaded.model, 'std')
     record = {'model': args.model, 'pool': args.pool, 'pool_args': pool_args, 'images': len(images),
               'source': images.name, 'seed': args.seed, 'batch_size': batch_size, 'model_args': loaded.model_args,
               'mean': mean, 'std': std}

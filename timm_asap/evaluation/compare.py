@@ -89,8 +89,8 @@ def compare_models(base: nn.Module, converted: nn.Module, images, labels=None, *
         y = data.labels[start:start + batch_size]
         logits = {k: predict_logits(m, x, device, amp, chans[k]) for k, m in models.items()}
         if logits['base'].shape[1] != logits['converted'].shape[1]:
-            raise ValueError(f"compare_models: the base model predicts {logits['base'].shape[1]} classes, the converted "
-                             f"one {logits['converted'].shape[1]}")
+            raise ValueError(f"compare_models: the base model predicts {logits['base'].shape[1]} classes, the "
+                             f"converted one {logits['converted'].shape[1]}")
         for k in correct:
             correct[k] += topk_correct(logits[k], y, ks=(1,))[1]
         agree += int((logits['base'].argmax(1) == logits['converted'].argmax(1)).sum())

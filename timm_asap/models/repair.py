@@ -80,7 +80,8 @@ class _Batches:
                             f"(N, C, H, W) or an (images, labels...) tuple")
         if x.ndim != 4:
             hint = ' (one image needs a batch dimension: x[None])' if x.ndim == 3 else ''
-            raise ValueError(f"recalibrate_norm: {where} has shape {tuple(x.shape)}; expected (N, C, H, W) images{hint}")
+            raise ValueError(f"recalibrate_norm: {where} has shape {tuple(x.shape)}; expected (N, C, H, W) "
+                             f"images{hint}")
         if not x.is_floating_point():
             raise ValueError(f"recalibrate_norm: {where} is {x.dtype}; expected float images as the model takes them "
                              f"(normalised): convert and normalise them first")
@@ -114,8 +115,8 @@ def _folder_dataset(model: nn.Module, folder: str | os.PathLike, in_chans: int |
     config = resolve_data_config(model=model)
     chans = config['input_size'][0]
     if in_chans is not None and chans != in_chans:
-        raise ValueError(f"recalibrate_norm: the model takes {in_chans}-channel images but its pretrained_cfg describes "
-                         f"{chans}-channel inputs (input_size {tuple(config['input_size'])}, mean {config['mean']}); "
+        raise ValueError(f"recalibrate_norm: the model takes {in_chans}-channel images but its pretrained_cfg "
+                         f"describes {chans}-channel inputs (input_size {tuple(config['input_size'])}, mean {config['mean']}); "
                          f"load and normalise the images yourself and pass a tensor or a DataLoader")
     transform = create_transform(**config, is_training=False)
     try:
