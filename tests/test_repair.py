@@ -405,6 +405,19 @@ def test_compare_cli_bad_input_is_one_line(base_run, tmp_path, capsys, argv, wor
     assert (tmp_path / 'foreign.json').read_text() == '{"mine": true}'
 
 
+def test_repair_cli_refuses_a_model_without_batchnorm(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    from timm_asap.cli import repair
+    ckpt = tmp_path / 'convnext.safetensors'
+    save_file(timm.create_model('convnext_atto_asap', num_classes=3).state_dict(), ckpt)
+    status, _, err = _cli(repair, ['--model', f'convnext_atto_asap@{ckpt}', '--model-args', '{num_classes: 3}',
+                                   '--images', tmp_path, '--output', tmp_path / 'out.safetensors'], capsys)
+    assert status == 2
+    _one_line_error(err, 'timm-asap repair', 'convnext_atto_asap has no BatchNorm running statistics to re-estimate')
+    assert not (tmp_path / 'out.safetensors').exists()
+
+
 def test_the_commands_are_listed(capsys):
     from timm_asap.cli.main import main
     assert main([]) == 0

@@ -12,7 +12,7 @@ import yaml
 from torch import nn
 
 __all__ = ['LoadedModel', 'load_classifier', 'converted_copy', 'read_images', 'yaml_dict', 'base_model_args',
-           'normalisation', 'spec_weights']
+           'normalisation', 'spec_weights', 'float_batches']
 
 _logger = logging.getLogger(__name__)
 
@@ -196,3 +196,10 @@ def read_images(model: nn.Module, dataset: str, data_dir: str | None, split: str
                              in_chans)
     name = f"{dataset or 'folder'}:{split}" if data_dir is None or is_fashion_mnist(dataset) else f"{data_dir}:{split}"
     return load_images(ds, count, seed=seed, workers=workers, name=name, progress=progress)
+
+
+def float_batches(images, batch_size: int):
+    """The uint8 images of an :class:`~timm_asap.evaluation.EvalImages` as [0, 1] float batches, made one at a
+    time (the whole set as floats would take four times its memory)."""
+    for start in range(0, len(images), batch_size):
+        yield images.images[start:start + batch_size].float().div_(255)

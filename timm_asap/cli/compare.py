@@ -148,7 +148,9 @@ def _run(args) -> int:
 
     from timm_asap.models import is_converted
 
-    from ._models import base_model_args, converted_copy, load_classifier, normalisation, read_images, yaml_dict
+    from ._models import (
+        base_model_args, converted_copy, float_batches, load_classifier, normalisation, read_images, yaml_dict,
+    )
 
     _check_json_target(args.json)
     device = resolve_device(args.device)
@@ -180,8 +182,8 @@ def _run(args) -> int:
             source = (args.dataset, args.data_dir, args.repair_split)
         train = read_images(base.model, *source, args.repair_images, args.seed, args.workers, args.progress,
                             args.img_size)
-        repaired = recalibrate_norm(copy.deepcopy(converted.model).to(device), train.float(),
-                                    batch_size=args.repair_batch_size, progress=args.progress)
+        repaired = recalibrate_norm(copy.deepcopy(converted.model).to(device),
+                                    float_batches(train, args.repair_batch_size), progress=args.progress)
         repair = {'images': len(train), 'source': train.name, 'seed': args.seed, 'batch_size': args.repair_batch_size}
         result = compare_models(base.model, repaired.eval(), images, **common)
         rows.append(_row(f"{label.removesuffix(', zero-shot')}, BatchNorm re-estimated on {len(train)} images of "

@@ -119,7 +119,9 @@ def _run(args) -> int:
     from timm_asap.models import check_architecture, is_converted, recalibrate_norm, running_stat_layers
     from timm_asap.runtime import resolve_device
 
-    from ._models import converted_copy, load_classifier, normalisation, read_images, spec_weights, yaml_dict
+    from ._models import (
+        converted_copy, float_batches, load_classifier, normalisation, read_images, spec_weights, yaml_dict,
+    )
 
     check_output(args.output, [spec_weights(args.model)])  # before any work
     model_args = yaml_dict(args.model_args, '--model-args')
@@ -145,7 +147,7 @@ def _run(args) -> int:
     images = read_images(loaded.model, *source, args.count, args.seed, args.workers, args.progress, args.img_size)
     device = resolve_device(args.device)
     batch_size = args.batch_size
-    recalibrate_norm(loaded.model.to(device), images.float(), batch_size=batch_size, progress=args.progress)
+    recalibrate_norm(loaded.model.to(device), float_batches(images, batch_size), progress=args.progress)
     mean, std = normalisation(loaded.model, 'mean'), normalisation(loaded.model, 'std')
     record = {'model': args.model, 'pool': args.pool, 'pool_args': pool_args, 'images': len(images),
               'source': images.name, 'seed': args.seed, 'batch_size': batch_size, 'model_args': loaded.model_args,

@@ -177,7 +177,9 @@ def recalibrate_norm(model: nn.Module, data, *, num_images: int | None = None, b
     ``BatchNormAct2d``, ...) that tracks running statistics is re-estimated; nothing else changes: weights,
     biases, other buffers and every module's train/eval mode are as before (``num_batches_tracked`` counts
     the batches of this pass). Dropout and drop-path layers are active during the pass, as in training,
-    when the statistics were first estimated.
+    when the statistics were first estimated. ``SyncBatchNorm`` under an initialised process group
+    synchronises the batch statistics across processes, as in training: every process must then pass the
+    same number of batches.
 
     ``model`` itself is modified in place and returned: to keep a model unchanged, pass a copy
     (``copy.deepcopy``). A base model that ``model`` was converted from by ``asapify(copy.deepcopy(base))``
