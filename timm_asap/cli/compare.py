@@ -143,10 +143,8 @@ def _run(args) -> int:
     from timm_asap._files import atomic_write_text
     from timm_asap.evaluation import compare_models
     from timm_asap.evaluation._deps import library_versions
-    from timm_asap.models import recalibrate_norm
+    from timm_asap.models import is_converted, recalibrate_norm
     from timm_asap.runtime import resolve_amp, resolve_device
-
-    from timm_asap.models import is_converted
 
     from ._models import (
         base_model_args, converted_copy, float_batches, load_classifier, normalisation, read_images, yaml_dict,
@@ -154,7 +152,7 @@ def _run(args) -> int:
 
     _check_json_target(args.json)
     device = resolve_device(args.device)
-    resolve_amp(device, args.amp)
+    precision = resolve_amp(device, args.amp)
     pool_args = yaml_dict(args.pool_args, '--pool-args')
     base = load_classifier(args.model, yaml_dict(args.model_args, '--model-args'), args.mean, args.std)
     if args.converted is None:
@@ -189,7 +187,7 @@ def _run(args) -> int:
         rows.append(_row(f"{label.removesuffix(', zero-shot')}, BatchNorm re-estimated on {len(train)} images of "
                          f"{train.name}", result, 'converted'))
     print(f"{args.model} {how}: "
-          f"{len(images)} images of {images.name}, {args.amp if args.amp != 'none' else 'float32'}")
+          f"{len(images)} images of {images.name}, {str(precision).replace('torch.', '') if precision else 'float32'}")
     print(compare_table(rows))
     print("(± binomial standard error over the images; agreement: share of images where both predict the same class)")
     if args.json:
