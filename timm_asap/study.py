@@ -37,6 +37,7 @@ import torch
 
 from ._files import atomic_path, atomic_write_text
 from .config import RunConfig, apply_overrides, load_config
+from .evaluation.summary import standard_error
 from .models.weight_tags import HUB_ORG
 from .runtime import amp_context, resolve_amp, resolve_device
 from .study_conversion import Arm, arm_config, conversion_arms, converted_model, cost_rows, cost_table, goal_check, repaired_model
@@ -326,15 +327,6 @@ def _headline(rows: list[dict]) -> dict[str, dict[str, tuple[float, int | None]]
         elif task == 'shift':
             m['shift consistency'] = (r['consistency'], n)
     return out
-
-
-def standard_error(percent: float, n: int | None) -> float | None:
-    """Binomial standard error (in %) of a rate measured on ``n`` images (for a mean over corruptions, which
-    are correlated per image, an upper bound); None without a count."""
-    if not n:
-        return None
-    p = min(max(percent / 100.0, 0.0), 1.0)
-    return 100.0 * math.sqrt(p * (1 - p) / n)
 
 
 def study_table(per_seed: dict[int, list[dict]]) -> tuple[str, list[dict]]:

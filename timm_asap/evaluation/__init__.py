@@ -5,6 +5,7 @@ textures for corruptions) are imported on first use; a missing one raises an Imp
 ``pip install 'timm-asap[eval]'``.
 """
 from .attacks import ATTACKS, AUTOATTACK_COMPONENTS, NORMS, AttackSpec, check_eps, evaluate_attacks, parse_eps, run_attack
+from .compare import compare_models
 from .corruptions import (
     ALL_CORRUPTIONS, CORRUPTION_GROUPS, CORRUPTIONS, EXTRA_CORRUPTIONS, PROTOCOLS, SEVERITIES, check_corruptions,
     check_severities, corrupt)
@@ -18,7 +19,7 @@ from .summary import ALEXNET_ERR, corruption_summary
 from .wrapper import NormalizedModel, check_eval_mode, create_eval_model, wrap_model
 
 __all__ = [
-    'evaluate_models', 'EvalOptions', 'build_attack_specs', 'write_artefacts',
+    'evaluate_models', 'EvalOptions', 'compare_models', 'build_attack_specs', 'write_artefacts',
     'evaluate_clean', 'evaluate_corruptions', 'evaluate_attacks', 'run_attack', 'evaluate_shift_consistency',
     'aliasing_view', 'corruption_summary',
     'corrupt', 'CORRUPTIONS', 'EXTRA_CORRUPTIONS', 'ALL_CORRUPTIONS', 'CORRUPTION_GROUPS', 'SEVERITIES', 'PROTOCOLS',

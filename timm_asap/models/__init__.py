@@ -4,7 +4,8 @@ Importing this package registers ``<base>_asap``/``<base>_flc`` for the supporte
 (:mod:`timm_asap.models.asap_timm`) and the CIFAR-size families ``resnet18_cifar``,
 ``preactresnet18``, ``wide_resnet28_10`` with their variants (:mod:`timm_asap.models.asap_cifar`).
 Their weight tags are declared in :mod:`timm_asap.models.weight_tags`; every lookup here
-(:func:`list_variants`, :func:`is_loadable`, ...) reads timm's registry.
+(:func:`list_variants`, :func:`is_loadable`, ...) reads timm's registry. :func:`recalibrate_norm`
+(:mod:`timm_asap.models.repair`) re-estimates a converted model's BatchNorm statistics from unlabeled images.
 """
 from . import asap_cifar, asap_timm  # noqa: F401  (register the architectures with timm)
 from .._deprecation import deprecated_getattr
@@ -16,6 +17,7 @@ from .convert import (
     pool_kwarg_names, pooling_signature, spectral_pool_modules,
 )
 from .creation import WeightsNotAvailableError
+from .repair import recalibrate_norm, running_stat_layers
 from .registry import (
     UnknownModelError, Variant, base_architecture, check_architecture, check_model_name, get_variant, is_loadable,
     is_variant,
@@ -26,6 +28,7 @@ from .weight_tags import HUB_ORG, PAPER_IDS, WEIGHT_TAGS, WeightTag
 __all__ = [
     'asapify', 'plan_conversion', 'StridedOp', 'ConversionError', 'PooledConvMixin', 'SpectralDownsample',
     'is_converted', 'spectral_pool_modules', 'pooling_signature', 'pool_kwarg_names',
+    'recalibrate_norm', 'running_stat_layers',
     'BASE_ARCHITECTURES', 'CIFAR_ARCHITECTURES', 'CifarResNet', 'PreActBlock', 'PreActResNet',
     'HUB_ORG', 'PAPER_IDS', 'WEIGHT_TAGS', 'WeightTag', 'Variant', 'WeightsNotAvailableError', 'UnknownModelError',
     'check_model_name', 'check_architecture', 'list_variants', 'get_variant', 'is_variant', 'base_architecture', 'is_loadable',
