@@ -28,7 +28,7 @@ from ..config import RUN_CONFIG_FILE, ConfigError, RunConfig, apply_overrides, f
 from ..version import __version__
 from .._files import atomic_write_text, replace_dir, staging_dir
 from .card import build_model_card
-from .config_model import check_pooling, create_model_from_config
+from .config_model import check_pooling, create_model_from_config, model_kwargs
 from .errors import HubPublishError, IntegrityError, MissingEvaluationError
 from ..models.weight_tags import paper_ids
 from .image_processor import IMAGE_PROCESSOR_NAME
@@ -258,7 +258,8 @@ def build_hub_folder(model: nn.Module, cfg: RunConfig, output_dir: str | Path, *
     output_dir = Path(output_dir)
     with staging_dir(output_dir) as tmp:
         save_safetensors(model.state_dict(), tmp / WEIGHTS_NAME,
-                         metadata={**weights_metadata(model, cfg.model.architecture), 'timm_asap': __version__})
+                         metadata={**weights_metadata(model, cfg.model.architecture, model_kwargs(cfg)),
+                                   'timm_asap': __version__})
         config = hub_config_json(model, cfg, tmp / CONFIG_NAME, label_names)
         save_config(cfg, tmp / RUN_CONFIG_NAME)
         plots = []
