@@ -210,3 +210,27 @@ def test_a_damaged_base_file_is_refused_naming_it(base, tmp_path):
     bad.write_bytes(bytes(blob))
     with pytest.raises(ConfigError, match=r"damaged.safetensors: tensor data sha256 .* the file is corrupted"):
         resolve_base(str(bad))
+
+
+def test_other_normalisation_than_the_base_is_reported(base, caplog):
+    _, run, _, data = base
+    cfg = apply_overrides(load_config(RECIPE), _tiny(data) + [f'model.base={run}'])
+    with caplog.at_level('WARNING', logger='timm_asap.train.model'):
+        resolve_run_config_base(cfg)
+    assert not caplog.records  # the recipe normalises as the base was trained
+    with caplog.at_level('WARNING', logger='timm_asap.train.model'):
+        resolve_run_config_base(apply_overrides(cfg, ['data.mean=[0.5]']))
+    assert 'was trained with mean [0.286] / std [0.353], this run normalises with [0.5]' in caplog.text
+
+
+def test_card_names_a_hub_base_and_publishing_accepts_a_local_one(base, tmp_path):
+    from timm_asap.hub.card import base_model_repo
+    _, run, hub_folder, _ = base
+    assert base_model_repo('hf-hub:org/name@v1') == 'org/name'
+    assert base_model_repo('resnet50.tv_in1k') == 'timm/resnet50.tv_in1k'
+    for local in (str(run), str(run / 'model.safetensors'), f'local-dir:{hub_folder}', 'runs/missing'):
+        assert base_model_repo(local) is None, local
+    cfg = apply_overrides(load_config(RECIPE), [f'model.base={run}'])
+    H.check_publishable(cfg)  # a local base is named in the card text, not as card metadata
+    with pytest.raises(ConfigError, match="model.base: 'preactresnet18' is not a timm checkpoint with a Hub id"):
+        H.check_publishable(apply_overrides(cfg, ['model.base=preactresnet18']))
