@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / 'hub_configs' / 'convert_asap.fmnist.yaml'  # by path: the shipped name may resolve elsewhere
 BASE_ARGS = {'channels': [8, 16, 32, 64], 'stem_chs': 8, 'layers': [1, 1, 1, 1]}
 REPO = 'someone/preactresnet18_w8-fmnist'
-FORMS = ('run', 'file', 'lone-file', 'pth', 'local-dir', 'hf-hub')
+FORMS = ('run', 'older-run', 'file', 'lone-file', 'pth', 'local-dir', 'hf-hub')
 
 
 def recorded_args(form: str) -> dict:
@@ -77,6 +77,13 @@ def _base_value(form: str, base, tmp_path: Path, cache: Path) -> list[str]:
     root, run, hub_folder, _ = base
     if form == 'run':
         return [f'model.base={run}']
+    if form == 'older-run':  # written before weights recorded their model_args: the run's config.yaml has them
+        older = Path(shutil.copytree(run, tmp_path / 'older'))
+        meta = read_safetensors_header(run / 'model.safetensors')[1]
+        H.save_safetensors(load_file(run / 'model.safetensors'), older / 'model.safetensors',
+                           {k: v for k, v in meta.items() if k != MODEL_ARGS_KEY})
+        assert MODEL_ARGS_KEY not in read_safetensors_header(older / 'model.safetensors')[1]
+        return [f'model.base={older}']
     if form == 'file':
         return [f'model.base={run / "model.safetensors"}']
     if form == 'lone-file':  # no config.yaml beside it: the safetensors header says everything

@@ -166,47 +166,60 @@ def _run_config_of(path: Path) -> RunConfig | None:
         raise ConfigError(f"model.base {str(path)!r}: the run config beside it cannot be read: {e}") from None
 
 
-def _file_source(name: str, path: Path, named: str = '', kind: str = 'file') -> BaseSource:
-    """A weights file; its architecture from ``named`` (``model.base`` with ``model.base_file``), its
-    safetensors header or the run config beside it."""
-    key = 'model.base_file' if named else 'model.base'
-    if not path.is_file():
-        raise ConfigError(f"{key} {str(path)!r}: no such file")
-    meta = {}
-    if path.suffix == '.safetensors':
-        try:
-            verify_safetensors(path)
-            meta = read_safetensors_header(path)[1]
-        except IntegrityError as e:
-            raise ConfigError(f"{key}: {e}") from None
-    recorded = meta.get(ARCHITECTURE_KEY)
-    run = _run_config_of(path)
-    if run is not None and recorded and run.model.architecture != recorded:
-        run = None  # a config.yaml describing another model: not this file's
+def _file_header(path: Path, key: str) -> dict[str, str]:
+    """The safetensors header metadata of ``path`` after checking the file ({} for other formats)."""
+    if path.suffix != '.safetensors':
+        return {}
+    try:
+        verify_safetensors(path)
+        return read_safetensors_header(path)[1]
+    except IntegrityError as e:
+        raise ConfigError(f"{key}: {e}") from None
+
+
+def _file_architecture(name: str, path: Path, named: str, recorded: str | None, run: RunConfig | None) -> str:
+    """The architecture of a weights file: ``named`` (checked against the header), else the header's, else
+    that of the run config beside it."""
     if named:
         arch = _architecture(named, 'model.base', named)
         if recorded and recorded != arch:
             raise ConfigError(f"model.base_file {str(path)!r} holds weights of architecture {recorded!r} (its header "
                               f"records it), model.base names {arch!r}: name the architecture the weights were "
                               f"trained as")
-    else:
-        arch = recorded or (run.model.architecture if run is not None else '')
-        if not arch:
-            raise ConfigError(f"model.base {name!r}: the file does not record its architecture (no "
-                              f"'{ARCHITECTURE_KEY}' in a safetensors header, no {RUN_CONFIG_FILE} beside it): set "
-                              f"model.base to the architecture (e.g. preactresnet18) and model.base_file to the file")
-        arch = _architecture(arch, 'model.base', name)
+        return arch
+    arch = recorded or (run.model.architecture if run is not None else '')
+    if not arch:
+        raise ConfigError(f"model.base {name!r}: the file does not record its architecture (no "
+                          f"'{ARCHITECTURE_KEY}' in a safetensors header, no {RUN_CONFIG_FILE} beside it): set "
+                          f"model.base to the architecture (e.g. preactresnet18) and model.base_file to the file")
+    return _architecture(arch, 'model.base', name)
+
+
+def _file_args(name: str, meta: dict[str, str], run: RunConfig | None) -> tuple[dict, int | None, int | None]:
+    """(structure kwargs, num_classes, in_chans) a weights file records: its header, else its run config."""
     if MODEL_ARGS_KEY in meta:
         try:
-            args, num_classes, in_chans = _split_args(json.loads(meta[MODEL_ARGS_KEY]))
+            return _split_args(json.loads(meta[MODEL_ARGS_KEY]))
         except (json.JSONDecodeError, TypeError, ValueError):
             raise ConfigError(f"model.base {name!r}: header entry {MODEL_ARGS_KEY} is not a JSON object: "
                               f"{meta[MODEL_ARGS_KEY]!r}") from None
-    elif run is not None:
-        args, num_classes, in_chans = _split_args(run.model.model_args)
-        num_classes, in_chans = run.model.num_classes, run.model.in_chans
-    else:
-        args, num_classes, in_chans = {}, None, None
+    if run is not None:
+        return _split_args(run.model.model_args)[0], run.model.num_classes, run.model.in_chans
+    return {}, None, None
+
+
+def _file_source(name: str, path: Path, named: str = '', kind: str = 'file') -> BaseSource:
+    """A weights file; its architecture from ``named`` (``model.base`` with ``model.base_file``), its
+    safetensors header or the run config beside it."""
+    key = 'model.base_file' if named else 'model.base'
+    if not path.is_file():
+        raise ConfigError(f"{key} {str(path)!r}: no such file")
+    meta = _file_header(path, key)
+    run = _run_config_of(path)
+    arch = _file_architecture(name, path, named, meta.get(ARCHITECTURE_KEY), run)
+    if run is not None and run.model.architecture != arch:
+        run = None  # a config.yaml beside it that describes another model
+    args, num_classes, in_chans = _file_args(name, meta, run)
     pcfg = get_pretrained_cfg(named or arch)
     if num_classes is None:
         try:
