@@ -298,13 +298,23 @@ def test_hub_config_tags_carry_input_config_and_labels():
     assert not any(isinstance(m, (ASAP2d, FLC2d, PooledConvMixin)) for m in model.modules())
 
 
+def _shipped_configs() -> tuple[dict, dict]:
+    """The shipped configs split into weight-tag recipes (file ``<architecture>.<tag>.yaml``, named as the
+    tag they train) and templates for users' own runs (any other file name, e.g. ``convert_asap.fmnist``)."""
+    from timm_asap.config import list_hub_configs, load_config
+    configs = {name: load_config(path) for name, path in list_hub_configs().items()}
+    recipes = {name: cfg for name, cfg in configs.items() if cfg.name == name}
+    return recipes, {name: cfg for name, cfg in configs.items() if name not in recipes}
+
+
 def test_weight_tag_table_agrees_with_the_recipes():
     """The registry's table (WEIGHT_TAGS) and the training recipes (hub_configs/*.yaml) describe the same tags."""
-    from timm_asap.config import list_hub_configs, load_config
+    from timm_asap.config import list_hub_configs
     shipped = list_hub_configs()
-    assert set(shipped) == {t.name for t in M.WEIGHT_TAGS}
+    recipes, _ = _shipped_configs()
+    assert set(recipes) == {t.name for t in M.WEIGHT_TAGS}
     for t in M.WEIGHT_TAGS:
-        cfg = load_config(shipped[t.name])
+        cfg = recipes[t.name]
         m, d, h = cfg.model, cfg.data, cfg.hub
         assert (m.architecture, m.tag) == (t.architecture, t.tag)
         assert m.pool == M.get_variant(t.architecture).pool
@@ -317,6 +327,18 @@ def test_weight_tag_table_agrees_with_the_recipes():
         assert t.recipe == shipped[t.name].name
         if m.base:
             assert M.check_model_name(m.base) == M.base_architecture(t.name)
+
+
+def test_template_configs_are_not_weight_tags():
+    """A shipped template (a recipe for the user's own base) never claims a registered tag or its Hub repo,
+    names a registered architecture, and publishes nothing."""
+    _, templates = _shipped_configs()
+    assert 'convert_asap.fmnist' in templates
+    repos = {t.hf_hub_id for t in M.WEIGHT_TAGS}
+    for name, cfg in templates.items():
+        assert M.weight_tags.weight_tag(cfg.name) is None and cfg.hub.repo_id not in repos, name
+        assert cfg.hub.repo_id == f"{M.HUB_ORG}/{cfg.name}" and not cfg.hub.published, name
+        assert M.get_variant(cfg.model.architecture).pool == cfg.model.pool, name
 
 
 def test_fashion_mnist_labels_are_the_datasets():

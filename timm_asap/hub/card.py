@@ -7,7 +7,7 @@ from typing import Any
 import timm
 from huggingface_hub import EvalResult, ModelCardData
 
-from ..config import RunConfig
+from ..config import RunConfig, base_source_kind
 from ..data.fashion_mnist import FASHION_MNIST_NAMES
 from ..version import __version__
 from ..models import is_variant
@@ -70,13 +70,13 @@ def dataset_label(cfg: RunConfig) -> str:
 
 
 def base_model_repo(base: str) -> str | None:
-    """The Hub repo id of a base timm checkpoint (e.g. ``resnet50.tv_in1k`` -> ``timm/resnet50.tv_in1k``)."""
-    if not base:
+    """The Hub repo id of a base checkpoint (e.g. ``resnet50.tv_in1k`` -> ``timm/resnet50.tv_in1k``,
+    ``hf-hub:org/name@rev`` -> ``org/name``); None for local bases (a file, a run folder, ``local-dir:``)."""
+    kind = base_source_kind(base)
+    if kind == 'hf-hub':
+        return base[len('hf-hub:'):].partition('@')[0]
+    if kind != 'name':
         return None
-    if base.startswith('hf-hub:'):
-        return base[len('hf-hub:'):]
-    if '/' in base:
-        return base
     try:
         cfg = timm.models.get_pretrained_cfg(base, allow_unregistered=False)
     except (RuntimeError, ValueError, KeyError):

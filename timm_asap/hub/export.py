@@ -24,11 +24,12 @@ import timm
 import torch
 from torch import nn
 
-from ..config import RUN_CONFIG_FILE, ConfigError, RunConfig, apply_overrides, find_run_config, load_config, save_config
+from ..config import (RUN_CONFIG_FILE, ConfigError, RunConfig, apply_overrides, base_source_kind, find_run_config,
+                      load_config, save_config)
 from ..version import __version__
 from .._files import atomic_write_text, replace_dir, staging_dir
 from .card import build_model_card
-from .config_model import check_pooling, create_model_from_config
+from .config_model import check_pooling, create_model_from_config, model_kwargs
 from .errors import HubPublishError, IntegrityError, MissingEvaluationError
 from ..models.weight_tags import paper_ids
 from .image_processor import IMAGE_PROCESSOR_NAME
@@ -76,8 +77,9 @@ def check_publishable(cfg: RunConfig, repo_id: str | None = None) -> None:
 
     Needed: ``model.architecture`` and ``model.tag``; ``hub.repo_id`` (``<org>/<name>``), ``hub.license``
     and ``hub.datasets`` (card metadata); class names (``data.label_names``, implied for Fashion-MNIST
-    and ImageNet-1k); ``data.mean``/``data.std`` for a model that is not 3-channel; a ``model.base`` that
-    names a timm checkpoint, when given (card ``base_model``).
+    and ImageNet-1k); ``data.mean``/``data.std`` for a model that is not 3-channel; a ``model.base`` timm
+    name with a Hub id (card ``base_model``; a local base, a file, run folder or ``local-dir:``, has none
+    and is named in the card text only).
 
     Raises:
         ConfigError: listing every missing or wrong item.
@@ -101,7 +103,7 @@ def check_publishable(cfg: RunConfig, repo_id: str | None = None) -> None:
         problems.append(str(e))
     if cfg.model.in_chans != 3 and (cfg.data.mean is None or cfg.data.std is None):
         problems.append(f"data.mean/data.std: required for in_chans={cfg.model.in_chans}")
-    if cfg.model.base and base_model_repo(cfg.model.base) is None:
+    if base_source_kind(cfg.model.base) == 'name' and base_model_repo(cfg.model.base) is None:
         problems.append(f"model.base: {cfg.model.base!r} is not a timm checkpoint with a Hub id (card base_model)")
     if problems:
         raise ConfigError(f"{cfg.name or 'config'} cannot be published: " + '; '.join(problems))
@@ -258,7 +260,8 @@ def build_hub_folder(model: nn.Module, cfg: RunConfig, output_dir: str | Path, *
     output_dir = Path(output_dir)
     with staging_dir(output_dir) as tmp:
         save_safetensors(model.state_dict(), tmp / WEIGHTS_NAME,
-                         metadata={**weights_metadata(model, cfg.model.architecture), 'timm_asap': __version__})
+                         metadata={**weights_metadata(model, cfg.model.architecture, model_kwargs(cfg)),
+                                   'timm_asap': __version__})
         config = hub_config_json(model, cfg, tmp / CONFIG_NAME, label_names)
         save_config(cfg, tmp / RUN_CONFIG_NAME)
         plots = []

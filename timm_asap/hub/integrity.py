@@ -21,7 +21,8 @@ from ..models.convert import pooling_signature
 from ..models.registry import check_architecture
 from .errors import IntegrityError
 
-__all__ = ['WEIGHTS_NAME', 'CONFIG_NAME', 'DIGEST_KEY', 'ARCHITECTURE_KEY', 'POOLING_KEY', 'PICKLE_SUFFIXES',
+__all__ = ['WEIGHTS_NAME', 'CONFIG_NAME', 'DIGEST_KEY', 'ARCHITECTURE_KEY', 'POOLING_KEY', 'MODEL_ARGS_KEY',
+           'PICKLE_SUFFIXES',
            'save_safetensors', 'read_safetensors_header', 'verify_safetensors', 'load_safetensors', 'read_config_json',
            'config_model', 'expected_state_shapes', 'weights_metadata', 'check_recorded_model', 'check_weights_match_config',
            'state_shape_mismatch', 'verify_hub_folder']
@@ -32,6 +33,7 @@ DIGEST_KEY = 'timm_asap.data_sha256'
 PICKLE_SUFFIXES = ('.bin', '.pt', '.pth', '.pkl', '.pickle', '.ckpt', '.tar')
 ARCHITECTURE_KEY = 'architecture'
 POOLING_KEY = 'timm_asap.pooling'
+MODEL_ARGS_KEY = 'timm_asap.model_args'  # JSON of the timm.create_model kwargs that rebuild the model
 
 
 def _cpu_tensors(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -207,14 +209,23 @@ def expected_state_shapes(config: dict[str, Any], source: str | None = None) -> 
     return {k: tuple(v.shape) for k, v in config_model(config, source).state_dict().items()}
 
 
-def weights_metadata(model: torch.nn.Module, architecture: str) -> dict[str, str]:
-    """What a weights file records about the model it holds: the architecture and its spectral pooling.
+def weights_metadata(model: torch.nn.Module, architecture: str, model_args: dict[str, Any] | None = None) -> dict[str, str]:
+    """What a weights file records about the model it holds: the architecture, its spectral pooling and,
+    when given, the ``timm.create_model`` kwargs that rebuild it.
 
     Two architectures (or pooling options) can share every state-dict name and shape, e.g.
     ``resnet18_cifar_asap`` and ``resnet18_cifar_flc``: the checked loaders compare these entries with
-    the config.json so such a mix-up is an error, not a silently different model.
+    the config.json so such a mix-up is an error, not a silently different model. ``model_args`` (e.g.
+    ``num_classes``, ``in_chans``, the ``channels`` of a narrowed network) make the file usable on its
+    own, e.g. as the base checkpoint of a fine-tuning run; kwargs that are not JSON-safe are not recorded.
     """
-    return {ARCHITECTURE_KEY: architecture, POOLING_KEY: json.dumps(pooling_signature(model))}
+    meta = {ARCHITECTURE_KEY: architecture, POOLING_KEY: json.dumps(pooling_signature(model))}
+    if model_args is not None:
+        try:
+            meta[MODEL_ARGS_KEY] = json.dumps(model_args, sort_keys=True)
+        except (TypeError, ValueError):
+            pass  # e.g. a layer class as a kwarg: the run's config.yaml is then the only record
+    return meta
 
 
 def check_recorded_model(weights_path: str | Path, architecture: str, model: torch.nn.Module, named_in: str) -> None:

@@ -8,7 +8,9 @@ and ``timm.is_model_pretrained()`` list exactly what can be downloaded; ``pretra
 unpublished tag raises :class:`~timm_asap.models.WeightsNotAvailableError`.
 
 The training recipes that produce these weights are ``hub_configs/<architecture>.<tag>.yaml``
-(read by the fine-tuning tool only; a test checks that every recipe agrees with its entry here).
+(read by the fine-tuning tool only; a test checks that every recipe agrees with its entry here). A shipped
+config under any other file name (``convert_asap.fmnist.yaml``) is a template for users' own runs and
+claims no tag.
 Publishing a tag means setting ``published=True`` here once its Hub repository exists.
 
 Example:

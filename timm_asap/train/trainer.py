@@ -39,6 +39,7 @@ import torch
 from timm.utils import random_seed
 
 from ..config import RUN_CONFIG_FILE, RunConfig, config_from_dict, load_config, save_config
+from ..hub.config_model import model_kwargs
 from ..hub.integrity import weights_metadata
 from . import resume as _resume
 from .build import Parts, build_parts
@@ -46,6 +47,7 @@ from .checkpoint import load_run_checkpoint, save_weights, set_rng_state
 from .distributed import DistEnv, init_distributed
 from .errors import RunExistsError, TrainingInterrupted
 from .loop import EpochLoop, TrainState
+from .model import resolve_run_config_base
 from .records import RunLogFile, RunRecords, load_results
 from .resume import NON_SEMANTIC, Progress, config_differences
 from .signals import SignalCatcher
@@ -115,7 +117,7 @@ def _export(cfg: RunConfig, parts: Parts, progress: Progress, env: DistEnv, out:
         else:
             weights = parts.model.state_dict()
         save_weights(weights, out / 'model.safetensors', metadata={
-            **weights_metadata(parts.model, cfg.model.architecture), 'name': cfg.name, 'export': kind,
+            **weights_metadata(parts.model, cfg.model.architecture, model_kwargs(cfg)), 'name': cfg.name, 'export': kind,
             'epoch': str(epoch)})
         save_config(cfg, out / RUN_CONFIG_FILE)
         _logger.info(f"finished {cfg.name}: exported {kind} weights (epoch {epoch}) to {out / 'model.safetensors'}")
@@ -127,8 +129,9 @@ def finetune(cfg: RunConfig, output_dir: str | Path, *, resume: str | Path | boo
              callbacks: Sequence[Callable[[TrainState], None]] = (), handle_signals: bool = True) -> dict[str, Any]:
     """Fine-tune ``cfg`` into ``output_dir`` and return its metrics (what ``metrics.json`` holds).
 
-    A fresh run builds ``model.architecture``, loads ``model.base``'s timm weights into it (zero-shot
-    conversion), and trains with the ``train`` recipe. Launched by torchrun, every process calls this;
+    A fresh run builds ``model.architecture``, loads ``model.base``'s weights into it (zero-shot
+    conversion; the base may be a timm name, ``hf-hub:``/``local-dir:``, a weights file or a run folder,
+    see :mod:`timm_asap.train.model`), and trains with the ``train`` recipe. Launched by torchrun, every process calls this;
     the process group is joined from the environment (NCCL on CUDA, gloo on CPU).
 
     Args:
@@ -157,6 +160,7 @@ def finetune(cfg: RunConfig, output_dir: str | Path, *, resume: str | Path | boo
         TrainingInterrupted: a signal stopped the run after writing ``last.pth``.
     """
     cfg = config_from_dict(cfg.to_dict())  # validated private copy
+    cfg = resolve_run_config_base(cfg)[0]  # the base's recorded model_args join the run's (fresh or resumed)
     out = Path(output_dir)
     signals = SignalCatcher(handle_signals)
     env = init_distributed(device)
@@ -259,6 +263,7 @@ def ensure_finetuned(cfg: RunConfig, output_dir: str | Path, **kwargs) -> dict[s
     """
     if 'resume' in kwargs:
         raise TypeError("ensure_finetuned decides about resuming itself; do not pass resume")
+    cfg = resolve_run_config_base(cfg)[0]  # compared as finetune saves it: with the base's model_args
     if check_reusable(cfg, output_dir, unfinished=False) == 'finished':
         _logger.info(f"{output_dir}: finished run found, not training again")
         return load_results(output_dir)
