@@ -23,6 +23,7 @@ import yaml
 
 from ._files import atomic_write_text
 from .layers.band import MODES, POOLS
+from .models.convert import POOL_POSITIONS
 
 __all__ = [
     'ConfigError', 'ModelConfig', 'DataConfig', 'DistillConfig', 'TrainConfig', 'HubConfig', 'RunConfig',
@@ -63,6 +64,10 @@ class ModelConfig:
         pool: ``asap``, ``flc`` or ``none`` (the baseline without spectral pooling); fine-tuning checks it
             against the pooling layers of the built model.
         mode: pooling band rule, ``centered`` or ``reference`` (checked likewise).
+        pool_position: where the pooling goes for strided convolutions: ``before`` (the paper's placement:
+            pool, then the op at stride 1) or ``after`` (the op at stride 1, then the pooling: each kernel
+            keeps the input extent the base weights were trained on, at stride² times that op's
+            multiply-adds); checked likewise. Only ``before`` with ``pool: none``.
         num_classes: classifier outputs.
         in_chans: input channels.
         img_size: training and evaluation resolution (square).
@@ -75,6 +80,7 @@ class ModelConfig:
     base_file: str = ''
     pool: str = 'asap'
     mode: str = 'centered'
+    pool_position: str = 'before'
     num_classes: int = 1000
     in_chans: int = 3
     img_size: int = 224
@@ -307,6 +313,10 @@ class RunConfig:
         """Check value ranges and choices (types are checked on load)."""
         _choice('model.pool', self.model.pool, (*POOLS, 'none'))
         _choice('model.mode', self.model.mode, MODES)
+        _choice('model.pool_position', self.model.pool_position, POOL_POSITIONS)
+        if self.model.pool == 'none' and self.model.pool_position != 'before':
+            raise ConfigError(f"model.pool_position: {self.model.pool_position!r} places spectral pooling, but "
+                              f"model.pool is 'none' (no pooling to place); leave pool_position at 'before'")
         _choice('train.amp_dtype', self.train.amp_dtype, ('bfloat16', 'float16', 'float32'))
         _choice('train.export', self.train.export, ('best', 'last', 'ema'))
         _choice('train.dist_bn', self.train.dist_bn, ('reduce', 'broadcast', 'none'))

@@ -185,11 +185,16 @@ def hub_config_json(model: nn.Module, cfg: RunConfig, path: str | Path,
         raise HubPublishError(f"config.json for {cfg.name}: {e}") from e
     config = json.loads(Path(path).read_text())
     model_args = {k: v for k, v in (config.get('model_args') or {}).items() if k not in ('num_classes', 'pretrained')}
-    if cfg.model.pool != 'none':  # the band mode is not visible in the weights: loaders must be told
+    if cfg.model.pool != 'none':  # band mode and placement are not visible in the weights: loaders must be told
         model_args.setdefault('pool_mode', cfg.model.mode)
         if model_args['pool_mode'] != cfg.model.mode:
             raise HubPublishError(f"model.mode is {cfg.model.mode!r} but the model was built with "
                                   f"pool_mode={model_args['pool_mode']!r}")
+        if cfg.model.pool_position != 'before':  # the default placement is left out: configs stay as they were
+            model_args.setdefault('pool_position', cfg.model.pool_position)
+        if model_args.get('pool_position', 'before') != cfg.model.pool_position:
+            raise HubPublishError(f"model.pool_position is {cfg.model.pool_position!r} but the model was built with "
+                                  f"pool_position={model_args['pool_position']!r}")
     config['model_args'] = _json_safe(model_args, 'model_args')
     pcfg = config['pretrained_cfg']
     pcfg['tag'] = cfg.model.tag or pcfg.get('tag')
@@ -203,14 +208,15 @@ def hub_config_json(model: nn.Module, cfg: RunConfig, path: str | Path,
     pcfg['description'] = f"{cfg.model.architecture} {pooling}" + (f", fine-tuned from {cfg.model.base}"
                                                                   if cfg.model.base else '')
     pcfg.pop('origin_url', None)  # the base checkpoint's origin, not this model's
-    pcfg['notes'] = [f"pool={cfg.model.pool} mode={cfg.model.mode}"] + (
+    placement = f" pool_position={cfg.model.pool_position}" if cfg.model.pool_position != 'before' else ''
+    pcfg['notes'] = [f"pool={cfg.model.pool} mode={cfg.model.mode}{placement}"] + (
         [f"initialised from {cfg.model.base}"] if cfg.model.base else ['trained from random initialisation'])
     config['pretrained_cfg'] = {k: v for k, v in pcfg.items() if v is not None or k in ('pool_size', 'first_conv',
                                                                                           'classifier')}
     if cfg.model.in_chans == 1:  # transformers' pipeline hands over RGB: name our grey-converting processor
         config['image_processor_type'] = IMAGE_PROCESSOR_NAME
     config['timm_asap'] = {'version': __version__, 'pool': cfg.model.pool, 'mode': cfg.model.mode,
-                           'base': cfg.model.base or None}
+                           'pool_position': cfg.model.pool_position, 'base': cfg.model.base or None}
     if config['architecture'] != cfg.model.architecture:
         raise HubPublishError(f"config.json architecture {config['architecture']!r} differs from "
                               f"model.architecture {cfg.model.architecture!r}")
@@ -256,7 +262,7 @@ def build_hub_folder(model: nn.Module, cfg: RunConfig, output_dir: str | Path, *
         raise ConfigError(f"model.num_classes: the model has {num_classes} classes, the config says "
                           f"{cfg.model.num_classes}")
     label_names = resolve_label_names(cfg, num_classes)
-    check_pooling(model, cfg.model.pool, cfg.model.mode, repr(cfg.model.architecture))
+    check_pooling(model, cfg.model.pool, cfg.model.mode, repr(cfg.model.architecture), cfg.model.pool_position)
     output_dir = Path(output_dir)
     with staging_dir(output_dir) as tmp:
         save_safetensors(model.state_dict(), tmp / WEIGHTS_NAME,

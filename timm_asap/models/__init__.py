@@ -13,8 +13,8 @@ from ._deprecated import REPLACEMENTS as _DEPRECATED
 from .asap_cifar import CIFAR_ARCHITECTURES, CifarResNet, PreActBlock, PreActResNet
 from .asap_timm import BASE_ARCHITECTURES
 from .convert import (
-    ConversionError, PooledConvMixin, SpectralDownsample, StridedOp, asapify, is_converted, plan_conversion,
-    pool_kwarg_names, pooling_signature, spectral_pool_modules,
+    POOL_POSITIONS, ConversionError, PooledConvMixin, SpectralDownsample, StridedOp, asapify, is_converted,
+    plan_conversion, pool_kwarg_names, pool_position_of, pooling_signature, spectral_pool_modules,
 )
 from .creation import WeightsNotAvailableError
 from .repair import recalibrate_norm, running_stat_layers
@@ -27,8 +27,8 @@ from .weight_tags import HUB_ORG, PAPER_IDS, WEIGHT_TAGS, WeightTag
 
 __all__ = [
     'asapify', 'plan_conversion', 'StridedOp', 'ConversionError', 'PooledConvMixin', 'SpectralDownsample',
-    'is_converted', 'spectral_pool_modules', 'pooling_signature', 'pool_kwarg_names',
-    'recalibrate_norm', 'running_stat_layers',
+    'is_converted', 'spectral_pool_modules', 'pooling_signature', 'pool_kwarg_names', 'POOL_POSITIONS',
+    'pool_position_of', 'recalibrate_norm', 'running_stat_layers',
     'BASE_ARCHITECTURES', 'CIFAR_ARCHITECTURES', 'CifarResNet', 'PreActBlock', 'PreActResNet',
     'HUB_ORG', 'PAPER_IDS', 'WEIGHT_TAGS', 'WeightTag', 'Variant', 'WeightsNotAvailableError', 'UnknownModelError',
     'check_model_name', 'check_architecture', 'list_variants', 'get_variant', 'is_variant', 'base_architecture', 'is_loadable',
