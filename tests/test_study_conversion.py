@@ -47,10 +47,10 @@ def test_options_of_the_arm_are_checked():
 
 def test_arm_config_starts_from_the_baseline_weights():
     base = _base_cfg()
-    cfg = arm_config(Arm('asap', 'after', 2, distill=True), base, '/runs/base/model.safetensors', 0.01, 'org/x')
+    cfg = arm_config(Arm('asap', 'after', 2, distill=True), base, '/runs/base', 0.01, 'org/x')
     assert cfg.model.architecture == 'preactresnet18_asap' and cfg.model.pool == 'asap'
-    assert cfg.model.pool_position == 'after' and cfg.model.base == 'preactresnet18'
-    assert cfg.model.base_file == '/runs/base/model.safetensors' and cfg.model.model_args == base.model.model_args
+    assert cfg.model.pool_position == 'after' and cfg.model.base == '/runs/base' and not cfg.model.base_file
+    assert cfg.model.model_args == base.model.model_args
     assert cfg.train.epochs == 2 and cfg.train.warmup_epochs == 0 and cfg.train.lr == 0.01
     assert cfg.train.distill.enabled and cfg.train.seed == base.train.seed and cfg.hub.repo_id == 'org/x'
     with pytest.raises(ValueError, match="arm 'zeroshot' has no fine-tuning"):
@@ -116,7 +116,7 @@ def test_study_with_the_conversion_arm_at_its_smallest(tmp_path):
         assert cfg['architecture'] == 'preactresnet18_asap'
         assert cfg['model_args'].get('pool_position', 'before') == ('after' if label.endswith('_after') else 'before')
         run_cfg = (out / 'runs' / label / 'seed0' / 'config.yaml').read_text()
-        assert 'runs/preactresnet18_w8/seed0/model.safetensors' in run_cfg
+        assert f"base: {out / 'runs' / 'preactresnet18_w8' / 'seed0'}" in run_cfg
     assert {c['model'] for c in result['reload']} >= {lab for lab in labels if '.conv_ft' in lab}
     assert all(c['identical'] for c in result['reload'])
     summary = (out / 'summary.md').read_text()

@@ -812,7 +812,7 @@ def run_study(opts: StudyOptions | None = None, log: Callable[[str], None] = _st
                for name in families for label, arch in variants[name] for seed in opts.seeds}
     arms = conversion_arms(opts.convert_pools, opts.convert_positions, opts.convert_epochs, opts.convert_distill)
     arm_configs = {(arm.label(name), seed): arm_config(
-        arm, configs[(name, seed)], _run_dir(out, name, seed) / 'model.safetensors', opts.convert_lr,
+        arm, configs[(name, seed)], _run_dir(out, name, seed), opts.convert_lr,
         f"{HUB_ORG}/{arm.label(name)}_fmnist") for name in families for arm in arms if arm.epochs for seed in opts.seeds}
     for (label, seed), cfg in {**configs, **arm_configs}.items():  # before anything is written: one line naming what differs
         check_reusable(cfg, _run_dir(out, label, seed))

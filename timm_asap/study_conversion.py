@@ -86,7 +86,7 @@ def _model_overrides(arm: Arm, base_cfg: RunConfig) -> list[str]:
             f"model.pool_position={arm.position}"]
 
 
-def arm_config(arm: Arm, base_cfg: RunConfig, base_weights: str | Path, lr: float, repo_id: str) -> RunConfig:
+def arm_config(arm: Arm, base_cfg: RunConfig, base_run: str | Path, lr: float, repo_id: str) -> RunConfig:
     """The fine-tuning config of a fine-tuned arm: the baseline's recipe (data, batch, augmentation, seed)
     on the converted architecture, initialised from the baseline's weights, ``arm.epochs`` epochs at
     ``lr`` without warm-up, distilled from the baseline when ``arm.distill``.
@@ -94,14 +94,15 @@ def arm_config(arm: Arm, base_cfg: RunConfig, base_weights: str | Path, lr: floa
     Args:
         arm: a fine-tuned arm (``arm.epochs >= 1``).
         base_cfg: the baseline's run config (its recipe and model arguments).
-        base_weights: the baseline's ``model.safetensors``.
+        base_run: the baseline's run folder (its ``config.yaml`` and ``model.safetensors``: the fine-tuning
+            tool's ``model.base`` form for a run of this project).
         lr: the fine-tuning learning rate (peak of the cosine schedule).
         repo_id: the Hub repository id of the fine-tuned model.
     """
     if arm.epochs < 1:
         raise ValueError(f"arm {arm.name!r} has no fine-tuning; only fine-tuned arms have a run config")
     return apply_overrides(base_cfg, _model_overrides(arm, base_cfg) + [
-        f"model.base={base_cfg.model.architecture}", f"model.base_file={base_weights}",
+        f"model.base={Path(base_run)}",
         f"train.epochs={arm.epochs}", 'train.warmup_epochs=0', f"train.lr={lr:g}",
         f"train.distill.enabled={'true' if arm.distill else 'false'}", f"hub.repo_id={repo_id}"])
 

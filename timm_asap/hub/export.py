@@ -103,7 +103,8 @@ def check_publishable(cfg: RunConfig, repo_id: str | None = None) -> None:
         problems.append(str(e))
     if cfg.model.in_chans != 3 and (cfg.data.mean is None or cfg.data.std is None):
         problems.append(f"data.mean/data.std: required for in_chans={cfg.model.in_chans}")
-    if base_source_kind(cfg.model.base) == 'name' and base_model_repo(cfg.model.base) is None:
+    if base_source_kind(cfg.model.base) == 'name' and not cfg.model.base_file \
+            and base_model_repo(cfg.model.base) is None:
         problems.append(f"model.base: {cfg.model.base!r} is not a timm checkpoint with a Hub id (card base_model)")
     if problems:
         raise ConfigError(f"{cfg.name or 'config'} cannot be published: " + '; '.join(problems))
