@@ -40,6 +40,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--severities', nargs='+', type=int, help='corruption severities (default: 1 2 3 4 5)')
     p.add_argument('--max-seconds', type=float,
                    help='time available: when the expected time is longer, fewer seeds run (said in the output)')
+    conv = p.add_argument_group('conversion arm', "each seed's trained baseline converted to ASAP/FLC and evaluated "
+                                "zero-shot, after the BatchNorm repair and after fine-tuning (docs/conversion.md)")
+    conv.add_argument('--convert-pools', nargs='+', metavar='POOL', help="asap and/or flc (default: the preset's)")
+    conv.add_argument('--no-conversion', action='store_true', help='leave the conversion arm out')
+    conv.add_argument('--convert-positions', nargs='+', metavar='POSITION',
+                      help="before (the paper's placement) and/or after (default: the preset's)")
+    conv.add_argument('--convert-epochs', nargs='+', type=int, metavar='N',
+                      help="fine-tuning lengths, one run each (default: the preset's)")
+    conv.add_argument('--convert-distill', nargs='+', choices=('off', 'on'),
+                      help="fine-tune without (off) and/or with (on) distillation from the baseline")
+    conv.add_argument('--convert-lr', type=float, help="the arm's fine-tuning learning rate (default: the preset's)")
+    conv.add_argument('--repair-images', type=int, help='unlabeled training images of the BatchNorm repair')
     p.add_argument('--data-dir', help="Fashion-MNIST IDX folder (default: Debian's package, else a download)")
     p.add_argument('--device', default='auto', help='auto, cpu or cuda')
     p.add_argument('--amp', choices=AMP_CHOICES,
@@ -67,6 +79,13 @@ def _run(args: argparse.Namespace) -> int:
                 'corruption_count', 'attack_count', 'shift_count', 'severities', 'max_seconds', 'workers', 'amp'):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
+    for key in ('convert_pools', 'convert_positions', 'convert_epochs', 'convert_lr', 'repair_images'):
+        if getattr(args, key) is not None:
+            overrides[key] = getattr(args, key)
+    if args.convert_distill is not None:
+        overrides['convert_distill'] = [value == 'on' for value in args.convert_distill]
+    if args.no_conversion:
+        overrides['convert_pools'] = []
     opts = preset_options(preset, **overrides)
     try:
         run_study(opts)
