@@ -34,7 +34,7 @@ from typing import Any, Callable
 
 import torch
 
-from ._files import atomic_path, atomic_write_text
+from ._files import atomic_path, atomic_write_text, folder_lock
 from .config import RunConfig, apply_overrides, load_config
 from .models.weight_tags import HUB_ORG
 from .runtime import amp_context, resolve_amp, resolve_device
@@ -546,7 +546,15 @@ def run_study(opts: StudyOptions | None = None, log: Callable[[str], None] = _st
 
     Raises:
         ValueError: invalid options, or a GPU preset without CUDA (see :func:`check_device`).
+        FolderInUseError: another process is writing into ``opts.output_dir`` (it holds the folder's lock).
     """
+    opts = (opts or default_options()).validate()
+    with folder_lock(opts.output_dir, 'timm-asap study'):  # one study at a time writes into a folder
+        return _run_study(opts, log)
+
+
+def _run_study(opts: StudyOptions, log: Callable[[str], None]) -> dict[str, Any]:
+    """:func:`run_study` while it holds the output folder's lock."""
     from .evaluation import create_eval_dataset, evaluate_models, load_images, wrap_model
     from .evaluation.report import read_results
     from .hub import build_hub_folder, load_eval_results, load_trained_model
