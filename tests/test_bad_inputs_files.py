@@ -25,7 +25,7 @@ from timm_asap.evaluation import EvalImages
 from timm_asap.evaluation.cache import CorruptionCache, iter_corrupted_sets
 from timm_asap.train import finetune
 
-from conftest_hub import HUB_CONFIG
+from conftest_hub import HUB_CONFIG, hub, hub_env  # noqa: F401  (an in-process Hub)
 from finetune_helpers import tiny_config, write_fake_fashion_mnist
 
 REPO = Path(__file__).resolve().parents[1]
@@ -174,6 +174,37 @@ def test_publish_into_a_folder_another_process_writes_is_refused(run, tmp_path, 
         assert sorted(p.name for p in hub.iterdir()) == [LOCK_NAME]
     assert publish_main(PUBLISH + ['--checkpoint', str(run), '--output', str(hub)]) == 0
     assert not (hub / LOCK_NAME).exists()
+
+
+def test_a_replaced_folder_stays_locked_until_its_writer_is_done(tmp_path):
+    # publishing holds the folder from before it is written until the upload has read it: the lock moves
+    # into the new folder when it replaces the old one
+    target = tmp_path / 'hub'
+    rules = dict(writer='timm-asap publish', foreign=lambda folder: [])
+    for content in ('first', 'second'):
+        with folder_lock(target, 'timm-asap publish'):
+            with staging_dir(target) as staged:
+                (staged / 'a.txt').write_text(content)
+                replace_dir(staged, target, **rules)
+            assert sorted(p.name for p in target.iterdir()) == [LOCK_NAME, 'a.txt']
+            proc = subprocess.run([sys.executable, '-c', HOLD, str(target)], input='\n', capture_output=True,
+                                  text=True, env=_env(), cwd=REPO)
+            assert proc.returncode != 0 and f"{target} is in use by another process (timm-asap publish, pid " \
+                f"{os.getpid()} " in proc.stderr
+        assert sorted(p.name for p in target.iterdir()) == ['a.txt'] and (target / 'a.txt').read_text() == content
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['hub']
+
+
+def test_a_lock_file_left_in_a_hub_folder_is_not_uploaded(run, tmp_path, hub_env):
+    from timm_asap import hub as H
+    folder = H.export_output_dir(run, tmp_path / 'hub', config=HUB_CONFIG, allow_no_eval=True)
+    (folder / LOCK_NAME).write_text('{"pid": 1}\n')  # left by a publish killed after moving its folder in
+    repo = f'{hub_env.org}/left-lock'
+    result = H.upload_hub_folder(folder, repo)
+    assert LOCK_NAME not in hub_env.server.files(repo) and LOCK_NAME not in result.files
+    assert {p.name for p in folder.iterdir() if p.name != LOCK_NAME} <= set(hub_env.server.files(repo))
+    snapshot_dir = H.seed_hub_cache(folder, repo, tmp_path / 'cache')
+    assert not (snapshot_dir / LOCK_NAME).exists()
 
 
 @pytest.mark.parametrize('where', ['root', 'home', 'symlink', 'file'])

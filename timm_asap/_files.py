@@ -172,18 +172,36 @@ def replace_dir(staging: str | os.PathLike, target: str | os.PathLike, *, writer
     the old folder is renamed aside first, so for a moment ``target`` is missing while both complete
     folders exist. The old folder is deleted afterwards.
 
+    When this process holds ``target``'s :func:`folder_lock`, the lock moves with the new folder: a
+    lock file in ``staging`` is locked before the move, so ``target`` stays locked throughout.
+
     Raises:
         OutputFolderError: ``target`` may not be replaced (see :func:`check_replaceable`).
     """
     staging, target = Path(staging), Path(target)
     check_replaceable(target, writer=writer, foreign=foreign, inputs=inputs)
+    carried = _carry_lock(staging, target)
+    try:
+        _move_into_place(staging, target)
+    except BaseException:
+        if carried is not None:
+            os.close(carried[1])
+        raise
+    if carried is not None:
+        held, fd = carried
+        held.fd, old_fd = fd, held.fd
+        os.close(old_fd)  # the old folder's lock file, deleted with it
+    return target
+
+
+def _move_into_place(staging: Path, target: Path) -> None:
     old = None
     if target.exists() or target.is_symlink():
         if not target.is_dir():
             raise FileExistsError(f"{target} exists and is not a folder; refusing to replace it")
         if not target.is_symlink() and _exchange(staging, target):
             shutil.rmtree(staging, ignore_errors=True)  # now the old folder
-            return target
+            return
         old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix='.old', dir=target.parent))
         os.replace(target, old / 'folder')
     try:
@@ -195,7 +213,6 @@ def replace_dir(staging: str | os.PathLike, target: str | os.PathLike, *, writer
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-    return target
 
 
 def _listing(names: Sequence[str], limit: int = 8) -> str:
@@ -356,6 +373,25 @@ def _acquire(folder: Path, what: str) -> _Held:
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(info) + '\n').encode('utf-8'), 0)
         return _Held(fd, path, created)
+
+
+def _carry_lock(staging: Path, target: Path) -> tuple[_Held, int] | None:
+    """When this process holds ``target``'s lock: a locked lock file in ``staging`` (the lock once
+    ``staging`` has become ``target``), with the lock it will replace; else None."""
+    if fcntl is None:
+        return None
+    with _held_guard:
+        held = _held.get(os.path.realpath(target))
+    if held is None or held.pid != os.getpid():
+        return None
+    fd = os.open(staging / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, 'O_CLOEXEC', 0), 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new file: nobody else can hold it
+        os.pwrite(fd, os.pread(held.fd, 65536, 0), 0)  # the same holder
+    except BaseException:
+        os.close(fd)
+        raise
+    return held, fd
 
 
 def _release(held: _Held) -> None:

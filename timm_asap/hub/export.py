@@ -43,7 +43,7 @@ from .results import EvalResults, find_eval_results, load_eval_results
 __all__ = ['RUN_CONFIG_NAME', 'TRAIN_CONFIG_NAME', 'resolve_label_names', 'check_publishable', 'create_model_from_config',
            'check_pooling', 'load_checkpoint_state_dict', 'load_trained_model', 'hub_config_json', 'build_hub_folder',
            'resolve_run_config', 'export_output_dir', 'export_resolved', 'HUB_FOLDER_FILES', 'PUBLISH_WRITER',
-           'entries_not_published', 'check_hub_output']
+           'entries_not_published', 'check_hub_output', 'publish_inputs']
 
 RUN_CONFIG_NAME = 'run_config.yaml'
 TRAIN_CONFIG_NAME = RUN_CONFIG_FILE  # the resolved config the fine-tuning tool writes beside model.safetensors
@@ -402,6 +402,17 @@ def _checkpoint_file(checkpoint: str | Path) -> Path:
     return ckpt
 
 
+def publish_inputs(checkpoint: str | Path) -> dict[str, Path]:
+    """The files publishing reads for a checkpoint (its weights and run config), by description, for
+    :func:`check_hub_output`."""
+    ckpt_file = _checkpoint_file(checkpoint)
+    inputs = {'checkpoint': ckpt_file}
+    run_config = find_run_config(ckpt_file)
+    if run_config is not None:
+        inputs['run config'] = run_config
+    return inputs
+
+
 def export_output_dir(checkpoint: str | Path, output_dir: str | Path, *, config: RunConfig | str | Path | None = None,
                       eval_dir: str | Path | None = None, allow_no_eval: bool = False,
                       repo_id: str | None = None, eval_model: str | None = None,
@@ -437,10 +448,7 @@ def export_resolved(cfg: RunConfig, checkpoint: str | Path, output_dir: str | Pa
     The output folder is checked (:func:`check_hub_output`) before the model is loaded.
     """
     ckpt_file = _checkpoint_file(checkpoint)
-    inputs = {'checkpoint': ckpt_file}
-    run_config = find_run_config(ckpt_file)
-    if run_config is not None:
-        inputs['run config'] = run_config
+    inputs = publish_inputs(ckpt_file)
     check_hub_output(output_dir, inputs)
     if eval_dir is not None:
         results = load_eval_results(eval_dir)
