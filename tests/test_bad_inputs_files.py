@@ -218,7 +218,8 @@ def test_the_guard_refuses_what_is_never_replaced(tmp_path, monkeypatch, where):
     (tmp_path / 'elsewhere').mkdir()
     (tmp_path / 'link').symlink_to(tmp_path / 'elsewhere')
     reason = {'root': 'it is the file system root', 'home': f"it contains your home folder ({home / 'me'})",
-              'symlink': f"it is a symbolic link to {tmp_path / 'elsewhere'}", 'file': 'it is a file, not a folder'}[where]
+              'symlink': f"it is a symbolic link to {tmp_path / 'elsewhere'}",
+              'file': 'it is a file, not a folder'}[where]
     with pytest.raises(OutputFolderError, match=f"^{re.escape(f'refusing to replace {target}: {reason}; ')}"):
         check_replaceable(target, **rules)
     staged = tmp_path / 'staged'
@@ -274,7 +275,8 @@ def test_the_lock_of_a_killed_finetune_is_free(worker_config, data, tmp_path):
     first = _worker(worker_config, out, '--pause-at', '1')
     try:
         assert first.stdout.readline() == 'paused\n', first.stderr.read()
-        with pytest.raises(FolderInUseError, match=f"in use by another process \\(timm-asap finetune, pid {first.pid} "):
+        holder = re.escape(f"in use by another process (timm-asap finetune, pid {first.pid} ")
+        with pytest.raises(FolderInUseError, match=holder):
             finetune(tiny_config(data), out, device='cpu', progress=False)
         first.kill()  # SIGKILL: no handler runs, the lock file stays behind
         assert first.wait() == -signal.SIGKILL
@@ -362,3 +364,19 @@ def test_a_lock_on_a_missing_folder_leaves_nothing_when_nothing_was_written(tmp_
         assert target.is_dir()
         (staged / 'x').write_text('x')
     assert not target.exists() and sorted(p.name for p in (tmp_path / 'new').iterdir()) == []
+
+
+def test_a_file_system_without_locks_is_written_with_a_warning(tmp_path, monkeypatch, caplog):
+    import errno
+    from timm_asap import _files
+
+    def no_locks(fd, operation):  # what flock answers on a mount without locks
+        raise OSError(errno.ENOLCK, 'No locks available')
+
+    monkeypatch.setattr(_files.fcntl, 'flock', no_locks)
+    target = tmp_path / 'hub'
+    with folder_lock(target, 'timm-asap publish'), staging_dir(target) as staged:
+        (staged / 'a.txt').write_text('a')
+        replace_dir(staged, target, writer='timm-asap publish', foreign=lambda folder: [])
+    assert sorted(p.name for p in target.iterdir()) == ['a.txt']
+    assert f"{target}: the file system does not support locks (No locks available)" in caplog.text

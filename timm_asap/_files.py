@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import json
 import logging
 import os
@@ -161,7 +162,8 @@ def _exchange(a: Path, b: Path) -> bool:
 
 
 def replace_dir(staging: str | os.PathLike, target: str | os.PathLike, *, writer: str,
-                foreign: Callable[[Path], Sequence[str]], inputs: Mapping[str, str | os.PathLike] | None = None) -> Path:
+                foreign: Callable[[Path], Sequence[str]],
+                inputs: Mapping[str, str | os.PathLike] | None = None) -> Path:
     """Move a finished ``staging`` folder to ``target``, replacing an existing folder there.
 
     The guard :func:`check_replaceable` (``writer``, ``foreign`` and ``inputs`` are its arguments) is
@@ -220,10 +222,10 @@ def _listing(names: Sequence[str], limit: int = 8) -> str:
     return shown + (f", and {len(names) - limit} more" if len(names) > limit else '')
 
 
-def _entry_names(folder: Path) -> list[str]:
-    """The folder's entries (a folder's name ends in ``/``), sorted, without our lock file."""
-    return sorted(e.name + ('/' if e.is_dir() and not e.is_symlink() else '')
-                  for e in os.scandir(folder) if e.name != LOCK_NAME)
+def _is_empty(folder: Path) -> bool:
+    """Whether the folder holds nothing but, perhaps, our lock file."""
+    with os.scandir(folder) as entries:
+        return all(e.name == LOCK_NAME for e in entries)
 
 
 def check_replaceable(target: str | os.PathLike, *, writer: str, foreign: Callable[[Path], Sequence[str]],
@@ -273,7 +275,7 @@ def check_replaceable(target: str | os.PathLike, *, writer: str, foreign: Callab
         return target
     if not target.is_dir():
         raise OutputFolderError(f"{refuse}: it is a file, not a folder; {advice}")
-    if not _entry_names(target):
+    if _is_empty(target):
         return target
     bad = sorted(foreign(target))
     if bad:
@@ -292,6 +294,7 @@ class _Held:
         self.fd, self.path, self.created, self.depth, self.pid = fd, path, created, 1, os.getpid()
 
 
+_NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
 _held: dict[str, _Held] = {}  # real path of the folder -> its lock
 _held_guard = threading.Lock()
 
@@ -356,7 +359,14 @@ def _acquire(folder: Path, what: str) -> _Held:
             continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        except OSError as e:
+            if e.errno in _NO_LOCKS:  # a file system without locks (some network mounts): say so, go on
+                _logger.warning(f"{folder}: the file system does not support locks ({e.strerror}); the folder is "
+                                "not locked against other writers")
+                return _Held(fd, path, created)
+            if not isinstance(e, BlockingIOError):
+                os.close(fd)
+                raise
             holder = _holder(fd)
             os.close(fd)
             raise FolderInUseError(f"{folder} is in use by another process{holder}, which holds its lock "
@@ -386,7 +396,11 @@ def _carry_lock(staging: Path, target: Path) -> tuple[_Held, int] | None:
         return None
     fd = os.open(staging / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, 'O_CLOEXEC', 0), 0o666)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new file: nobody else can hold it
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new file: nobody else can hold it
+        except OSError as e:
+            if e.errno not in _NO_LOCKS:  # without locks (warned when the folder was taken) it moves all the same
+                raise
         os.pwrite(fd, os.pread(held.fd, 65536, 0), 0)  # the same holder
     except BaseException:
         os.close(fd)
