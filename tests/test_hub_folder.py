@@ -253,15 +253,16 @@ def test_replace_dir_swaps_in_the_new_folder(tmp_path, monkeypatch, exchange):
         pytest.skip('no renameat2(RENAME_EXCHANGE) on this system')
     target = tmp_path / 'out' / 'hub'
     target.parent.mkdir()
+    ours = dict(writer='this test', foreign=lambda folder: [])  # every folder here counts as the test's own
     for content in ('first', 'second'):
         staging = Path(tempfile.mkdtemp(dir=target.parent))
         (staging / f'{content}.txt').write_text(content)
-        _io.replace_dir(staging, target)
+        _io.replace_dir(staging, target, **ours)
         assert [p.name for p in target.iterdir()] == [f'{content}.txt'] and not staging.exists()
     assert [p.name for p in target.parent.iterdir()] == ['hub']
     (tmp_path / 'file').write_text('x')
-    with pytest.raises(FileExistsError, match='not a folder'):
-        _io.replace_dir(target, tmp_path / 'file')
+    with pytest.raises(_io.OutputFolderError, match='not a folder'):
+        _io.replace_dir(target, tmp_path / 'file', **ours)
 
 
 def test_truncated_checkpoint_is_refused_and_nothing_written(run_dirs, tmp_path):
@@ -459,7 +460,7 @@ def test_cli_refuses_without_evaluation(run_dirs, tmp_path, capsys):
 def test_cli_rejects_a_config_of_another_model(run_dirs, tmp_path, capsys):
     train, ev = run_dirs
     assert publish_main(['preactresnet18_asap.fmnist', '--checkpoint', str(train), '--eval-dir', str(ev),
-                         '--output', str(tmp_path / 'hub'), '--dry-run']) == 1
+                         '--output', str(tmp_path / 'hub'), '--dry-run']) == 2
     assert 'model.architecture' in capsys.readouterr().err
 
 

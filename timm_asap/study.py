@@ -35,7 +35,7 @@ from typing import Any, Callable
 
 import torch
 
-from ._files import atomic_path, atomic_write_text
+from ._files import atomic_path, atomic_write_text, folder_lock
 from .config import RunConfig, apply_overrides, load_config
 from .evaluation.summary import standard_error
 from .models.weight_tags import HUB_ORG
@@ -793,7 +793,15 @@ def run_study(opts: StudyOptions | None = None, log: Callable[[str], None] = _st
     Raises:
         ValueError: invalid options, a GPU preset without CUDA (see :func:`check_device`), missing data.
         RunExistsError: a run under ``runs/`` was made with another configuration (nothing is written).
+        FolderInUseError: another process is writing into ``opts.output_dir`` (it holds the folder's lock).
     """
+    opts = (opts or default_options()).validate()
+    with folder_lock(opts.output_dir, 'timm-asap study'):  # one study at a time writes into a folder
+        return _run_study(opts, log)
+
+
+def _run_study(opts: StudyOptions, log: Callable[[str], None]) -> dict[str, Any]:
+    """:func:`run_study` while it holds the output folder's lock."""
     from .evaluation import create_eval_dataset, load_images
     from .hub import build_hub_folder, load_eval_results, load_trained_model
     from .train import check_reusable, ensure_finetuned

@@ -15,17 +15,22 @@ tags; the checkpoint folder's ``config.yaml`` (written by fine-tuning) gives the
 ``--set section.key=value`` overrides config values. The resolved config is written into the folder as
 ``run_config.yaml``. Publishing refuses to go ahead without evaluation results unless ``--allow-no-eval``.
 
-Exit status: 0 written (and uploaded unless ``--dry-run``); 1 bad input, refused or failed upload;
-3 the Hub could not be reached (one line names the endpoint; nothing was uploaded, the folder is kept).
+``--output`` is replaced as a whole only when it is new, empty or a Hub folder written by publishing, and
+never when it holds the checkpoint or another input; anything else is refused with one line naming what is
+there. The folder is locked while it is written: a second publish into it is refused.
+
+Exit status: 0 written (and uploaded unless ``--dry-run``); 2 bad input (config, checkpoint, a refused
+``--output``); 1 refused (no evaluation results) or failed upload; 3 the Hub could not be reached (one line
+names the endpoint; nothing was uploaded, the folder is kept).
 """
 from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 
 from ..config import ConfigError, apply_overrides, load_config
+from ._errors import BAD_INPUT, STATUS_BAD_INPUT, STATUS_FAILED, STATUS_UNREACHABLE, run_cli
 
 __all__ = ['build_parser', 'main']
 
@@ -35,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog='timm-asap-publish',
         description='Write a Hub folder (model.safetensors, config.json, README.md model card, recipe, results, '
                     'plots) for a trained model and upload it with huggingface_hub.',
-        epilog='Exit status: 0 done, 1 bad input or failed upload, 3 the Hub could not be reached (nothing uploaded).')
+        epilog='Exit status: 0 done, 2 bad input, 1 refused or failed upload, 3 the Hub could not be reached '
+               '(nothing uploaded).')
     p.add_argument('config', help="hub_configs YAML file or shipped config name (e.g. 'resnet50_asap.ft_in1k')")
     p.add_argument('--checkpoint', required=True,
                    help='model.safetensors (or a timm .pth.tar), or the fine-tuning output folder holding it')
@@ -45,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--eval-model', default=None,
                    help="this model's name in the evaluation results when it cannot be found by name")
     p.add_argument('--output', default=None,
-                   help='Hub folder to write (default: <checkpoint folder>/hub/<repo name>); replaced as a whole')
+                   help='Hub folder to write (default: <checkpoint folder>/hub/<repo name>); replaced as a whole, '
+                        'only when it is new, empty or a Hub folder that publishing wrote')
     p.add_argument('--repo-id', default=None, help='Hub repository <org>/<name> (default: hub.repo_id of the config)')
     p.add_argument('--dry-run', action='store_true', help='write the folder only; no network access')
     p.add_argument('--private', action='store_true', default=None,
@@ -61,29 +68,30 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format='%(levelname)s %(message)s')
-    from ..hub import HubPublishError, UnregisteredArchitectureError, publish
+    from ..hub import HubPublishError
     from ..hub.upload import HubUnreachableError
-    try:
-        cfg = load_config(args.config)
-        if args.overrides:
-            cfg = apply_overrides(cfg, args.overrides)
-        repo_id = args.repo_id or cfg.hub.repo_id
-        if not repo_id:
-            raise ConfigError(f"{args.config}: hub.repo_id is empty; set it in the config or pass --repo-id")
-        ckpt = Path(args.checkpoint)
-        ckpt_dir = ckpt if ckpt.is_dir() else ckpt.parent
-        output = Path(args.output) if args.output else ckpt_dir / 'hub' / repo_id.split('/')[-1]
-        folder, result = publish(ckpt, output, config=cfg, eval_dir=args.eval_dir, allow_no_eval=args.allow_no_eval,
-                                 repo_id=repo_id, dry_run=args.dry_run, private=args.private,
-                                 commit_message=args.commit_message, eval_model=args.eval_model,
-                                 overrides=args.overrides)
-    except HubUnreachableError as e:
-        print(f"timm-asap-publish: error: {e}", file=sys.stderr)
-        return 3
-    except (ValueError, OSError, HubPublishError, UnregisteredArchitectureError) as e:
-        # ConfigError, IntegrityError, DataError and unreadable results are ValueErrors; missing files OSErrors
-        print(f"timm-asap-publish: error: {e}", file=sys.stderr)
-        return 1
+    # bad input (ConfigError, IntegrityError, DataError, a refused --output: ValueErrors; missing files) -> 2
+    return run_cli('timm-asap-publish', lambda: _publish(args),
+                   [(HubUnreachableError, STATUS_UNREACHABLE), (HubPublishError, STATUS_FAILED),
+                    (BAD_INPUT, STATUS_BAD_INPUT), (OSError, STATUS_FAILED)])
+
+
+def _publish(args) -> int:
+    from ..hub import publish
+
+    cfg = load_config(args.config)
+    if args.overrides:
+        cfg = apply_overrides(cfg, args.overrides)
+    repo_id = args.repo_id or cfg.hub.repo_id
+    if not repo_id:
+        raise ConfigError(f"{args.config}: hub.repo_id is empty; set it in the config or pass --repo-id")
+    ckpt = Path(args.checkpoint)
+    ckpt_dir = ckpt if ckpt.is_dir() else ckpt.parent
+    output = Path(args.output) if args.output else ckpt_dir / 'hub' / repo_id.split('/')[-1]
+    folder, result = publish(ckpt, output, config=cfg, eval_dir=args.eval_dir, allow_no_eval=args.allow_no_eval,
+                             repo_id=repo_id, dry_run=args.dry_run, private=args.private,
+                             commit_message=args.commit_message, eval_model=args.eval_model,
+                             overrides=args.overrides)
     files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob('*') if p.is_file())
     print(f"Hub folder: {folder}")
     print(f"files: {', '.join(files)}")
@@ -95,7 +103,6 @@ def main(argv=None) -> int:
             print(f"next: set hub.published: true in the config of {cfg.name} so that "
                   f"timm.create_model('{cfg.name}', pretrained=True) loads these weights")
     return 0
-
 
 if __name__ == '__main__':
     raise SystemExit(main())

@@ -13,12 +13,17 @@ temporary file and ``os.replace`` (a crash leaves no half-written entry); an ent
 load, whose header names other parameters, or whose pixels do not match their checksum is rebuilt,
 not trusted.
 
+While sets are generated and written, the cache folder is locked (:func:`timm_asap._files.folder_lock`):
+a second process that would write there at the same time is refused at once; reading a complete cache
+takes no lock.
+
 Generation runs in a process pool sized to ``os.cpu_count()`` (the corruptions are NumPy/OpenCV/SciPy
 code on single images), in chunks, so 75 sets of 1000 images take seconds on a few cores.
 """
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import hashlib
 import json
 import logging
@@ -212,6 +217,18 @@ class CorruptionCache:
         path.unlink(missing_ok=True)
         return None
 
+    def writing(self) -> contextlib.AbstractContextManager[Path]:
+        """Hold the cache folder's lock while entries are written (created if missing; see
+        :func:`timm_asap._files.folder_lock`).
+
+        Raises:
+            FolderInUseError: another process is writing entries there.
+            FolderError: the cache path exists and is not a folder.
+        """
+        from .._files import folder_lock
+
+        return folder_lock(self.root, 'the corruption cache')
+
     def save(self, key: dict, images: torch.Tensor) -> Path:
         """Write one set atomically (temporary file, then ``os.replace``)."""
         from safetensors.torch import save
@@ -238,21 +255,29 @@ def iter_corrupted_sets(data: EvalImages, jobs: Sequence[tuple[str, int]], seed:
 
     Yields:
         ``(job index, uint8 (N, C, H, W) tensor)``, cached jobs first, then the generated ones in order.
+
+    Raises:
+        FolderInUseError: sets have to be written into ``cache`` and another process is writing there.
     """
     stats = stats if stats is not None else {}
     stats.update(cached=0, generated=0)
     keys = [corruption_key(data, c, s, seed, protocol) for c, s in jobs]
-    missing = []
-    for j, key in enumerate(keys):
-        images = cache.load(key) if cache is not None else None
-        if images is None:
-            missing.append(j)
-            continue
-        stats['cached'] += 1
-        yield j, images
-    for k, images in generate_corrupted(data, [jobs[j] for j in missing], seed, protocol, workers):
-        j = missing[k]
-        if cache is not None:
-            cache.save(keys[j], images)
-        stats['generated'] += 1
-        yield j, images
+    with contextlib.ExitStack() as lock:
+        if cache is not None and not all(cache.path(key).is_file() for key in keys):
+            lock.enter_context(cache.writing())  # before the first set: a second writer stops at once
+        missing = []
+        for j, key in enumerate(keys):
+            images = cache.load(key) if cache is not None else None
+            if images is None:
+                missing.append(j)
+                continue
+            stats['cached'] += 1
+            yield j, images
+        if cache is not None and missing:
+            lock.enter_context(cache.writing())  # a damaged entry to rebuild (nested when already held)
+        for k, images in generate_corrupted(data, [jobs[j] for j in missing], seed, protocol, workers):
+            j = missing[k]
+            if cache is not None:
+                cache.save(keys[j], images)
+            stats['generated'] += 1
+            yield j, images

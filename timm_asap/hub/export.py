@@ -11,14 +11,18 @@ A Hub folder holds::
     results.json          evaluation results (when given)
     plots/*.png           evaluation plots (when given)
 
-It is written into a temp folder beside the destination, checked, and moved into place in one rename.
+It is written into a temp folder beside the destination, checked, and moved into place in one rename,
+under the destination's folder lock. An existing destination is replaced only when it is empty or a Hub
+folder written by publishing (:func:`entries_not_published` lists nothing), and never when it holds the
+checkpoint or another input (:func:`timm_asap._files.check_replaceable`).
 """
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import timm
 import torch
@@ -27,7 +31,7 @@ from torch import nn
 from ..config import (RUN_CONFIG_FILE, ConfigError, RunConfig, apply_overrides, base_source_kind, find_run_config,
                       load_config, save_config)
 from ..version import __version__
-from .._files import atomic_write_text, replace_dir, staging_dir
+from .._files import LOCK_NAME, atomic_write_text, check_replaceable, folder_lock, replace_dir, staging_dir
 from .card import build_model_card
 from .config_model import check_pooling, create_model_from_config, model_kwargs
 from .errors import HubPublishError, IntegrityError, MissingEvaluationError
@@ -39,10 +43,75 @@ from .results import EvalResults, find_eval_results, load_eval_results
 
 __all__ = ['RUN_CONFIG_NAME', 'TRAIN_CONFIG_NAME', 'resolve_label_names', 'check_publishable', 'create_model_from_config',
            'check_pooling', 'load_checkpoint_state_dict', 'load_trained_model', 'hub_config_json', 'build_hub_folder',
-           'resolve_run_config', 'export_output_dir', 'export_resolved']
+           'resolve_run_config', 'export_output_dir', 'export_resolved', 'HUB_FOLDER_FILES', 'PUBLISH_WRITER',
+           'entries_not_published', 'check_hub_output', 'publish_inputs']
 
 RUN_CONFIG_NAME = 'run_config.yaml'
 TRAIN_CONFIG_NAME = RUN_CONFIG_FILE  # the resolved config the fine-tuning tool writes beside model.safetensors
+PUBLISH_WRITER = 'timm-asap publish'
+#: the files :func:`build_hub_folder` writes; besides them a Hub folder holds ``plots/`` with PNG files
+HUB_FOLDER_FILES = frozenset({WEIGHTS_NAME, CONFIG_NAME, 'README.md', RUN_CONFIG_NAME, 'results.json', 'results.md'})
+_PLOTS = 'plots'
+
+
+def _written_by_publishing(config_path: Path) -> bool:
+    """Whether a config.json carries the ``timm_asap`` record :func:`hub_config_json` writes."""
+    try:
+        record = json.loads(config_path.read_text(encoding='utf-8')).get('timm_asap')
+    except (OSError, ValueError, AttributeError):
+        return False
+    return isinstance(record, dict) and 'version' in record
+
+
+def entries_not_published(folder: str | Path) -> list[str]:
+    """The entries of an existing folder that publishing did not write (a folder's name ends in ``/``).
+
+    This defines a Hub folder written by :func:`build_hub_folder`, the only kind publishing replaces: its
+    ``config.json`` carries the ``timm_asap`` record, and it holds nothing but :data:`HUB_FOLDER_FILES`
+    (as files) and ``plots/`` with PNG files. A folder without that config.json is not ours at all, so
+    every entry is listed; otherwise only the entries that are not among those.
+
+    Example:
+        >>> entries_not_published('output/hub/resnet18_cifar_asap.fmnist')  # doctest: +SKIP
+        []
+    """
+    folder = Path(folder)
+    entries = sorted((e for e in os.scandir(folder) if e.name != LOCK_NAME), key=lambda e: e.name)
+    name = lambda e: e.name + ('/' if e.is_dir(follow_symlinks=False) else '')  # noqa: E731
+    if not _written_by_publishing(folder / CONFIG_NAME):
+        return [name(e) for e in entries]
+    bad = []
+    for e in entries:
+        if e.name == _PLOTS and e.is_dir(follow_symlinks=False):
+            bad += [f"{_PLOTS}/{p.name}" for p in sorted(os.scandir(e.path), key=lambda p: p.name)
+                    if not (p.name.endswith('.png') and p.is_file(follow_symlinks=False))]
+        elif not (e.name in HUB_FOLDER_FILES and e.is_file(follow_symlinks=False)):
+            bad.append(name(e))
+    return bad
+
+
+def check_hub_output(output_dir: str | Path, inputs: Mapping[str, str | os.PathLike] | None = None) -> Path:
+    """Refuse a Hub folder destination that publishing may not replace; the checks of
+    :func:`timm_asap._files.check_replaceable` with :func:`entries_not_published` as what is ours.
+
+    Args:
+        output_dir: the Hub folder to write.
+        inputs: what the publishing reads (``{'checkpoint': path, ...}``); the folder may not hold them.
+
+    Raises:
+        OutputFolderError: one line naming the folder and what is there.
+    """
+    return check_replaceable(output_dir, writer=PUBLISH_WRITER, foreign=entries_not_published, inputs=inputs)
+
+
+def _result_inputs(results: EvalResults | None) -> dict[str, Path]:
+    if results is None:
+        return {}
+    files = {'evaluation results': results.path}
+    if results.table is not None:
+        files['evaluation table'] = results.table
+    files.update({f"evaluation plot {p.name}": p for p in results.plots})
+    return files
 
 
 def resolve_label_names(cfg: RunConfig, num_classes: int) -> list[str] | None:
@@ -227,23 +296,30 @@ def hub_config_json(model: nn.Module, cfg: RunConfig, path: str | Path,
 
 def build_hub_folder(model: nn.Module, cfg: RunConfig, output_dir: str | Path, *,
                      results: EvalResults | str | Path | None = None, allow_no_eval: bool = False,
-                     repo_id: str | None = None, eval_model: str | None = None) -> Path:
+                     repo_id: str | None = None, eval_model: str | None = None,
+                     inputs: Mapping[str, str | os.PathLike] | None = None) -> Path:
     """Write a complete, checked Hub folder for a trained model (atomically: all or nothing).
 
     Args:
         model: the trained model (its state dict is saved; it must match ``cfg.model``).
         cfg: the run configuration (model, data, recipe, hub).
-        output_dir: the folder to write; an existing folder there is replaced as a whole.
+        output_dir: the folder to write. An existing folder there is replaced as a whole, and only when it
+            is empty or a Hub folder that publishing wrote (see :func:`check_hub_output`); it is locked
+            while it is written (:func:`timm_asap._files.folder_lock`).
         results: evaluation results (an :class:`EvalResults`, or a results.json / evaluation folder).
         allow_no_eval: publish without evaluation results.
         repo_id: Hub repository id for the card (default ``cfg.hub.repo_id``).
         eval_model: the model's name in the results (default: found by name, see
             :meth:`EvalResults.select_model`).
+        inputs: the files the model was read from (``{'checkpoint': path}``); the folder may not hold
+            them. The results' files are added.
 
     Returns:
         ``output_dir``.
 
     Raises:
+        OutputFolderError: ``output_dir`` holds what publishing did not write, or an input.
+        FolderInUseError: another process is writing ``output_dir``.
         MissingEvaluationError: no results and ``allow_no_eval`` not set.
         ConfigError: missing repo id or label names, or the model's pooling layers differ from
             ``model.pool``/``model.mode``.
@@ -265,7 +341,9 @@ def build_hub_folder(model: nn.Module, cfg: RunConfig, output_dir: str | Path, *
     label_names = resolve_label_names(cfg, num_classes)
     check_pooling(model, cfg.model.pool, cfg.model.mode, repr(cfg.model.architecture), cfg.model.pool_position)
     output_dir = Path(output_dir)
-    with staging_dir(output_dir) as tmp:
+    inputs = {**(inputs or {}), **_result_inputs(results)}
+    check_hub_output(output_dir, inputs)
+    with folder_lock(output_dir, PUBLISH_WRITER), staging_dir(output_dir) as tmp:
         save_safetensors(model.state_dict(), tmp / WEIGHTS_NAME,
                          metadata={**weights_metadata(model, cfg.model.architecture, model_kwargs(cfg)),
                                    'timm_asap': __version__})
@@ -285,7 +363,7 @@ def build_hub_folder(model: nn.Module, cfg: RunConfig, output_dir: str | Path, *
         card = build_model_card(cfg, repo_id, config, results, plots, num_params, RUN_CONFIG_NAME, eval_model)
         atomic_write_text(tmp / 'README.md', card)
         verify_hub_folder(tmp)
-        replace_dir(tmp, output_dir)
+        replace_dir(tmp, output_dir, writer=PUBLISH_WRITER, foreign=entries_not_published, inputs=inputs)
     return output_dir
 
 
@@ -334,6 +412,17 @@ def _checkpoint_file(checkpoint: str | Path) -> Path:
     return ckpt
 
 
+def publish_inputs(checkpoint: str | Path) -> dict[str, Path]:
+    """The files publishing reads for a checkpoint (its weights and run config), by description, for
+    :func:`check_hub_output`."""
+    ckpt_file = _checkpoint_file(checkpoint)
+    inputs = {'checkpoint': ckpt_file}
+    run_config = find_run_config(ckpt_file)
+    if run_config is not None:
+        inputs['run config'] = run_config
+    return inputs
+
+
 def export_output_dir(checkpoint: str | Path, output_dir: str | Path, *, config: RunConfig | str | Path | None = None,
                       eval_dir: str | Path | None = None, allow_no_eval: bool = False,
                       repo_id: str | None = None, eval_model: str | None = None,
@@ -343,7 +432,8 @@ def export_output_dir(checkpoint: str | Path, output_dir: str | Path, *, config:
     Args:
         checkpoint: ``model.safetensors`` (or a timm ``.pth.tar``), or the fine-tuning output folder holding
             ``model.safetensors`` and ``config.yaml``.
-        output_dir: Hub folder to write (replaced as a whole if it exists).
+        output_dir: Hub folder to write (an existing one is replaced as a whole only when :func:`check_hub_output`
+            allows it).
         config: hub_configs YAML (path or shipped name) or RunConfig; default: the checkpoint folder's
             ``config.yaml``.
         eval_dir: evaluation output folder (``results.json``, table, plots); default: ``<checkpoint
@@ -363,12 +453,17 @@ def export_output_dir(checkpoint: str | Path, output_dir: str | Path, *, config:
 def export_resolved(cfg: RunConfig, checkpoint: str | Path, output_dir: str | Path, *,
                     eval_dir: str | Path | None = None, allow_no_eval: bool = False,
                     repo_id: str | None = None, eval_model: str | None = None) -> Path:
-    """:func:`export_output_dir` with the run config already resolved (:func:`resolve_run_config`)."""
+    """:func:`export_output_dir` with the run config already resolved (:func:`resolve_run_config`).
+
+    The output folder is checked (:func:`check_hub_output`) before the model is loaded.
+    """
     ckpt_file = _checkpoint_file(checkpoint)
+    inputs = publish_inputs(ckpt_file)
+    check_hub_output(output_dir, inputs)
     if eval_dir is not None:
         results = load_eval_results(eval_dir)
     else:
         results = find_eval_results(ckpt_file.parent / 'eval', ckpt_file.parent)
     model = load_trained_model(cfg, ckpt_file)
     return build_hub_folder(model, cfg, output_dir, results=results, allow_no_eval=allow_no_eval, repo_id=repo_id,
-                            eval_model=eval_model)
+                            eval_model=eval_model, inputs=inputs)

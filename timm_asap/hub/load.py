@@ -20,7 +20,7 @@ from huggingface_hub import constants, hf_hub_download
 from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 from torch import nn
 
-from .._files import atomic_path, atomic_write_text
+from .._files import LOCK_NAME, atomic_path, atomic_write_text
 from ..models.registry import check_architecture, check_model_name
 from .errors import HubDownloadError, IntegrityError
 from .image_processor import register_image_processor
@@ -152,7 +152,7 @@ def seed_hub_cache(folder: str | Path, repo_id: str, cache_dir: str | Path | Non
     import shutil
     folder = Path(folder)
     verify_hub_folder(folder)
-    files = sorted(p for p in folder.rglob('*') if p.is_file())
+    files = sorted(p for p in folder.rglob('*') if p.is_file() and p.name != LOCK_NAME)  # not our lock file
     digests = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
     commit = hashlib.sha1(''.join(f"{p.relative_to(folder).as_posix()}:{d}\n" for p, d in digests.items())
                           .encode()).hexdigest()

@@ -4,7 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from .export import export_resolved, resolve_run_config
+from .._files import folder_lock
+from .export import PUBLISH_WRITER, check_hub_output, export_resolved, publish_inputs, resolve_run_config
 from .upload import UploadResult, upload_hub_folder
 
 __all__ = ['publish']
@@ -32,13 +33,18 @@ def publish(checkpoint: str | Path, output_dir: str | Path, *, config=None, eval
 
     Returns:
         ``(folder, upload result or None for a dry run)``.
+
+    The folder is locked from before it is written until the upload has read it
+    (:func:`timm_asap._files.folder_lock`), so a second publish cannot change it in between.
     """
     cfg = resolve_run_config(config, checkpoint, overrides)
     repo_id = repo_id or cfg.hub.repo_id
-    folder = export_resolved(cfg, checkpoint, output_dir, eval_dir=eval_dir, allow_no_eval=allow_no_eval,
-                             repo_id=repo_id, eval_model=eval_model)
-    if dry_run:
-        return folder, None
-    result = upload_hub_folder(folder, repo_id, private=cfg.hub.private if private is None else private,
-                               commit_message=commit_message)
+    check_hub_output(output_dir, publish_inputs(checkpoint))  # before a lock file is put there
+    with folder_lock(output_dir, PUBLISH_WRITER):
+        folder = export_resolved(cfg, checkpoint, output_dir, eval_dir=eval_dir, allow_no_eval=allow_no_eval,
+                                 repo_id=repo_id, eval_model=eval_model)
+        if dry_run:
+            return folder, None
+        result = upload_hub_folder(folder, repo_id, private=cfg.hub.private if private is None else private,
+                                   commit_message=commit_message)
     return folder, result

@@ -15,6 +15,7 @@ from pathlib import Path
 from huggingface_hub import HfApi, constants
 from huggingface_hub.errors import HfHubHTTPError
 
+from .._files import LOCK_NAME
 from .errors import HubAuthError, HubPublishError
 from .integrity import verify_hub_folder
 
@@ -140,7 +141,8 @@ def upload_hub_folder(folder: str | Path, repo_id: str, *, private: bool = False
                                       "repository private on the Hub first, or publish without --private")
         commit = api.upload_folder(
             repo_id=repo_id, folder_path=str(folder), repo_type='model', revision=revision,
-            commit_message=commit_message or f"Publish {folder.name}", delete_patterns=STALE_PATTERNS)
+            commit_message=commit_message or f"Publish {folder.name}", delete_patterns=STALE_PATTERNS,
+            ignore_patterns=[LOCK_NAME])
         remote = set(api.list_repo_files(repo_id, revision=revision))
     except HfHubHTTPError as e:
         if e.response is not None and e.response.status_code in (401, 403):
@@ -150,7 +152,7 @@ def upload_hub_folder(folder: str | Path, repo_id: str, *, private: bool = False
         if _network_failure(e):
             raise _unreachable(api, e, f"upload to {repo_id}") from None
         raise
-    local = sorted(p.relative_to(folder).as_posix() for p in folder.rglob('*') if p.is_file())
+    local = sorted(p.relative_to(folder).as_posix() for p in folder.rglob('*') if p.is_file() and p.name != LOCK_NAME)
     missing = sorted(set(local) - remote)
     if missing:
         raise HubPublishError(f"after uploading {folder} to {repo_id}, the repository lacks {missing}")

@@ -28,9 +28,13 @@ Output folder:
 * ``best.pth``: the checkpoint of the epoch with the best validation top-1.
 * ``model.safetensors``: weights only, of the model chosen by ``train.export``.
 * ``summary.csv``, ``metrics.json``, ``train.log`` and, when installed, ``tensorboard/``.
+
+While a run writes there, the output folder is locked (:func:`timm_asap._files.folder_lock`, taken by rank 0):
+a second fine-tune into the same folder is refused at once.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -38,6 +42,7 @@ from typing import Any, Callable, Sequence
 import torch
 from timm.utils import random_seed
 
+from .._files import FolderError, folder_lock
 from ..config import RUN_CONFIG_FILE, RunConfig, config_from_dict, load_config, save_config
 from ..hub.config_model import model_kwargs
 from ..hub.integrity import weights_metadata
@@ -88,6 +93,22 @@ def _start(cfg: RunConfig, out: Path, env: DistEnv, ckpt_path: Path | None, reco
                             f"{env.world_size}; random streams restart from the seed")
             random_seed(t.seed + progress.start_epoch, env.rank)
     return parts, progress
+
+
+def _lock_output(out: Path, env: DistEnv, held: contextlib.ExitStack) -> None:
+    """Rank 0 takes the output folder's lock into ``held``; when it is refused, every rank stops with the
+    refusal (the other ranks never lock: they would be refused by their own rank 0)."""
+    refusal = None
+    if env.is_primary:
+        try:
+            held.enter_context(folder_lock(out, 'timm-asap finetune'))
+        except Exception as e:  # every rank must hear of it, or the others would wait for rank 0
+            refusal = e
+    message = env.gather_objects(None if refusal is None else str(refusal))[0]
+    if refusal is not None:
+        raise refusal
+    if message is not None:
+        raise FolderError(f"rank 0 could not lock the output folder: {message}")
 
 
 def _log_start(cfg: RunConfig, parts: Parts, env: DistEnv) -> None:
@@ -156,6 +177,7 @@ def finetune(cfg: RunConfig, output_dir: str | Path, *, resume: str | Path | boo
         DataError: missing/empty data, class-count mismatch, too many unreadable images.
         CheckpointError: resume checkpoint unreadable, foreign, or from another model.
         RunExistsError: ``output_dir`` holds a run and ``resume`` is None.
+        FolderInUseError: another process is writing into ``output_dir`` (it holds the folder's lock).
         NonFiniteLossError: the loss became NaN/Inf (the last good checkpoint is kept).
         TrainingInterrupted: a signal stopped the run after writing ``last.pth``.
     """
@@ -167,7 +189,9 @@ def finetune(cfg: RunConfig, output_dir: str | Path, *, resume: str | Path | boo
     log_file = None
     records = RunRecords(cfg, out, env)
     training = False  # set once the epochs start: failures before that leave metrics.json alone
+    held = contextlib.ExitStack()  # the output folder's lock, released last
     try:
+        _lock_output(out, env, held)
         ckpt_path = _resume.resolve_resume(resume, out)
         if env.is_primary:
             out.mkdir(parents=True, exist_ok=True)
@@ -197,6 +221,7 @@ def finetune(cfg: RunConfig, output_dir: str | Path, *, resume: str | Path | boo
         records.close()
         if log_file is not None:
             log_file.close()
+        held.close()
         env.close()
 
 
