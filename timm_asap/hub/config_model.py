@@ -13,7 +13,7 @@ from ..layers import ASAP2d, ASAP2dFFT, FLC2d, FLC2dFFT
 from .errors import UnregisteredArchitectureError
 from ..models import check_architecture
 
-__all__ = ['create_model_from_config', 'check_pooling']
+__all__ = ['create_model_from_config', 'model_create_args', 'check_pooling']
 
 _POOL_CLASSES = {'asap': (ASAP2d, ASAP2dFFT), 'flc': (FLC2d, FLC2dFFT)}
 
@@ -47,6 +47,25 @@ def check_pooling(model: nn.Module, pool: str, mode: str, name: str = 'model') -
     if modes != [mode]:
         raise ConfigError(f"model.mode: {mode!r}, but {name}'s {pool.upper()} layers use mode {modes}; "
                           f"set model.mode or pass the mode through model.model_args")
+
+
+def model_create_args(cfg: RunConfig) -> dict:
+    """The ``timm.create_model`` arguments of a run config's model: ``model.model_args`` with the class
+    count, the input channels and, for spectral pooling, the band mode (``pool_mode``).
+
+    Example:
+        >>> from timm_asap.config import config_from_dict
+        >>> model_create_args(config_from_dict({'model': {'architecture': 'resnet18_cifar_asap', 'in_chans': 1,
+        ...                                               'model_args': {'layers': [1, 1, 1, 1]}}}))
+        {'layers': [1, 1, 1, 1], 'num_classes': 1000, 'in_chans': 1, 'pool_mode': 'centered'}
+    """
+    m = cfg.model
+    args = dict(m.model_args)
+    args.setdefault('num_classes', m.num_classes)
+    args.setdefault('in_chans', m.in_chans)
+    if m.pool != 'none':  # recorded in config.json's model_args, so loaders build the same band mode
+        args.setdefault('pool_mode', m.mode)
+    return args
 
 
 def create_model_from_config(cfg: RunConfig, *, pretrained_tag: bool = True, **kwargs) -> nn.Module:
@@ -83,11 +102,7 @@ def create_model_from_config(cfg: RunConfig, *, pretrained_tag: bool = True, **k
         raise ConfigError(f"model.architecture: unknown model {m.architecture!r}: {e}") from None
     tagged = f"{arch}.{m.tag}"
     name = tagged if pretrained_tag and m.tag and tagged in timm.models.get_arch_pretrained_cfgs(arch) else arch
-    args = dict(m.model_args)
-    args.setdefault('num_classes', m.num_classes)
-    args.setdefault('in_chans', m.in_chans)
-    if m.pool != 'none':  # recorded in config.json's model_args, so loaders build the same band mode
-        args.setdefault('pool_mode', m.mode)
+    args = model_create_args(cfg)
     args.update(kwargs)
     try:
         model = timm.create_model(name, pretrained=False, **args)

@@ -39,6 +39,7 @@ import torch
 from timm.utils import random_seed
 
 from ..config import RUN_CONFIG_FILE, RunConfig, config_from_dict, save_config
+from ..hub.config_model import model_create_args
 from ..hub.integrity import weights_metadata
 from . import resume as _resume
 from .build import Parts, build_parts
@@ -115,7 +116,8 @@ def _export(cfg: RunConfig, parts: Parts, progress: Progress, env: DistEnv, out:
         else:
             weights = parts.model.state_dict()
         save_weights(weights, out / 'model.safetensors', metadata={
-            **weights_metadata(parts.model, cfg.model.architecture), 'name': cfg.name, 'export': kind,
+            **weights_metadata(parts.model, cfg.model.architecture, model_create_args(cfg)), 'name': cfg.name,
+            'export': kind,
             'epoch': str(epoch)})
         save_config(cfg, out / RUN_CONFIG_FILE)
         _logger.info(f"finished {cfg.name}: exported {kind} weights (epoch {epoch}) to {out / 'model.safetensors'}")
