@@ -81,8 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "pretrained_cfg)")
     g.add_argument('--std', type=float, nargs='+', default=None)
     g.add_argument('--run-config', default=None,
-                   help='a hub_configs YAML (or shipped name, or a run folder\'s config.yaml): model, model_args, '
-                        'classes, channels, size and data defaults')
+                   help='a hub_configs YAML, a shipped config name, or a fine-tuning run folder (its config.yaml): '
+                        'model, model_args, classes, channels, size and data defaults')
     g = p.add_argument_group('data')
     g.add_argument('--dataset', default='fashion_mnist',
                    help="'fashion_mnist', 'folder' (ImageFolder), or any timm.data name (hfds/..., torch/...)")
@@ -216,9 +216,9 @@ def _resolve(args) -> tuple[EvalOptions, dict]:
 def _apply_run_config(args) -> None:
     """Fill model/data settings not given on the command line from a hub_configs YAML; its ``model_args``
     (with the band mode) build every model of its architecture."""
-    from timm_asap.config import load_config
+    from timm_asap.config import find_run_config, load_config
     from timm_asap.hub.config_model import model_create_args
-    cfg = load_config(args.run_config)
+    cfg = load_config((Path(args.run_config).is_dir() and find_run_config(args.run_config)) or args.run_config)
     if not args.model:
         args.model = [cfg.name]
     args.model_args = {k: v for k, v in model_create_args(cfg).items() if k not in ('num_classes', 'in_chans')}

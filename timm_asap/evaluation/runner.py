@@ -158,6 +158,7 @@ class EvalOptions:
         if not 0 <= self.max_unreadable <= 1:
             raise ValueError(f"max_unreadable must be a fraction in [0, 1], got {self.max_unreadable}")
         resolve_amp('cpu', self.amp)  # raises naming the allowed precisions
+        resolve_device(self.device)  # raises naming what this machine has
         if self.corruption_source not in CORRUPTION_SOURCES:
             raise ValueError(f"corruption_source must be one of {list(CORRUPTION_SOURCES)}, got {self.corruption_source!r}")
         if self.corruptions:
@@ -388,7 +389,7 @@ def check_model_classes(models: Sequence[tuple[str, nn.Module]], images: EvalIma
     """
     from ..data import check_classes, check_label_names, check_labels
     for name, model in models:
-        n = _model_classes(model, images.float()[:1])
+        n = _model_classes(model, images.images[:1].float().div_(255))
         fix = f"evaluate model {name!r} on data with its {n} classes"
         check_classes(classes, n, where, model=f"the class count of model {name!r}", fix=fix)
         check_labels(images.labels, n, where, fix=f"model {name!r} has {n} classes; {fix}")
