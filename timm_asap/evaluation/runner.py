@@ -19,7 +19,8 @@ from .corruptions import SEVERITIES, check_corruptions, check_severities
 from .data import EvalImages, load_images
 from .._files import atomic_write_text, check_folder_path
 from ..runtime import resolve_amp
-from .engine import CORRUPTION_SOURCES, check_corruption_source, evaluate_clean, evaluate_corruptions, resolve_device
+from .engine import (CORRUPTION_SOURCES, check_corruption_source, evaluate_clean, evaluate_corruptions, model_in_chans,
+                     predict_logits, resolve_device)
 from .report import (markdown_report, plot_aliasing, plot_attacks, plot_corruptions, plot_shift, read_results,
                      write_results)
 from .shift import SHIFT_MODES, aliasing_view, evaluate_shift_consistency
@@ -367,15 +368,15 @@ def _dataset_classes(data) -> list[str] | None:
     return dataset_classes(getattr(data, 'dataset', data) if isinstance(data, torch.utils.data.DataLoader) else data)
 
 
-def _model_classes(model: nn.Module, sample: torch.Tensor) -> int:
-    """The class count of a model: its ``num_classes`` (timm), else the length of its output for one image."""
+def _model_classes(model: nn.Module, images: EvalImages) -> int:
+    """The class count of a model: its ``num_classes`` (timm), else the length of its logits for one image
+    (predicted as the evaluation passes predict)."""
     inner = model.model if isinstance(model, NormalizedModel) else model
     n = getattr(inner, 'num_classes', None)
     if isinstance(n, int) and not isinstance(n, bool):
         return n
     device = next((t.device for t in (*model.parameters(), *model.buffers())), torch.device('cpu'))
-    with torch.no_grad():
-        return int(model(sample.to(device)).shape[-1])
+    return int(predict_logits(model, images.images[:1], device, 'none', model_in_chans(model)).shape[-1])
 
 
 def check_model_classes(models: Sequence[tuple[str, nn.Module]], images: EvalImages, classes: Sequence[str] | None,
@@ -389,7 +390,7 @@ def check_model_classes(models: Sequence[tuple[str, nn.Module]], images: EvalIma
     """
     from ..data import check_classes, check_label_names, check_labels
     for name, model in models:
-        n = _model_classes(model, images.images[:1].float().div_(255))
+        n = _model_classes(model, images)
         fix = f"evaluate model {name!r} on data with its {n} classes"
         check_classes(classes, n, where, model=f"the class count of model {name!r}", fix=fix)
         check_labels(images.labels, n, where, fix=f"model {name!r} has {n} classes; {fix}")
