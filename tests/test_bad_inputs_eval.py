@@ -200,6 +200,21 @@ def test_hub_folder_under_another_architecture_is_refused(fmnist_run, tmp_path):
     assert loaded.model.num_classes == 10 and loaded.mean.flatten().tolist() == pytest.approx([0.2])
 
 
+def test_base_file_of_another_architecture_is_refused_by_fine_tuning(tmp_path):
+    import timm
+    from finetune_helpers import TINY_ARGS
+    from timm_asap.config import ConfigError
+    from timm_asap.hub import weights_metadata
+    from timm_asap.train.checkpoint import save_weights
+    from timm_asap.train.model import load_base_model
+    flc = timm.create_model('resnet18_cifar_flc', num_classes=10, in_chans=1, **TINY_ARGS)
+    path = save_weights(flc.state_dict(), tmp_path / 'flc.safetensors', weights_metadata(flc, 'resnet18_cifar_flc'))
+    with pytest.raises(ConfigError, match=r"model\.base_file: .*flc\.safetensors: holds weights of architecture "
+                                          r"'resnet18_cifar_flc' .* the model name 'resnet18_cifar'"):
+        load_base_model('resnet18_cifar', 10, 1, str(path), TINY_ARGS)
+    assert load_base_model('resnet18_cifar_flc', 10, 1, str(path), TINY_ARGS).model.num_classes == 10
+
+
 def test_state_dict_that_records_nothing_loads_with_a_warning_and_its_own_counts(tmp_path, caplog):
     import timm
     from timm_asap.evaluation import create_eval_model
@@ -314,7 +329,8 @@ def test_missing_checkpoint_names_the_file(fmnist_run, tmp_path, capsys):
     rc, err = _evaluate(['--model', f"preactresnet18_asap@{tmp_path / 'nope.pth'}", *_fmnist(fmnist_run[0])],
                         tmp_path, capsys)
     assert rc == 2
-    assert err[-1] == f"timm-asap-evaluate: error: {tmp_path / 'nope.pth'}: checkpoint not found (no such file or folder)"
+    assert err[-1] == (f"timm-asap-evaluate: error: {tmp_path / 'nope.pth'}: checkpoint not found (no such file or "
+                       f"folder)")
 
 
 def test_tensors_that_do_not_fit_the_model_are_one_line(fmnist_run, tmp_path, capsys):
@@ -339,9 +355,9 @@ def _no_pass(monkeypatch):
 def test_corruption_cache_naming_a_file_is_refused_before_any_pass(fmnist_run, tmp_path, capsys, monkeypatch):
     _no_pass(monkeypatch)
     (tmp_path / 'cache.txt').write_text('not a folder')
-    rc, err = _evaluate([*_grey_test_resnet(tmp_path), *_fmnist(fmnist_run[0]),
-                         '--corruption-cache', str(tmp_path / 'cache.txt'), '--corruptions', 'fog', '--severities', '1'],
-                        tmp_path / 'out', capsys)
+    rc, err = _evaluate([*_grey_test_resnet(tmp_path), *_fmnist(fmnist_run[0]), '--corruption-cache',
+                         str(tmp_path / 'cache.txt'), '--corruptions', 'fog', '--severities', '1'], tmp_path / 'out',
+                        capsys)
     assert rc == 2
     assert err[-1] == (f"timm-asap-evaluate: error: corruption_cache {tmp_path / 'cache.txt'} is a file, not a "
                        f"folder; name a folder (it is created when missing)")

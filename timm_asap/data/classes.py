@@ -37,10 +37,10 @@ def check_classes(classes: Sequence[str] | None, num_classes: int, where: str, m
 
     Example:
         >>> check_classes(['cat', 'dog'], 2, "split 'val'")
-        >>> check_classes(['cat', 'dog'], 10, "split 'val'")
+        >>> check_classes(['cat', 'dog'], 10, "split 'val'")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        timm_asap.data.errors.DataError: split 'val' has 2 classes ['cat', 'dog'], but model.num_classes is 10; set model.num_classes to match the data
+        timm_asap.data.errors.DataError: split 'val' has 2 classes ['cat', 'dog'], but model.num_classes is 10; ...
     """
     if classes is not None and len(classes) != num_classes:
         raise DataError(f"{where} has {len(classes)} classes {_shown(classes)}, but {model} is {num_classes}; {fix}")

@@ -103,7 +103,7 @@ def create_eval_model(
     """Create a timm model by name (registered ``*_asap`` / ``*_flc`` names need ``import timm_asap.models``).
 
     With a checkpoint, the model is built as the checkpoint records it and checked against ``name``
-    (:func:`timm_asap.evaluation.checkpoint.create_checkpoint_model`): its recorded architecture and pooling
+    (:func:`timm_asap.hub.checkpoint.create_checkpoint_model`): its recorded architecture and pooling
     must be ``name``'s, its recorded ``model_args``, classes and channels are applied (given values may not
     contradict them), and its recorded label names, normalisation and input settings go into the model's
     ``pretrained_cfg``.
@@ -137,7 +137,7 @@ def create_eval_model(
     from timm_asap.hub.load import hub_unreachable_error
     from timm_asap.models import check_model_name
     if checkpoint_path:
-        from .checkpoint import create_checkpoint_model
+        from timm_asap.hub.checkpoint import create_checkpoint_model
         model, _ = create_checkpoint_model(name, checkpoint_path, num_classes, in_chans, **kwargs)
         return wrap_model(model, mean, std)
     check_model_name(name)

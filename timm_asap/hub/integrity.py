@@ -189,7 +189,8 @@ def config_model_args(config: dict[str, Any]) -> dict[str, Any]:
     """The ``timm.create_model`` arguments a config.json records: its ``model_args`` and ``num_classes``.
 
     Example:
-        >>> config_model_args({'architecture': 'a', 'num_classes': 10, 'model_args': {'in_chans': 1, 'pretrained': True}})
+        >>> config_model_args({'architecture': 'a', 'num_classes': 10,
+        ...                    'model_args': {'in_chans': 1, 'pretrained': True}})
         {'in_chans': 1, 'num_classes': 10}
     """
     kwargs = dict(config.get('model_args') or {})
@@ -220,7 +221,8 @@ def expected_state_shapes(config: dict[str, Any], source: str | None = None) -> 
     return {k: tuple(v.shape) for k, v in config_model(config, source).state_dict().items()}
 
 
-def weights_metadata(model: torch.nn.Module, architecture: str, model_args: dict[str, Any] | None = None) -> dict[str, str]:
+def weights_metadata(model: torch.nn.Module, architecture: str,
+                     model_args: dict[str, Any] | None = None) -> dict[str, str]:
     """What a weights file records about the model it holds: the architecture, its spectral pooling and,
     when given, the ``timm.create_model`` arguments that build it.
 

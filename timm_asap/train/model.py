@@ -48,6 +48,19 @@ def _file_classes(path: str, classifier: str | None) -> int | None:
     return int(w.shape[0]) if w is not None and w.ndim >= 1 else None
 
 
+def _base_file_record(file: str, name: str, record=None, model: nn.Module | None = None):
+    """Read ``model.base_file``'s record (when ``record`` is None) and check it against the base ``name``
+    (and the built ``model``); a problem is a ConfigError naming the key."""
+    from ..hub.checkpoint import check_record_identity, read_checkpoint_record
+    from ..hub.errors import IntegrityError
+    try:
+        record = record if record is not None else read_checkpoint_record(file)
+        check_record_identity(record, name, model)
+    except IntegrityError as e:
+        raise ConfigError(f"model.base_file: {e}") from None
+    return record
+
+
 def load_base_model(name: str, num_classes: int, in_chans: int, file: str = '',
                     model_args: dict | None = None) -> BaseModel:
     """``timm.create_model(name, pretrained=True)`` fitted to ``num_classes``/``in_chans``.
@@ -64,11 +77,15 @@ def load_base_model(name: str, num_classes: int, in_chans: int, file: str = '',
             has the same structure as the converted model).
 
     Raises:
-        ConfigError: unknown model or tag, no pretrained weights, or an unreadable file.
+        ConfigError: unknown model or tag, no pretrained weights, an unreadable file, or a file that records
+            another architecture or pooling than ``name`` (:func:`timm_asap.hub.checkpoint.check_record_identity`).
     """
     _register_models()
     overlay = None
     pcfg = None
+    record = None
+    if file:  # a file that records its model must hold ``name``'s weights (one that records nothing: a warning)
+        record = _base_file_record(file, name)
     try:
         pcfg = get_pretrained_cfg(name)
     except (RuntimeError, ValueError):
@@ -90,6 +107,8 @@ def load_base_model(name: str, num_classes: int, in_chans: int, file: str = '',
     except (OSError, ValueError) as e:
         where = f"file {file!r}" if file else "download"
         raise ConfigError(f"base model {name!r}: pretrained weights unavailable ({where}): {e}") from None
+    if record is not None:
+        _base_file_record(file, name, record, model)
     head_loaded = pretrained_classes is not None and pretrained_classes == num_classes
     return BaseModel(model, name, pretrained_classes, head_loaded)
 

@@ -30,15 +30,14 @@ import torch
 from torch import nn
 
 from ..config import ConfigError, RUN_CONFIG_FILE, RunConfig, config_from_dict, find_run_config, load_config
-from ..hub.config_model import model_create_args
-from ..hub.errors import IntegrityError
-from ..hub.export import load_checkpoint_state_dict, load_state_dict_checked
-from ..hub.integrity import (ARCHITECTURE_KEY, CONFIG_NAME, POOLING_KEY, WEIGHTS_NAME, check_recorded_model,
-                             config_model_args, read_safetensors_header, recorded_model_args, verify_hub_folder)
 from ..models.registry import check_model_name
-from ..train.checkpoint import CHECKPOINT_FORMAT
+from .config_model import model_create_args
+from .errors import IntegrityError
+from .export import load_checkpoint_state_dict, load_state_dict_checked
+from .integrity import (ARCHITECTURE_KEY, CONFIG_NAME, POOLING_KEY, WEIGHTS_NAME, check_recorded_model,
+                        config_model_args, read_safetensors_header, recorded_model_args, verify_hub_folder)
 
-__all__ = ['CheckpointRecord', 'read_checkpoint_record', 'create_checkpoint_model']
+__all__ = ['CheckpointRecord', 'read_checkpoint_record', 'check_record_identity', 'create_checkpoint_model']
 
 _logger = logging.getLogger(__name__)
 
@@ -175,6 +174,7 @@ def _torch_load_record(path: Path) -> Any:
 
 
 def _torch_record(path: Path) -> CheckpointRecord:
+    from ..train.checkpoint import CHECKPOINT_FORMAT  # the fine-tuning tool's format tag (train builds on hub)
     ckpt = _torch_load_record(path)
     record = CheckpointRecord(path, 'the checkpoint')
     if not isinstance(ckpt, dict) or ckpt.get('format') != CHECKPOINT_FORMAT:
@@ -258,6 +258,36 @@ def _apply_recorded_config(model: nn.Module, record: CheckpointRecord) -> None:
         model.default_cfg = model.pretrained_cfg
 
 
+def check_record_identity(record: CheckpointRecord, name: str, model: nn.Module | None = None) -> None:
+    """Check a checkpoint's recorded architecture (and, given the built model, pooling) against the name it is
+    loaded under; a checkpoint that records nothing gets a one-line warning that it could not be checked.
+
+    Call it once before building (``model`` None: the recorded arguments may not fit another architecture)
+    and once with the built model.
+
+    Args:
+        record: from :func:`read_checkpoint_record`.
+        name: the timm model name (``arch``, ``arch.tag``, ``hf-hub:...``, ``local-dir:...``).
+        model: the built model, or None.
+
+    Raises:
+        IntegrityError: another architecture or pooling, naming both (:func:`check_recorded_model`).
+        UnknownModelError: an unknown model name.
+    """
+    arch = check_model_name(name)
+    plain = not name.startswith(('hf-hub:', 'local-dir:'))
+    if not record.architecture:
+        if model is None:
+            _logger.warning(f"{record.weights} records no architecture: could not check that it holds weights of "
+                            f"{name!r}")
+        return
+    if model is None and not plain:  # the architecture of a Hub name is known once it is built
+        return
+    if not plain:
+        arch = str((getattr(model, 'pretrained_cfg', None) or {}).get('architecture') or arch)
+    check_recorded_model(record.weights, arch, model, f"the model name {name!r}", record.metadata, record.recorded_in)
+
+
 def create_checkpoint_model(name: str, checkpoint: str | Path, num_classes: int | None = None,
                             in_chans: int | None = None, **kwargs) -> tuple[nn.Module, CheckpointRecord]:
     """Build ``name`` as the checkpoint records it, load its weights and check them against the name.
@@ -279,14 +309,8 @@ def create_checkpoint_model(name: str, checkpoint: str | Path, num_classes: int 
             architecture does not take.
         UnknownModelError: an unknown model name.
     """
-    arch = check_model_name(name)
-    plain = not name.startswith(('hf-hub:', 'local-dir:'))
     record = read_checkpoint_record(checkpoint)
-    named_in = f"the model name {name!r}"
-    if not record.architecture:
-        _logger.warning(f"{record.weights} records no architecture: could not check that it holds weights of {name!r}")
-    elif plain:  # before building: the recorded arguments may not fit another architecture
-        check_recorded_model(record.weights, arch, None, named_in, record.metadata, record.recorded_in)
+    check_record_identity(record, name)
     state_dict = load_checkpoint_state_dict(record.weights)
     args = _create_args(name, record, state_dict, num_classes, in_chans, kwargs)
     try:
@@ -294,9 +318,7 @@ def create_checkpoint_model(name: str, checkpoint: str | Path, num_classes: int 
     except TypeError as e:
         raise ValueError(f"{name!r} cannot be built with {args} (from {record.recorded_in or 'the arguments given'}): "
                          f"{e}") from None
-    if record.architecture:
-        built = arch if plain else str((getattr(model, 'pretrained_cfg', None) or {}).get('architecture') or arch)
-        check_recorded_model(record.weights, built, model, named_in, record.metadata, record.recorded_in)
+    check_record_identity(record, name, model)
     shown = ', '.join(f"{k}={v!r}" for k, v in args.items())
     load_state_dict_checked(model, state_dict, record.weights, f"{name!r} built with {shown or 'its defaults'}")
     _apply_recorded_config(model, record)
