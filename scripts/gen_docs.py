@@ -244,7 +244,19 @@ def gen_architectures(arg: str | None) -> str:
     total = len(registered_architectures())
     return (f"{total} architectures registered by `import timm_asap` (timm {timm.__version__}).\n\n"
             + md_table(['architecture', 'converts', '`pretrained=True` loads', 'tags that load', 'robust weights',
-                        'input', 'timm module'], rows, ['---', '---', '---', '---:', '---', '---', '---']))
+                        'input', 'timm module'], rows, ['---', '---', '---', '---:', '---', '---', '---'])
+            + '\n\n' + _zero_shot_text())
+
+
+def _zero_shot_text() -> str:
+    """What a checkpoint "converted zero-shot" is worth as it loads, with the measured figures (one place: the registry's)."""
+    from timm_asap.models.registry import ZERO_SHOT_BASE_TOP1, ZERO_SHOT_TOP1
+
+    (asap, asap_fixed, _), (flc, flc_fixed, _) = ZERO_SHOT_TOP1['asap'], ZERO_SHOT_TOP1['flc']
+    return (f"\"Converted zero-shot\": the base's weights, loaded unchanged into the converted architecture: a "
+            f"starting point that loses accuracy until fine-tuned (on the study's network {asap:.1f} % ASAP and "
+            f"{flc:.1f} % FLC against the base's {ZERO_SHOT_BASE_TOP1:.1f} %; {asap_fixed:.1f} % / {flc_fixed:.1f} % "
+            f"after re-estimating BatchNorm with `timm_asap.recalibrate_norm`).")
 
 
 def gen_architectures_short(arg: str | None) -> str:
@@ -273,7 +285,8 @@ def gen_architectures_short(arg: str | None) -> str:
     published = set().union(*(g['published'] for g in groups.values()))
     note = ('No ASAP or FLC weights trained by this project are published yet.' if not published else
             f"{len(published)} sets of weights trained by this project are published.")
-    return md_table(['architectures', '`pretrained=True` loads', 'robust weights'], rows) + '\n\n' + note
+    return (md_table(['architectures', '`pretrained=True` loads', 'robust weights'], rows) + '\n\n' + note + ' '
+            + _zero_shot_text())
 
 
 # ---------------------------------------------------------------------------------------------------- coverage

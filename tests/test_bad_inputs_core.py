@@ -231,3 +231,26 @@ def test_checked_loaders_name_unknown_architectures(tmp_path):
     with pytest.raises(M.UnknownModelError, match=r"has no tag 'tv_in1k'; close: tv_in1k_base"):
         H.load_model('resnet18_asap.tv_in1k')
     shutil.rmtree(folder)
+
+
+# ---- the repair (recalibrate_norm) ----------------------------------------------------------------------
+
+@pytest.mark.parametrize('model, kwargs, error, words', [
+    (lambda: {'not': 'a model'}, {}, TypeError, 'model must be a torch.nn.Module, got dict'),
+    (lambda: torch.nn.BatchNorm2d(3), {'num_images': True}, ValueError,
+     'num_images must be a positive integer or None (all), got True'),
+    (lambda: torch.nn.BatchNorm2d(3), {'batch_size': 2.5}, ValueError,
+     'batch_size must be a positive integer, got 2.5'),
+])
+def test_recalibrate_norm_bad_arguments(model, kwargs, error, words):
+    with pytest.raises(error) as e:
+        M.recalibrate_norm(model(), torch.randn(2, 3, 4, 4), **kwargs)
+    assert words in str(e.value)
+
+
+def test_recalibrate_norm_of_a_bare_batchnorm_layer_takes_the_image_statistics():
+    bn = torch.nn.BatchNorm2d(3)
+    x = torch.randn(8, 3, 4, 4) * torch.tensor([1.0, 2.0, 3.0]).view(1, 3, 1, 1) + 5
+    M.recalibrate_norm(bn, x, batch_size=8)  # one batch: exactly its mean and unbiased variance
+    torch.testing.assert_close(bn.running_mean, x.mean((0, 2, 3)))
+    torch.testing.assert_close(bn.running_var, x.transpose(0, 1).reshape(3, -1).var(1))

@@ -309,7 +309,7 @@ def test_a_stop_request_checks_the_loss_before_writing_on_cuda():
     from types import SimpleNamespace
     from timm_asap.train.loop import EpochLoop
     loop = SimpleNamespace(
-        cfg=SimpleNamespace(train=SimpleNamespace(log_interval=50), data=SimpleNamespace(max_unreadable=0.0)),
+        cfg=SimpleNamespace(train=SimpleNamespace(log_interval=50, lr=0.1), data=SimpleNamespace(max_unreadable=0.0)),
         env=SimpleNamespace(distributed=False), signals=SimpleNamespace(signum=signal.SIGTERM), cuda=True,
         p=SimpleNamespace(num_updates=9, history=[]), out=Path('run'),
         parts=SimpleNamespace(batches_per_epoch=12, data=SimpleNamespace(train_size=96)))

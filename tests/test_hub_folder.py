@@ -85,6 +85,9 @@ def test_config_json_is_timm_format(folder, reference):
     assert cfg['model_args'] == json.loads(json.dumps(cfg['model_args']))
     assert cfg['model_args']['in_chans'] == 1 and cfg['model_args']['pool_mode'] == 'centered'
     assert 'num_classes' not in cfg['model_args']
+    # the paper's placement is the default: not in model_args (older timm-asap versions rebuild it), recorded below
+    assert 'pool_position' not in cfg['model_args']
+    assert cfg['timm_asap']['pool_position'] == 'before' and cfg['timm_asap']['mode'] == 'centered'
     p = cfg['pretrained_cfg']
     assert p['input_size'] == [1, 32, 32] and p['mean'] == [0.286] and p['std'] == [0.353]
     assert p['crop_pct'] == 1.0 and p['interpolation'] == 'bilinear' and p['license'] == 'apache-2.0'
@@ -155,6 +158,53 @@ def test_band_mode_travels_in_config_json(tmp_path):
     with torch.no_grad():
         assert torch.equal(H.load_hub_folder(folder)(x), trained(x))
         assert not torch.allclose(centered.eval()(x), trained(x))
+
+
+def test_placement_travels_in_config_json_and_weights(tmp_path):
+    """pool_position='after' computes another function with the same tensors: config.json's model_args and the
+    weights' header record it, the folder rebuilds it exactly, and the weights refuse the other placement."""
+    train = make_train_dir(tmp_path / 'train', overrides=['model.pool_position=after'])
+    folder = H.export_output_dir(train, tmp_path / 'hub', allow_no_eval=True)
+    config = json.loads((folder / 'config.json').read_text())
+    assert config['model_args']['pool_position'] == 'after' and config['timm_asap']['pool_position'] == 'after'
+    assert 'pool_position=after' in config['pretrained_cfg']['notes'][0]
+    _, metadata, _ = H.read_safetensors_header(folder / 'model.safetensors')
+    assert json.loads(metadata['timm_asap.pooling']) == ["ASAP2d(padding='one', mode='centered')", "pool_position='after'"]
+    assert "placed `after` the strided convolutions" in (folder / 'README.md').read_text()
+    trained = H.load_trained_model(load_config(train / 'config.yaml'), train / 'model.safetensors')
+    before = timm.create_model('resnet18_cifar_asap', num_classes=10, in_chans=1)
+    before.load_state_dict(trained.state_dict())
+    x = images(2)
+    with torch.no_grad():
+        assert torch.equal(H.load_hub_folder(folder)(x), trained(x))
+        assert torch.equal(timm.create_model(f'local-dir:{folder}', pretrained=True).eval()(x), trained(x))
+        # random weights give near-constant logits: compare the feature maps the placement changes
+        assert not torch.allclose(before.eval().forward_features(x), trained.forward_features(x))
+    # the same weights described as the paper's placement (pool_position dropped from model_args): refused
+    bad = copy_folder(folder, tmp_path)
+    _edit_config(model_args={k: v for k, v in config['model_args'].items() if k != 'pool_position'})(bad)
+    for check in (H.verify_hub_folder, H.load_hub_folder, lambda f: H.load_model(f'local-dir:{f}')):
+        with pytest.raises(IntegrityError, match=r"placed after the strided convolutions \(pool_position='after'.*"
+                                                 r"builds it before them.*set pool_position='after'"):
+            check(bad)
+
+
+def test_run_config_placement_must_match_the_model():
+    from timm_asap.hub.config_model import check_pooling, create_model_from_config
+    cfg = apply_overrides(load_config(HUB_CONFIG), ['model.pool_position=after'])
+    model = create_model_from_config(cfg)
+    assert timm_asap.models.pool_position_of(model) == 'after'
+    check_pooling(model, 'asap', 'centered', 'the model', 'after')
+    with pytest.raises(ConfigError, match=r"model.pool_position: 'before', but .* strided convolutions pool after"):
+        check_pooling(model, 'asap', 'centered', 'the model', 'before')
+    # model_args naming another placement than model.pool_position: refused with the key to set
+    clash = apply_overrides(load_config(HUB_CONFIG), ["model.model_args={'pool_position': 'after'}"])
+    with pytest.raises(ConfigError, match="set model.pool_position"):
+        create_model_from_config(clash)
+    with pytest.raises(ConfigError, match=r"model.pool_position: must be one of \['before', 'after'\], got 'late'"):
+        apply_overrides(load_config(HUB_CONFIG), ['model.pool_position=late'])
+    with pytest.raises(ConfigError, match="model.pool is 'none'"):
+        apply_overrides(load_config(HUB_CONFIG), ['model.pool=none', 'model.pool_position=after'])
 
 
 # ---- refusing, atomicity ---------------------------------------------------------------------------
@@ -301,7 +351,8 @@ def test_written_weights_carry_a_data_digest(folder):
     (dict(architecture='resnet18_cifar_flc'), "architecture 'resnet18_cifar_asap' (its header records it) but"),
     (dict(pool_mode='reference'), "trained with pooling [\"ASAP2d(padding='one', mode='centered')\"]"),
     (dict(pool_args={'padding': 'large'}), "padding='large'"),
-], ids=['same-keys-other-architecture', 'other-pool-mode', 'other-pool-args'])
+    (dict(pool_position='after'), "placed before the strided convolutions (pool_position='before'"),
+], ids=['same-keys-other-architecture', 'other-pool-mode', 'other-pool-args', 'other-placement'])
 def test_config_naming_other_pooling_with_the_same_tensors_is_refused(folder, tmp_path, changes, words):
     """resnet18_cifar_flc (or another band mode) has the same tensors as the ASAP weights: the header's
     record of the architecture and pooling catches what the shapes cannot."""

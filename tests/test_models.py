@@ -30,8 +30,32 @@ HEAVY = {f"{b}_{p}" for b in ('vgg16_bn', 'wide_resnet101_2', 'wide_resnet50_2',
 pytestmark = pytest.mark.usefixtures('one_thread')
 
 
+# pool_position='after' runs on a representative set in the default run: each pooling, timm's and the CIFAR-size
+# families, a resnet-d shortcut (avg-pool, then 1x1 conv), EfficientNet's depthwise convs, RegNet's grouped convs,
+# ConvNeXt (kernel == stride convs only: the same model in both placements)
+AFTER = ('resnet18_asap', 'resnet50d_flc', 'efficientnet_b0_asap', 'regnety_008_flc', 'convnext_atto_asap',
+         'resnet18_cifar_flc', 'preactresnet18_asap')
+
+
 def _params(names):
     return [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n for n in names]
+
+
+def _placed(names):
+    """(name, pool_position) cases: every name with the default placement (id: the name, as before the
+    placement was a choice), and the :data:`AFTER` names among them with ``pool_position='after'``."""
+    cases = [pytest.param(n, 'before', id=n, marks=[pytest.mark.slow] if n in HEAVY else []) for n in names]
+    return cases + [pytest.param(n, 'after', id=f'{n}-after') for n in AFTER if n in names]
+
+
+def _placement_kwargs(pool_position: str) -> dict:
+    """The create_model kwargs of a placement: none for the default (so the default stays what it was)."""
+    return {} if pool_position == 'before' else {'pool_position': pool_position}
+
+
+def _expected_position(name: str, pool_position: str):
+    """What :func:`pool_position_of` reports: None for models whose strided convs are all kernel == stride."""
+    return None if name.startswith('convnext') else pool_position
 
 
 def _base(name: str) -> str:
@@ -87,10 +111,11 @@ def test_registered_in_modules_timm_does_not_use():
     assert not modules & timm_modules
 
 
-@pytest.mark.parametrize('name', VARIANTS)
-def test_state_dict_equals_base_and_loads_strict(name):
+@pytest.mark.parametrize('name, pool_position', _placed(VARIANTS))
+def test_state_dict_equals_base_and_loads_strict(name, pool_position):
     base = timm.create_model(_base(name), device='meta')
-    model = timm.create_model(name, device='meta')
+    model = timm.create_model(name, device='meta', **_placement_kwargs(pool_position))
+    assert M.pool_position_of(model) == _expected_position(name, pool_position)
     sd, base_sd = model.state_dict(), base.state_dict()
     assert list(sd) == list(base_sd)
     assert [(v.shape, v.dtype) for v in sd.values()] == [(v.shape, v.dtype) for v in base_sd.values()]
@@ -101,13 +126,14 @@ def test_state_dict_equals_base_and_loads_strict(name):
     assert pools and all(isinstance(m, ASAP2d if name.endswith('_asap') else FLC2d) for m in pools)
 
 
-@pytest.mark.parametrize('name', VARIANTS)
-def test_default_size_shapes_and_features_match_base(name):
+@pytest.mark.parametrize('name, pool_position', _placed(VARIANTS))
+def test_default_size_shapes_and_features_match_base(name, pool_position):
     """At the default input size: logits, forward_features and every features_only output as the base."""
     chans, h, w = _default_size(name)
     x = torch.empty(1, chans, h, w, device='meta')
+    placed = _placement_kwargs(pool_position)
     base = timm.create_model(_base(name), device='meta')
-    model = timm.create_model(name, device='meta')
+    model = timm.create_model(name, device='meta', **placed)
     assert model.forward_features(x).shape == base.forward_features(x).shape
     assert model(x).shape == base(x).shape == (1, model.num_classes)
 
@@ -117,7 +143,7 @@ def test_default_size_shapes_and_features_match_base(name):
         assert [t.shape for t in inter] == [t.shape for t in base_inter]
 
     fbase = timm.create_model(_base(name), features_only=True, device='meta')
-    fmodel = timm.create_model(name, features_only=True, device='meta')
+    fmodel = timm.create_model(name, features_only=True, device='meta', **placed)
     assert fmodel.feature_info.out_indices == fbase.feature_info.out_indices
     assert fmodel.feature_info.reduction() == fbase.feature_info.reduction()
     assert fmodel.feature_info.channels() == fbase.feature_info.channels()
@@ -140,10 +166,10 @@ def test_kwargs_num_classes_in_chans_drop_rate(name):
     assert model(x).shape == (2, 7)
 
 
-@pytest.mark.parametrize('name', _params(VARIANTS + BASELINES))
-def test_forward_backward_and_model_api(name):
+@pytest.mark.parametrize('name, pool_position', _placed(VARIANTS + BASELINES))
+def test_forward_backward_and_model_api(name, pool_position):
     torch.manual_seed(0)
-    model = timm.create_model(name, num_classes=5)
+    model = timm.create_model(name, num_classes=5, **_placement_kwargs(pool_position))
     x = _small_input(name)
     # training forward/backward
     model.train()
@@ -183,29 +209,32 @@ def test_forward_backward_and_model_api(name):
     assert model(x).shape == (2, head_width)
 
 
-@pytest.mark.parametrize('name', _params(VARIANTS))
-def test_features_only_small_input(name):
-    model = timm.create_model(name, features_only=True).eval()
+@pytest.mark.parametrize('name, pool_position', _placed(VARIANTS))
+def test_features_only_small_input(name, pool_position):
+    placed = _placement_kwargs(pool_position)
+    model = timm.create_model(name, features_only=True, **placed).eval()
     x = _small_input(name, batch=1)
     with torch.no_grad():
         outs = model(x)
     assert len(outs) == len(model.feature_info.out_indices)
     for out, red in zip(outs, model.feature_info.reduction()):
         assert out.shape[-1] == math.ceil(x.shape[-1] / red)
-    some = timm.create_model(name, features_only=True, out_indices=(1, -1)).eval()
+    some = timm.create_model(name, features_only=True, out_indices=(1, -1), **placed).eval()
     with torch.no_grad():
         assert [o.shape for o in some(x)] == [outs[1].shape, outs[-1].shape]
 
 
-@pytest.mark.parametrize('name', _params(VARIANTS))
-def test_pretrained_from_local_file_loads_base_weights(name, tmp_path):
+@pytest.mark.parametrize('name, pool_position', _placed(VARIANTS))
+def test_pretrained_from_local_file_loads_base_weights(name, pool_position, tmp_path):
     base_name = _base(name)
     state = _random_state_dict(timm.create_model(base_name, device='meta'))
     path = tmp_path / f"{base_name}.safetensors"
     save_file(state, str(path))
     tags = [t for t in get_arch_pretrained_cfgs(name) if t.endswith('_base')]
     full = tags[0] if tags else name
-    model = timm.create_model(full, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+    model = timm.create_model(full, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)),
+                              **_placement_kwargs(pool_position))
+    assert M.pool_position_of(model) == _expected_position(name, pool_position)
     loaded = model.state_dict()
     assert list(loaded) == list(state)
     for k, v in state.items():
@@ -298,25 +327,48 @@ def test_hub_config_tags_carry_input_config_and_labels():
     assert not any(isinstance(m, (ASAP2d, FLC2d, PooledConvMixin)) for m in model.modules())
 
 
+def _shipped_configs() -> tuple[dict, dict]:
+    """The shipped configs split into weight-tag recipes (file ``<architecture>.<tag>.yaml``, named as the
+    tag they train) and templates for users' own runs (any other file name, e.g. ``convert_asap.fmnist``)."""
+    from timm_asap.config import list_hub_configs, load_config
+    configs = {name: load_config(path) for name, path in list_hub_configs().items()}
+    recipes = {name: cfg for name, cfg in configs.items() if cfg.name == name}
+    return recipes, {name: cfg for name, cfg in configs.items() if name not in recipes}
+
+
 def test_weight_tag_table_agrees_with_the_recipes():
     """The registry's table (WEIGHT_TAGS) and the training recipes (hub_configs/*.yaml) describe the same tags."""
-    from timm_asap.config import list_hub_configs, load_config
+    from timm_asap.config import list_hub_configs
     shipped = list_hub_configs()
-    assert set(shipped) == {t.name for t in M.WEIGHT_TAGS}
+    recipes, _ = _shipped_configs()
+    assert set(recipes) == {t.name for t in M.WEIGHT_TAGS}
     for t in M.WEIGHT_TAGS:
-        cfg = load_config(shipped[t.name])
+        cfg = recipes[t.name]
         m, d, h = cfg.model, cfg.data, cfg.hub
         assert (m.architecture, m.tag) == (t.architecture, t.tag)
         assert m.pool == M.get_variant(t.architecture).pool
         assert (m.in_chans, m.img_size, m.img_size) == t.input_size and m.num_classes == t.num_classes
         assert m.base == t.base and h.repo_id == t.hf_hub_id and h.license == t.license and h.published == t.published
-        assert {**m.model_args, **({'pool_mode': m.mode} if m.pool != 'none' else {})} == t.model_args
+        placement = {'pool_mode': m.mode, 'pool_position': m.pool_position} if m.pool != 'none' else {}
+        assert {**m.model_args, **placement} == t.model_args
         assert tuple(d.mean or ()) == (t.mean or ()) and tuple(d.std or ()) == (t.std or ())
         assert (d.interpolation, d.crop_pct) == (t.interpolation, t.crop_pct)
         assert tuple(d.label_names or ()) == (t.label_names or ())
         assert t.recipe == shipped[t.name].name
         if m.base:
             assert M.check_model_name(m.base) == M.base_architecture(t.name)
+
+
+def test_template_configs_are_not_weight_tags():
+    """A shipped template (a recipe for the user's own base) never claims a registered tag or its Hub repo,
+    names a registered architecture, and publishes nothing."""
+    _, templates = _shipped_configs()
+    assert 'convert_asap.fmnist' in templates
+    repos = {t.hf_hub_id for t in M.WEIGHT_TAGS}
+    for name, cfg in templates.items():
+        assert M.weight_tags.weight_tag(cfg.name) is None and cfg.hub.repo_id not in repos, name
+        assert cfg.hub.repo_id == f"{M.HUB_ORG}/{cfg.name}" and not cfg.hub.published, name
+        assert M.get_variant(cfg.model.architecture).pool == cfg.model.pool, name
 
 
 def test_fashion_mnist_labels_are_the_datasets():
@@ -457,3 +509,47 @@ def test_published_weight_tag_becomes_the_default_tag(monkeypatch):
     default = generate_default_cfgs(cfgs)['resnet50_asap']
     assert default.tags[0] == 'ft_in1k' and default.cfgs['ft_in1k'].hf_hub_id == 'timm-asap/resnet50_asap.ft_in1k'
     assert default.cfgs['ft_in1k'].has_weights
+
+
+def test_pool_position_kwarg_and_its_errors():
+    model = timm.create_model('resnet50_asap', pool_position='after', device='meta')
+    convs = [m for m in model.modules() if isinstance(m, PooledConvMixin)]
+    assert convs and all(m.pool_position == 'after' for m in convs)
+    assert M.pooling_signature(model)[-1] == "pool_position='after'"
+    default = timm.create_model('resnet50_asap', device='meta')
+    assert {m.pool_position for m in default.modules() if isinstance(m, PooledConvMixin)} == {'before'}
+    with pytest.raises(ValueError, match=r"resnet50_asap: asapify pool_position must be one of \['before', 'after'\], "
+                                         r"got 'later'"):
+        timm.create_model('resnet50_asap', pool_position='later', device='meta')
+    with pytest.raises(ValueError, match=r"resnet50_asap: .*patchify='before' contradicts"):
+        timm.create_model('resnet50_asap', pool_position='after', patchify='before', device='meta')
+    with pytest.raises(ValueError, match='resnet18_cifar has no spectral pooling; pool_position apply'):
+        timm.create_model('resnet18_cifar', pool_position='after', device='meta')
+
+
+def test_pool_position_checked_before_the_weights_load(tmp_path):
+    """A bad placement fails before timm builds the model or reads its weights (no download for a typo)."""
+    missing = tmp_path / 'absent.safetensors'
+    with pytest.raises(ValueError, match="pool_position must be one of"):
+        timm.create_model('resnet18_asap.tv_in1k_base', pretrained=True, pool_position='sideways',
+                          pretrained_cfg_overlay=dict(file=str(missing)))
+
+
+def test_base_tags_say_they_are_a_zero_shot_starting_point():
+    """Every ``_base`` tag's pretrained cfg says plainly what its weights are worth as loaded, with the measured
+    figures of its pooling and the repair; trained tags record their placement."""
+    for name, numbers in (('resnet50_asap', ('22.2 %', '69.4 %', '79.3 %')), ('resnet18_cifar_flc', None),
+                          ('convnext_tiny_flc', ('43.9 %', '81.9 %', '86.8 %'))):
+        for full, cfg in get_arch_pretrained_cfgs(name).items():
+            if not (cfg.tag or '').endswith('_base'):
+                continue
+            text = ' '.join(cfg.notes)
+            assert 'zero-shot' in text and 'loses accuracy until fine-tuned' in cfg.description, full
+            assert 'base 90.0 %' in text and all(n in text for n in numbers), full
+            assert 'timm_asap.recalibrate_norm' in text and "pool_position='after'" in text, full
+    for t in M.WEIGHT_TAGS:
+        notes = ' '.join(get_pretrained_cfg(t.name).notes)
+        if M.get_variant(t.architecture).pool != 'none':
+            assert t.model_args['pool_position'] == 'before' and "'pool_position': 'before'" in notes
+            model = timm.create_model(t.name, device='meta')
+            assert M.pool_position_of(model) == 'before'

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import io
+import math
 import warnings
 
 import pytest
@@ -16,7 +17,7 @@ from timm.models.resnet import BasicBlock
 from torch import nn
 
 import timm_asap.models as M
-from timm_asap.layers import ASAP2d, ASAP2dFFT, FLC2d, asap_pool2d, flc_pool2d
+from timm_asap.layers import ASAP2d, ASAP2dFFT, FLC2d, asap_pool2d, asap_pool2d_fft, flc_pool2d, flc_pool2d_fft
 from timm_asap.models import convert
 from timm_asap.models.asap_cifar import SharedPoolPreActBlock
 from timm_asap.models.convert import PooledConvMixin, SharedPoolBasicBlock, SpectralDownsample
@@ -295,22 +296,30 @@ def test_channels_last_and_bfloat16():
 
 
 @pytest.mark.slow
-def test_torch_compile_matches_eager():
-    model = timm.create_model('resnet18_cifar_asap', num_classes=10).eval()
+@pytest.mark.parametrize('pool_position', M.POOL_POSITIONS)
+def test_torch_compile_matches_eager(pool_position):
+    model = timm.create_model('resnet18_cifar_asap', num_classes=10, pool_position=pool_position).eval()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(torch.compile(model)(x), model(x), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.slow
-def test_onnx_export(tmp_path):
+@pytest.mark.parametrize('pool_position', M.POOL_POSITIONS)
+def test_onnx_export(tmp_path, pool_position):
     onnx = pytest.importorskip('onnx')
-    model = timm.create_model('resnet18_cifar_asap', num_classes=10).eval()
+    ort = pytest.importorskip('onnxruntime')
+    model = timm.create_model('resnet18_cifar_asap', num_classes=10, pool_position=pool_position).eval()
     path = tmp_path / 'm.onnx'
+    x = torch.randn(1, 3, 32, 32)
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        torch.onnx.export(model, (torch.randn(1, 3, 32, 32),), str(path), dynamo=False)
+        torch.onnx.export(model, (x,), str(path), dynamo=False)
     onnx.checker.check_model(onnx.load(str(path)))
+    session = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
+    (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(out), model(x), rtol=1e-4, atol=1e-4)
 
 
 def test_one_element_pool_sizes_convert_like_ints():
@@ -327,3 +336,183 @@ def test_profiled_pool_modules_cover_every_pool_layer(pool):
 
     model = M.asapify(timm.create_model('resnet18', num_classes=10), pool=pool)
     assert _pool_modules(model) and all(type(m).__name__ != 'MaxPool2d' for m in _pool_modules(model))
+
+
+# ---------------------------------------------------------------------------------------------------
+# pool_position: where the pooling goes for strided convolutions
+# ---------------------------------------------------------------------------------------------------
+
+CONV_LAYERS = sorted(k for k in LAYERS if k.startswith(('conv', 'patchify', 'std_conv', 'mixed')))
+FFT_POOL = {'asap': asap_pool2d_fft, 'flc': flc_pool2d_fft}
+
+
+def _at_stride_1(layer: nn.Module) -> nn.Module:
+    """A copy of ``layer`` whose convolutions run at stride 1 (their padding rules unchanged)."""
+    layer = copy.deepcopy(layer)
+    for m in layer.modules():
+        if isinstance(m, nn.Conv2d):
+            m.stride = (1, 1)
+    return layer
+
+
+@pytest.mark.parametrize('pool', ['asap', 'flc'])
+@pytest.mark.parametrize('layer', CONV_LAYERS)
+def test_pool_after_is_the_op_at_stride_1_then_the_fft_pooling(layer, pool):
+    """pool_position='after' against the FFT definition: the base op at stride 1, then log2(stride) FFT poolings,
+    with the base op's output size at every input size (no fitting needed: ceil(L / 2) per halving)."""
+    torch.manual_seed(0)
+    base = LAYERS[layer]().double()
+    model = _convert_wrapped(base, pool=pool, pool_position='after')
+    assert list(model.state_dict()) == ['0.' + k for k in base.state_dict()]
+    converted = [m for m in model.modules() if isinstance(m, PooledConvMixin)]
+    assert converted and all(m.pool_position == 'after' and m.stride == (1, 1) for m in converted)
+    reference = _at_stride_1(base)
+    halvings = int(math.log2(_pair_stride(base)))
+    for size in SIZES:
+        x = torch.randn(1, 4, size, size + 3, dtype=torch.float64)
+        try:
+            want_shape = base(x).shape
+        except RuntimeError:  # the base op has no valid output at this size
+            continue
+        with torch.no_grad():
+            want = reference(x)
+            for _ in range(halvings):
+                want = FFT_POOL[pool](want)
+            out = model(x)
+        assert out.shape == want_shape, (layer, size)
+        torch.testing.assert_close(out, want, rtol=1e-9, atol=1e-9)
+
+
+def _pair_stride(layer: nn.Module) -> int:
+    conv = next(m for m in layer.modules() if isinstance(m, nn.Conv2d))
+    return conv.stride[0]
+
+
+@pytest.mark.parametrize('pool', ['asap', 'flc'])
+def test_pool_after_functional_form(pool):
+    conv = nn.Conv2d(4, 6, 3, 2, 1).double()
+    x = torch.randn(2, 4, 15, 22, dtype=torch.float64)
+    model = _convert_wrapped(conv, pool=pool, pool_position='after')
+    want = FFT_POOL[pool](F.conv2d(x, conv.weight, conv.bias, stride=1, padding=1))
+    torch.testing.assert_close(model(x), want, rtol=1e-10, atol=1e-10)
+    before = _convert_wrapped(conv, pool=pool)
+    assert not torch.allclose(before(x), model(x))  # the two placements are different functions
+
+
+def test_pooling_layers_are_the_spectral_pool_alone_in_both_placements():
+    for layer in ('maxpool3x3s2p1', 'blurpool', 'avgpool2x2_ceil'):
+        before = _convert_wrapped(LAYERS[layer]())
+        after = _convert_wrapped(LAYERS[layer](), pool_position='after')
+        assert type(after[0]) is type(before[0]) is ASAP2d
+    plan = {op.name: op.action for op in M.plan_conversion(timm.create_model('resnet18', device='meta'),
+                                                              pool_position='after')}
+    assert plan == {'conv1': 'pool_after', 'maxpool': 'replace', 'layer2.0.conv1': 'pool_after',
+                    'layer2.0.downsample.0': 'pool_after', 'layer3.0.conv1': 'pool_after',
+                    'layer3.0.downsample.0': 'pool_after', 'layer4.0.conv1': 'pool_after',
+                    'layer4.0.downsample.0': 'pool_after'}
+
+
+@pytest.mark.parametrize('name', ['resnet18', 'resnet26d', 'preactresnet18'])
+@pytest.mark.parametrize('pool', ['asap', 'flc'])
+def test_pool_after_whole_model_loads_strict_and_matches_fft_form(name, pool):
+    torch.manual_seed(0)
+    base = timm.create_model(name, num_classes=10).double().eval()
+    model = M.asapify(copy.deepcopy(base), pool=pool, pool_position='after')
+    fft = M.asapify(copy.deepcopy(base), pool=f'{pool}_fft', pool_position='after')
+    assert [(k, v.shape) for k, v in model.state_dict().items()] == [(k, v.shape) for k, v in base.state_dict().items()]
+    model.load_state_dict(base.state_dict(), strict=True)
+    fft.load_state_dict(base.state_dict(), strict=True)
+    # no pooling is shared: each strided conv pools its own output
+    assert not any(isinstance(m, (SharedPoolBasicBlock, SharedPoolPreActBlock)) for m in model.modules())
+    assert M.pool_position_of(model) == 'after' and M.pool_position_of(fft) == 'after'
+    x = torch.randn(2, 3, 40, 36, dtype=torch.float64)
+    with torch.no_grad():
+        out = model(x)
+        torch.testing.assert_close(out, fft(x), rtol=1e-9, atol=1e-9)
+        assert out.shape == base(x).shape
+
+
+def test_pool_after_shares_no_pooling_and_counts_one_per_op():
+    before = M.asapify(timm.create_model('resnet18', device='meta'))
+    after = M.asapify(timm.create_model('resnet18', device='meta'), pool_position='after')
+    # stem conv, stem max-pool and 2 per downsampling block; 'before' shares the block input's pooling
+    assert len(M.spectral_pool_modules(after)) == 8 and len(M.spectral_pool_modules(before)) == 5
+    assert sum(isinstance(m, SharedPoolBasicBlock) for m in before.modules()) == 3
+    assert not any(isinstance(m, SharedPoolBasicBlock) for m in after.modules())
+
+
+def test_default_placement_is_before_and_unchanged():
+    """pool_position='before' (the default) builds exactly the model asapify built before it was a choice."""
+    torch.manual_seed(0)
+    base = timm.create_model('resnet18', num_classes=10).eval()
+    default = M.asapify(copy.deepcopy(base))
+    explicit = M.asapify(copy.deepcopy(base), pool_position='before')
+    assert repr(default) == repr(explicit)
+    assert M.pooling_signature(default) == ["ASAP2d(padding='one', mode='centered')"]  # no placement entry
+    assert M.pool_position_of(default) == 'before'
+    x = torch.randn(1, 3, 48, 48)
+    with torch.no_grad():
+        assert torch.equal(default(x), explicit(x))
+    assert all(torch.equal(a, b) for a, b in zip(default.state_dict().values(), base.state_dict().values()))
+
+
+def test_pooling_signature_records_the_placement():
+    after = M.asapify(timm.create_model('resnet18_cifar', device='meta'), pool='flc', pool_position='after')
+    assert M.pooling_signature(after) == ["FLC2d(mode='centered', variant='real', norm='forward')",
+                                          "pool_position='after'"]
+    # only kernel == stride convolutions (ConvNeXt): both placements build the same model and signature
+    convnext = [M.asapify(timm.create_model('convnext_atto', device='meta'), pool_position=p) for p in M.POOL_POSITIONS]
+    assert repr(convnext[0]) == repr(convnext[1])
+    assert M.pool_position_of(convnext[0]) is None
+    assert M.pooling_signature(convnext[0]) == M.pooling_signature(convnext[1])
+    assert M.pool_position_of(timm.create_model('resnet18', device='meta')) is None
+
+
+def test_placement_is_not_moved_by_a_second_call():
+    model = M.asapify(timm.create_model('resnet18', device='meta'))
+    with pytest.raises(M.ConversionError, match=r"pool_position='before'; asked for pool_position='after'"):
+        M.asapify(model, pool_position='after')
+    after = M.asapify(timm.create_model('resnet18', device='meta'), pool_position='after')
+    pools = len(M.spectral_pool_modules(after))
+    M.asapify(after, pool_position='after')  # the same placement again: nothing changes
+    assert len(M.spectral_pool_modules(after)) == pools
+    with pytest.raises(M.ConversionError, match="pool_position='after'; asked for pool_position='before'"):
+        M.asapify(after)
+
+
+def test_bad_placement_arguments():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, 2, 1))
+    with pytest.raises(ValueError, match=r"pool_position must be one of \['before', 'after'\], got 'middle'"):
+        M.asapify(model, pool_position='middle')
+    with pytest.raises(ValueError, match="patchify='before' contradicts it"):
+        M.asapify(model, pool_position='after', patchify='before')
+    with pytest.raises(TypeError):
+        M.asapify(model, 'asap', 'centered', 'after', True, 'after')  # keyword only
+    assert type(model[0]) is nn.Conv2d and model[0].stride == (2, 2)
+    with pytest.raises(ValueError, match="patchify='before' contradicts"):
+        M.plan_conversion(model, patchify='before', pool_position='after')
+
+
+def test_pool_after_patchify_convs_pool_after_too():
+    model = M.asapify(timm.create_model('convnext_atto', device='meta'), pool_position='after')
+    assert {op.action for op in M.plan_conversion(timm.create_model('convnext_atto', device='meta'),
+                                                  pool_position='after')} == {'pool_after'}
+    assert all(m.pool_position == 'after' for m in model.modules() if isinstance(m, PooledConvMixin))
+
+
+@pytest.mark.parametrize('pool_position', M.POOL_POSITIONS)
+def test_features_only_reductions_in_both_placements(pool_position):
+    base = timm.create_model('resnet18', features_only=True, device='meta')
+    torch.manual_seed(0)
+    model = timm.create_model('resnet18_asap', features_only=True, pool_position=pool_position).eval()
+    assert model.feature_info.reduction() == base.feature_info.reduction()
+    x = torch.randn(1, 3, 61, 64)
+    with torch.no_grad():
+        outs = model(x)
+    for out, red in zip(outs, model.feature_info.reduction()):
+        assert out.shape[-2:] == (math.ceil(61 / red), math.ceil(64 / red))
+    torch.manual_seed(0)
+    fx = timm.create_model('resnet18_asap', features_only=True, feature_cls='fx', pool_position=pool_position).eval()
+    with torch.no_grad():
+        for a, b in zip(fx(x), outs):
+            torch.testing.assert_close(a, b)

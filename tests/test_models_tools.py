@@ -73,6 +73,44 @@ def test_benchmark_models_rows_and_ratios():
     assert any('FFT formulation' in c for c in checks) and any('>= 0.9x' in c for c in checks)
 
 
+def test_benchmark_models_times_both_placements_in_one_run():
+    rows = benchmark_models('cpu', batch_size=1, img_size=32, family='resnet18', models=['resnet18_asap'], rounds=1,
+                            warmup=0, progress=False, passes=('infer',), pool_positions=('before', 'after'))
+    assert [r['model'] for r in rows] == ['resnet18', 'resnet18_asap', 'resnet18_asap (pool after)']
+    assert all(r['baseline'] == 'resnet18' and r['ratio_vs_baseline'] > 0 for r in rows)
+    assert 'resnet18_asap (pool after)' in format_table(rows)
+    only_after = benchmark_models('cpu', batch_size=1, img_size=32, family='resnet18', rounds=1, warmup=0,
+                                  progress=False, passes=('infer',), pool_positions=('after',))
+    assert [r['model'] for r in only_after] == ['resnet18', 'resnet18_asap (pool after)', 'resnet18_flc (pool after)']
+    with pytest.raises(ValueError, match=r"pool_positions must be a non-empty selection of \['before', 'after'\]"):
+        benchmark_models('cpu', family='resnet18', pool_positions=('sideways',), progress=False)
+
+
+def test_placed_labels_and_families():
+    from timm_asap.models.benchmark import MODELS, build_model, family_of, placed_labels
+    from timm_asap.models import pool_position_of
+    labels = placed_labels(['resnet50', 'resnet50_asap', 'resnetaa50 (BlurPool)'], ('before', 'after'))
+    assert labels == ['resnet50', 'resnet50_asap', 'resnet50_asap (pool after)', 'resnetaa50 (BlurPool)']
+    assert all(label in MODELS for label in labels)
+    assert family_of('resnet18_cifar_flc (pool after)') == 'resnet18_cifar' and family_of('vit') is None
+    assert pool_position_of(build_model('resnet18_cifar_asap (pool after)')) == 'after'
+    assert pool_position_of(build_model('resnet18_cifar_asap')) == 'before'
+
+
+def test_benchmark_cli_pool_position(tmp_path, capsys):
+    out = tmp_path / 'b'
+    rc = bench_cli.main(['--device', 'cpu', '--family', 'resnet18_cifar', '--models', 'resnet18_cifar_flc',
+                         '--pool-position', 'both', '--batch-size', '1', '--rounds', '1', '--warmup', '0',
+                         '--compile', 'off', '--no-cpu-memory', '--output-dir', str(out), '--no-progress'])
+    assert rc == 0
+    data = json.loads((out / 'benchmark_models.json').read_text())
+    assert {r['model'] for r in data['rows']} == {'resnet18_cifar', 'resnet18_cifar_flc',
+                                                  'resnet18_cifar_flc (pool after)'}
+    assert yaml.safe_load((out / 'config.yaml').read_text())['pool_position'] == 'both'
+    with pytest.raises(SystemExit):
+        bench_cli.main(['--pool-position', 'middle'])
+
+
 def test_benchmark_cli_skips_cuda_cleanly(tmp_path, capsys):
     out = tmp_path / 'b'
     rc = bench_cli.main(['--batch-size', '2', '--img-size', '64', '--rounds', '1', '--warmup', '0', '--compile', 'off',

@@ -6,17 +6,18 @@ it imports nothing beyond torch and timm and changes nothing in other libraries.
 loaders are in :mod:`timm_asap.hub` (imported on first use of ``timm_asap.hub``).
 
 Public API: the layers (:class:`ASAP2d`, :class:`FLC2d`, :func:`asap_pool2d`, :func:`flc_pool2d`,
-:func:`create_pool`), the conversion (:func:`asapify`), the registry lookups (:func:`list_variants`,
+:func:`create_pool`), the conversion (:func:`asapify`) and its repair (:func:`recalibrate_norm`: BatchNorm
+statistics re-estimated from unlabeled images), the registry lookups (:func:`list_variants`,
 :class:`UnknownModelError`, :class:`WeightsNotAvailableError`) and :data:`__version__`.
 """
 import importlib
 
 from . import models  # noqa: F401  (registers the architectures with timm)
 from .layers import ASAP2d, FLC2d, asap_pool2d, create_pool, flc_pool2d
-from .models import UnknownModelError, WeightsNotAvailableError, asapify, list_variants
+from .models import UnknownModelError, WeightsNotAvailableError, asapify, list_variants, recalibrate_norm
 from .version import __version__
 
-__all__ = ['ASAP2d', 'FLC2d', 'asap_pool2d', 'flc_pool2d', 'create_pool', 'asapify', 'list_variants',
+__all__ = ['ASAP2d', 'FLC2d', 'asap_pool2d', 'flc_pool2d', 'create_pool', 'asapify', 'recalibrate_norm', 'list_variants',
            'UnknownModelError', 'WeightsNotAvailableError', '__version__']
 
 

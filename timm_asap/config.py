@@ -23,15 +23,18 @@ import yaml
 
 from ._files import atomic_write_text
 from .layers.band import MODES, POOLS
+from .models.convert import POOL_POSITIONS
 
 __all__ = [
     'ConfigError', 'ModelConfig', 'DataConfig', 'DistillConfig', 'TrainConfig', 'HubConfig', 'RunConfig',
     'load_config', 'config_from_dict', 'apply_overrides', 'list_hub_configs', 'hub_config_dir', 'save_config',
-    'RUN_CONFIG_FILE', 'find_run_config',
+    'RUN_CONFIG_FILE', 'find_run_config', 'WEIGHT_FILE_SUFFIXES', 'base_source_kind',
 ]
 
 # the resolved config the fine-tuning tool writes into its output folder, beside model.safetensors
 RUN_CONFIG_FILE = 'config.yaml'
+# weights files a base checkpoint may be given as (``model.base`` / ``model.base_file``)
+WEIGHT_FILE_SUFFIXES = ('.safetensors', '.pth', '.pt', '.bin', '.ckpt', '.tar')
 
 
 class ConfigError(ValueError):
@@ -46,13 +49,25 @@ class ModelConfig:
         architecture: registered timm name, e.g. ``resnet50_asap`` (needs ``import timm_asap``).
         tag: the weight tag this recipe produces, e.g. ``ft_in1k``; ``<architecture>.<tag>`` is the
             model's full name.
-        base: base timm model and tag whose weights initialise the model (zero-shot conversion) and
-            serve as distillation teacher, e.g. ``resnet50.tv_in1k``; empty for random initialisation.
-        base_file: local weights file (``.safetensors``/``.pth``) of ``base`` used instead of downloading
-            its pretrained weights (offline clusters, or a base trained here); empty: timm's download.
+        base: the base checkpoint whose weights initialise the model (zero-shot conversion) and serve as
+            distillation teacher; empty for random initialisation. One of: a timm name with tag
+            (``resnet50.tv_in1k``: timm's pretrained weights); ``hf-hub:<org>/<name>`` or
+            ``local-dir:<folder>`` (timm's Hub format: config.json names the architecture); a
+            ``.safetensors``/``.pth`` file whose architecture is recorded (this project's safetensors
+            header, or the run's config.yaml beside it); a fine-tuning run folder of this project
+            (config.yaml + model.safetensors). ``model.architecture`` must be its ``_asap``/``_flc``
+            variant (or the base's own architecture, to fine-tune it unchanged); the model_args the
+            base was built with are added to ``model_args``.
+        base_file: local weights file (``.safetensors``/``.pth``) for a ``base`` that names a timm
+            architecture (with or without tag), used instead of downloading its pretrained weights;
+            empty: ``base`` itself says where the weights are.
         pool: ``asap``, ``flc`` or ``none`` (the baseline without spectral pooling); fine-tuning checks it
             against the pooling layers of the built model.
         mode: pooling band rule, ``centered`` or ``reference`` (checked likewise).
+        pool_position: where the pooling goes for strided convolutions: ``before`` (the paper's placement:
+            pool, then the op at stride 1) or ``after`` (the op at stride 1, then the pooling: each kernel
+            keeps the input extent the base weights were trained on, at stride² times that op's
+            multiply-adds); checked likewise. Only ``before`` with ``pool: none``.
         num_classes: classifier outputs.
         in_chans: input channels.
         img_size: training and evaluation resolution (square).
@@ -65,6 +80,7 @@ class ModelConfig:
     base_file: str = ''
     pool: str = 'asap'
     mode: str = 'centered'
+    pool_position: str = 'before'
     num_classes: int = 1000
     in_chans: int = 3
     img_size: int = 224
@@ -149,7 +165,8 @@ class DistillConfig:
 
     Attributes:
         enabled: distil from ``teacher``.
-        teacher: timm model name (with tag) of the teacher; empty means ``model.base``.
+        teacher: the teacher, in any form ``model.base`` takes; empty means ``model.base`` (loaded the
+            same way, with ``model.base_file``).
         alpha: weight of the KL term; the label loss gets ``1 - alpha`` (1.0: teacher only, for
             unlabelled images).
         temperature: softmax temperature of both logits; the KL term is scaled by its square.
@@ -296,6 +313,10 @@ class RunConfig:
         """Check value ranges and choices (types are checked on load)."""
         _choice('model.pool', self.model.pool, (*POOLS, 'none'))
         _choice('model.mode', self.model.mode, MODES)
+        _choice('model.pool_position', self.model.pool_position, POOL_POSITIONS)
+        if self.model.pool == 'none' and self.model.pool_position != 'before':
+            raise ConfigError(f"model.pool_position: {self.model.pool_position!r} places spectral pooling, but "
+                              f"model.pool is 'none' (no pooling to place); leave pool_position at 'before'")
         _choice('train.amp_dtype', self.train.amp_dtype, ('bfloat16', 'float16', 'float32'))
         _choice('train.export', self.train.export, ('best', 'last', 'ema'))
         _choice('train.dist_bn', self.train.dist_bn, ('reduce', 'broadcast', 'none'))
@@ -489,3 +510,25 @@ def find_run_config(checkpoint: str | Path) -> Path | None:
 def save_config(cfg: RunConfig, path: str | Path) -> Path:
     """Write ``cfg`` as YAML atomically (temp file + rename) and return the path."""
     return atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def base_source_kind(base: str) -> str:
+    """What kind of checkpoint a ``model.base`` value names (read from the string and the file system only).
+
+    Returns:
+        ``'none'`` (empty), ``'hf-hub'``, ``'local-dir'``, ``'path'`` (a file or folder: an existing path,
+        or one that contains a path separator or ends in a weights suffix) or ``'name'`` (a timm model name).
+
+    Example:
+        >>> [base_source_kind(b) for b in ('', 'resnet50.tv_in1k', 'hf-hub:org/m', 'runs/base', 'w.safetensors')]
+        ['none', 'name', 'hf-hub', 'path', 'path']
+    """
+    if not base:
+        return 'none'
+    for prefix in ('hf-hub', 'local-dir'):
+        if base.startswith(prefix + ':'):
+            return prefix
+    if ('/' in base or '\\' in base or base.lower().endswith(WEIGHT_FILE_SUFFIXES)
+            or Path(base).expanduser().exists()):
+        return 'path'
+    return 'name'

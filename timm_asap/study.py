@@ -27,6 +27,7 @@ import json
 import logging
 import math
 import statistics
+import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,8 +37,10 @@ import torch
 
 from ._files import atomic_path, atomic_write_text
 from .config import RunConfig, apply_overrides, load_config
+from .evaluation.summary import standard_error
 from .models.weight_tags import HUB_ORG
 from .runtime import amp_context, resolve_amp, resolve_device
+from .study_conversion import Arm, arm_config, conversion_arms, converted_model, cost_rows, cost_table, goal_check, repaired_model
 
 __all__ = ['StudyOptions', 'Family', 'FAMILIES', 'VARIANT_SUFFIXES', 'PRESETS', 'preset_options', 'default_options',
            'full_options', 'run_study', 'study_table', 'estimate', 'convergence']
@@ -113,6 +116,14 @@ class StudyOptions:
             (at least one) and the output says so.
         progress: progress bars.
         full: the complete recipe (recorded in the outputs).
+        convert_pools: poolings of the conversion arm (:mod:`timm_asap.study_conversion`): each seed's
+            trained baseline converted to them; empty: no conversion arm.
+        convert_positions: where the arm's pooling goes for strided convolutions (``'before'``: the
+            paper's placement; ``'after'``: the op at stride 1, then the pooling).
+        convert_epochs: fine-tuning lengths of the arm (each a run of its own, cosine schedule to 0).
+        convert_distill: fine-tune without (False) and/or with (True) distillation from the baseline.
+        convert_lr: the arm's fine-tuning learning rate (peak, no warm-up), at the study's batch size.
+        repair_images: unlabeled training images the ``repaired`` arm re-estimates BatchNorm statistics on.
     """
 
     output_dir: str = 'study_output'
@@ -139,6 +150,12 @@ class StudyOptions:
     max_seconds: float | None = None
     progress: bool = True
     full: bool = False
+    convert_pools: list[str] = field(default_factory=lambda: ['asap'])
+    convert_positions: list[str] = field(default_factory=lambda: ['before'])
+    convert_epochs: list[int] = field(default_factory=lambda: [1])
+    convert_distill: list[bool] = field(default_factory=lambda: [False])
+    convert_lr: float = 0.01
+    repair_images: int = 2000
 
     def validate(self) -> StudyOptions:
         unknown = sorted(set(self.families) - set(FAMILIES))
@@ -160,7 +177,45 @@ class StudyOptions:
             raise ValueError(f"max_seconds must be > 0 or None, got {self.max_seconds}")
         if any(not 0 <= e <= 1 for e in self.eps):
             raise ValueError(f"eps must lie in [0, 1] (pixel units), got {self.eps}")
+        _check_output_dir(self.output_dir)
+        self._validate_conversion()
+        from .evaluation import EvalOptions  # severities, counts, precision: as the evaluation will check them
+        EvalOptions.from_dict(_eval_options(self, torch.device('cpu'), Path(self.output_dir) / 'eval_cache')).validate()
         return self
+
+
+    def _validate_conversion(self) -> None:
+        from .models import POOL_POSITIONS
+
+        for key, allowed in (('convert_pools', ('asap', 'flc')), ('convert_positions', POOL_POSITIONS),
+                             ('convert_distill', (False, True))):
+            values = getattr(self, key)
+            if any(v not in allowed for v in values) or len(set(values)) != len(values):
+                raise ValueError(f"{key} must be distinct values of {list(allowed)}, got {values}")
+        if any(not isinstance(e, int) or e < 1 for e in self.convert_epochs) or \
+                len(set(self.convert_epochs)) != len(self.convert_epochs):
+            raise ValueError(f"convert_epochs must be distinct integers >= 1, got {self.convert_epochs}")
+        if self.convert_pools and not (self.convert_positions and self.convert_distill):
+            raise ValueError("a conversion arm needs at least one of convert_positions and of convert_distill")
+        if not self.convert_lr > 0:
+            raise ValueError(f"convert_lr must be > 0, got {self.convert_lr}")
+        if self.repair_images < 1:
+            raise ValueError(f"repair_images must be >= 1, got {self.repair_images}")
+
+
+def _check_output_dir(path: str) -> None:
+    """The output folder exists as a folder or can be made: no part of its path is a file.
+
+    Raises:
+        ValueError: naming the file that stands in the way.
+    """
+    folder = Path(path)
+    for part in (folder, *folder.parents):
+        if part.exists():
+            if not part.is_dir():
+                what = 'is a file' if part == folder else f'lies under {part}, which is a file'
+                raise ValueError(f"output folder {str(path)!r} {what}; name a folder (it is created when missing)")
+            return
 
 
 #: preset name -> (what it is for, its options). ``default`` is the README's main command.
@@ -274,15 +329,6 @@ def _headline(rows: list[dict]) -> dict[str, dict[str, tuple[float, int | None]]
     return out
 
 
-def standard_error(percent: float, n: int | None) -> float | None:
-    """Binomial standard error (in %) of a rate measured on ``n`` images (for a mean over corruptions, which
-    are correlated per image, an upper bound); None without a count."""
-    if not n:
-        return None
-    p = min(max(percent / 100.0, 0.0), 1.0)
-    return 100.0 * math.sqrt(p * (1 - p) / n)
-
-
 def study_table(per_seed: dict[int, list[dict]]) -> tuple[str, list[dict]]:
     """Mean (and std over seeds) of every headline metric with its standard error, as Markdown and as rows."""
     heads = {seed: _headline(rows) for seed, rows in per_seed.items()}
@@ -346,24 +392,46 @@ def convergence(history: list[dict]) -> dict[str, Any]:
     return {'val_top1': curve, 'last_gain_pp': gain, 'plateaued': gain < PLATEAU_PP}
 
 
-def _plot_summary(rows: list[dict], path: Path) -> Path:
+def error_bars(rows: list[dict]) -> tuple[str, str]:
+    """Which error the summary plot draws: the spread over seeds when there are several, else the sampling error.
+
+    Args:
+        rows: the rows of :func:`study_table` (each with its ``seeds``).
+
+    Returns:
+        (the row-key suffix of the bar lengths, ``' std'`` or ``' se'``; the caption saying what the bars are).
+
+    Example:
+        >>> error_bars([{'model': 'a', 'seeds': [0]}])[0]
+        ' se'
+    """
+    seeds = sorted({s for row in rows for s in row['seeds']})
+    if len(seeds) > 1:
+        return ' std', f"bars: ± standard deviation over the {len(seeds)} seeds {seeds}"
+    return ' se', (f"bars: ± binomial standard error of the test-image sample (seed {seeds[0]} only; "
+                   f"for corruption mCA an upper bound)")
+
+
+def _plot_summary(rows: list[dict], path: Path, title: str = 'Fashion-MNIST: baseline vs FLC vs ASAP') -> Path:
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
     metrics = [k for k in rows[0] if k not in ('model', 'seeds', 'mCE') and not k.endswith((' std', ' se', ' n'))]
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.4 * len(metrics)), 3.6))
+    suffix, caption = error_bars(rows)
+    width_in = max(6.0, 1.4 * len(metrics))
+    fig, ax = plt.subplots(figsize=(width_in, 4.0))
     width = 0.8 / len(rows)
     for i, row in enumerate(rows):
         xs = [j + i * width for j in range(len(metrics))]
         ax.bar(xs, [row.get(m, math.nan) for m in metrics], width,
-               yerr=[row.get(f'{m} std', 0.0) for m in metrics], label=row['model'], capsize=2)
+               yerr=[row.get(f'{m}{suffix}', math.nan) for m in metrics], label=row['model'], capsize=2)
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(metrics))])
     ax.set_xticklabels(metrics, rotation=25, ha='right', fontsize=8)
     ax.set_ylabel('accuracy / agreement (%)')
     ax.set_ylim(0, 100)
     ax.legend(fontsize=8)
-    ax.set_title('Fashion-MNIST: baseline vs FLC vs ASAP')
+    ax.set_title(title + '\n' + textwrap.fill(caption, int(12 * width_in)), fontsize=9)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, format='png')
@@ -400,12 +468,14 @@ def _reload_check(arch: str, cfg: RunConfig, trained: torch.nn.Module, hub_dir: 
     return {'model': arch, 'max_abs_logit_diff': max(diffs.values()), 'per_source': diffs, 'identical': max(diffs.values()) == 0.0}
 
 
-def _rates(label: str, arch: str, family: Family, batch: int, device: torch.device, steps: int = 2) -> dict:
-    """Training and inference images per second of one model on ``device``, from a few timed steps."""
+def _rates(label: str, arch: str, family: Family, batch: int, device: torch.device, steps: int = 2,
+           **model_kwargs) -> dict:
+    """Training and inference images per second of one model on ``device``, from a few timed steps
+    (``model_kwargs``: further ``timm.create_model`` arguments, e.g. ``pool_position``)."""
     import timm
     import torch.nn.functional as F
 
-    model = timm.create_model(arch, num_classes=10, in_chans=1, **family.model_args).to(device)
+    model = timm.create_model(arch, num_classes=10, in_chans=1, **family.model_args, **model_kwargs).to(device)
     cuda = device.type == 'cuda'
     fmt = torch.channels_last if cuda else torch.contiguous_format
     model = model.to(memory_format=fmt)
@@ -454,7 +524,9 @@ def estimate(opts: StudyOptions, device: torch.device) -> dict[str, Any]:
     rate, and FGSM (2 passes) + PGD (steps + 2) per eps on the attacked images at the training-step rate
     (a gradient step costs about a training step). Corruption sets: made once, 75 x images x
     :data:`timm_asap.evaluation.cache.CORRUPT_S_PER_IMAGE` over ``default_workers()`` processes, plus their start. Publishing: about 2 s
-    per model; every run and evaluated model adds :data:`RUN_OVERHEAD_S`.
+    per model; every run and evaluated model adds :data:`RUN_OVERHEAD_S`. The conversion arm adds its fine-tuning
+    epochs (a third more per step with distillation), one evaluation per arm and the repair's forward passes, at
+    the rates of the converted architecture with the arm's placement.
 
     Returns:
         ``rates`` (per model), the parts in seconds (``train_s``, ``corruption_sets_s``, ``evaluate_s``,
@@ -480,6 +552,20 @@ def estimate(opts: StudyOptions, device: torch.device) -> dict[str, Any]:
                              for r in rates)
     corruption_s = jobs * n_corr * CORRUPT_S_PER_IMAGE / default_workers() + POOL_START_S
     publish_s = 2.0 * len(rates)
+    arms = conversion_arms(opts.convert_pools, opts.convert_positions, opts.convert_epochs, opts.convert_distill)
+    for f in opts.families if arms else ():
+        fam = FAMILIES[f]
+        arm_rates = {(pool, pos): _rates(f'{fam.name}_{pool}', f'{fam.architecture}_{pool}', fam, batch, device,
+                                         pool_position=pos)
+                     for pool in opts.convert_pools for pos in opts.convert_positions}
+        for arm in arms:
+            r = arm_rates[(arm.pool, arm.position)]
+            teacher = 1 + (1 / 3 if arm.distill else 0)  # a teacher forward costs about a third of a training step
+            train_s += seeds * (arm.epochs * (teacher * n_train / r['train_img_s'] + n_val / r['infer_img_s'])
+                                + (RUN_OVERHEAD_S if arm.epochs else 0))
+            evaluate_s += seeds * (infer_images / r['infer_img_s'] + grad_steps / r['train_img_s'] + RUN_OVERHEAD_S
+                                   + (opts.repair_images / r['infer_img_s'] if arm.repair else 0))
+            publish_s += 2.0 if arm.epochs else 0.0
     total = train_s + corruption_s + evaluate_s + publish_s
     return {'rates': rates, 'batch': batch, 'train_s': round(train_s), 'corruption_sets_s': round(corruption_s),
             'evaluate_s': round(evaluate_s), 'publish_s': round(publish_s), 'total_s': round(total),
@@ -500,18 +586,74 @@ def _fit_seeds(opts: StudyOptions, expected: dict, log: Callable[[str], None]) -
     return dataclasses.replace(opts, seeds=opts.seeds[:k]), expected
 
 
-def describe(opts: StudyOptions, device: torch.device) -> str:
-    """What the options run, in one paragraph."""
+def describe(opts: StudyOptions, device: torch.device, runs: list[dict] | None = None,
+             evaluations: list[dict] | None = None) -> str:
+    """What the study runs, in one paragraph: planned from ``opts``, or, given the records of the runs and
+    evaluations that were used, what ran.
+
+    Args:
+        opts: the study options (families, preset).
+        device: the device the study runs on.
+        runs: the metrics of the training runs used (their recorded config and per-epoch history).
+        evaluations: the records of the ``results.json`` files used (their ``config``): the evaluation
+            options, image count, device and precision they were made with.
+    """
     fams = '; '.join(f"{f} ({FAMILIES[f].description}) as baseline, _flc and _asap" for f in opts.families)
-    precision = str(resolve_amp(device, opts.amp) or 'float32').replace('torch.', '')
-    n_test = opts.eval_count or 10000
-    return (f"preset {opts.preset!r}: {fams}; seeds {opts.seeds}; {opts.epochs or 'the recipe (20)'} epoch(s) on "
-            f"{opts.train_subset or 60000} training images, batch {opts.batch_size or RECIPE_BATCH}, validation on "
-            f"{opts.val_subset or 10000}; evaluation: clean on {n_test} test images, 15 corruptions x "
-            f"{len(opts.severities)} severities on {min(opts.corruption_count, n_test)}, FGSM and PGD-{opts.pgd_steps} "
-            f"at eps {', '.join(f'{e * 255:g}/255' for e in opts.eps)} on {min(opts.attack_count, n_test)}, shift "
-            f"consistency on {min(opts.shift_count, n_test)} ({opts.shift_trials} trials); device {device.type}, "
-            f"precision {precision} (attacks float32)")
+    if runs:
+        seeds = sorted({int(r['config']['train']['seed']) for r in runs})
+        training = _one_of(_describe_training(r['epochs_completed'], r['history'][-1]['train_images'],
+                                              r['config']['train']['batch_size'],
+                                              r['config']['data']['val_subset'] or 10000) for r in runs)
+    else:
+        seeds = opts.seeds
+        training = _describe_training(opts.epochs or 'the recipe (20)', opts.train_subset or 60000,
+                                      opts.batch_size or RECIPE_BATCH, opts.val_subset or 10000)
+    if evaluations:
+        evaluation = _one_of(_describe_evaluation(e['options'], e['count'], e['precision']) for e in evaluations)
+    else:
+        precision = str(resolve_amp(device, opts.amp) or 'float32').replace('torch.', '')
+        evaluation = _describe_evaluation(_eval_options(opts, device, Path(opts.output_dir) / 'eval_cache'),
+                                          opts.eval_count or 10000, precision)
+    return f"preset {opts.preset!r}: {fams}; seeds {seeds}; {training}; {evaluation}{_describe_conversion(opts)}"
+
+
+def _describe_conversion(opts: StudyOptions) -> str:
+    if not opts.convert_pools:
+        return ''
+    distill = ' and '.join({False: 'without', True: 'with'}[d] for d in opts.convert_distill)
+    return (f"; conversion arm: each seed's trained baseline converted to {', '.join(p.upper() for p in opts.convert_pools)} "
+            f"(pool {' and '.join(opts.convert_positions)} the strided convolutions), evaluated zero-shot, after "
+            f"re-estimating BatchNorm statistics on {opts.repair_images} unlabeled training images, and after "
+            f"{' and '.join(map(str, opts.convert_epochs))} epoch(s) of fine-tuning at lr {opts.convert_lr:g} {distill} "
+            f"distillation from the baseline")
+
+
+def _one_of(texts) -> str:
+    return ' / '.join(dict.fromkeys(texts))  # one text when every run (or evaluation) was made the same way
+
+
+def _describe_training(epochs: int | str, train_images: int, batch: int, val_images: int) -> str:
+    return f"{epochs} epoch(s) on {train_images} training images, batch {batch}, validation on {val_images}"
+
+
+def _describe_evaluation(options: dict, images: int, precision: str) -> str:
+    """The evaluation options (fields of :class:`~timm_asap.evaluation.EvalOptions`) in words."""
+    from .evaluation import check_corruptions
+
+    def on(key: str) -> int:
+        return min(options[key] or images, images)
+
+    def eps(key: str) -> str:
+        return ', '.join(f'{e * 255:g}/255' for e in options[key])
+
+    sev = list(options['severities'])
+    pgd = f"PGD-{options['pgd_steps']}"
+    attacks = (f"FGSM and {pgd} at eps {eps('fgsm_eps')}" if options['fgsm_eps'] == options['pgd_linf_eps']
+               else f"FGSM at eps {eps('fgsm_eps')} and {pgd} at eps {eps('pgd_linf_eps')}")
+    return (f"evaluation: clean on {images} test images, {len(check_corruptions(options['corruptions']))} corruptions x "
+            f"{len(sev)} severit{'y' if len(sev) == 1 else 'ies'} ({', '.join(map(str, sev))}) on "
+            f"{on('corruption_count')}, {attacks} on {on('attack_count')}, shift consistency on {on('shift_count')} "
+            f"({options['shift_trials']} trials); device {options['device']}, precision {precision} (attacks float32)")
 
 
 def _minutes(seconds: float) -> str:
@@ -530,6 +672,103 @@ def check_device(opts: StudyOptions, device: torch.device) -> None:
                          f"(it then prints its expected time, hours on a small CPU)")
 
 
+def _run_dir(out: Path, label: str, seed: int) -> Path:
+    return out / 'runs' / label / f'seed{seed}'
+
+
+#: what study.json keeps of each evaluation's record (not its timings or library versions)
+_RECORD_KEYS = ('options', 'models', 'model_sha256', 'images_sha256', 'dataset', 'count', 'device', 'precision')
+
+
+def _trained_nets(models: dict[str, RunConfig], out: Path, seed: int) -> list[tuple[str, torch.nn.Module]]:
+    """(label, model taking [0, 1] inputs) of the trained runs ``models`` (label -> run config) of ``seed``."""
+    from .evaluation import wrap_model
+    from .hub import load_trained_model
+
+    return [(label, wrap_model(load_trained_model(cfg, _run_dir(out, label, seed) / 'model.safetensors'),
+                               cfg.data.mean, cfg.data.std)) for label, cfg in models.items()]
+
+
+def _evaluate_family(what: str, eval_dir: Path, nets: list[tuple[str, torch.nn.Module]], images, eval_opts: dict,
+                     device: torch.device, log: Callable[[str], None]) -> tuple[list[dict], dict]:
+    """The rows and record of the models ``nets`` ((label, model taking [0, 1] inputs), ``what`` in the log):
+    the stored ``eval_dir/results.json`` when its record equals this evaluation's (options, weights, images,
+    precision), else a new evaluation (saying why in one line)."""
+    from .evaluation import EvalOptions, evaluate_models, evaluation_record, read_results, record_differences
+    from .evaluation.provenance import describe_differences
+
+    stored = eval_dir / 'results.json'
+    options = EvalOptions.from_dict(eval_opts)
+    if stored.is_file():
+        try:
+            rows, recorded = read_results(stored)
+            why = describe_differences(record_differences(recorded, evaluation_record(options, nets, images, device)))
+        except ValueError as e:  # our own file, damaged: made again
+            why = f"unreadable: {e}"
+        if not why:
+            log(f"evaluated {what}: found {stored}, made with these settings and weights; not evaluating again")
+            return rows, {k: recorded.get(k) for k in _RECORD_KEYS}
+        log(f"{stored} was made with other settings ({why}); evaluating {what} again")
+    rows = evaluate_models(nets, images, options, out_dir=eval_dir, dataset_name='fashion_mnist/test')
+    log(f"evaluated {what} ({', '.join(label for label, _ in nets)}): {len(rows)} result rows -> {eval_dir}")
+    recorded = read_results(stored)[1]
+    return rows, {k: recorded.get(k) for k in _RECORD_KEYS}
+
+
+def _repair_images(opts: StudyOptions, data_dir: str, recipe: RunConfig) -> torch.Tensor:
+    """The first ``opts.repair_images`` training images (uint8) of a fixed random order: the unlabeled images the
+    ``repaired`` arm re-estimates BatchNorm statistics on."""
+    from .evaluation import create_eval_dataset, load_images
+
+    train_set = create_eval_dataset('fashion_mnist', data_dir, split='train', img_size=recipe.model.img_size,
+                                    crop_pct=recipe.data.crop_pct, interpolation=recipe.data.interpolation,
+                                    in_chans=recipe.model.in_chans)
+    return load_images(train_set, count=opts.repair_images, seed=EVAL_SEED, name='fashion_mnist/train',
+                       progress=False).images
+
+
+def _arm_nets(arms: list[Arm], name: str, base_cfg: RunConfig, arm_configs: dict, out: Path, seed: int,
+              train_images: torch.Tensor) -> list[tuple[str, torch.nn.Module]]:
+    """(label, model taking [0, 1] inputs) of every arm of family ``name`` and ``seed``: the converted baseline
+    zero-shot and repaired (built here), and the fine-tuned runs."""
+    from .evaluation import wrap_model
+    from .hub import load_trained_model
+
+    base = load_trained_model(base_cfg, _run_dir(out, name, seed) / 'model.safetensors')
+    nets = []
+    for arm in arms:
+        label = arm.label(name)
+        if arm.epochs:
+            net = load_trained_model(arm_configs[(label, seed)], _run_dir(out, label, seed) / 'model.safetensors')
+        else:
+            net = converted_model(arm, base_cfg, base)
+            if arm.repair:
+                net = repaired_model(net, train_images, base_cfg.data.mean, base_cfg.data.std)
+        nets.append((label, wrap_model(net, base_cfg.data.mean, base_cfg.data.std)))
+    return nets
+
+
+def _conversion_summary(name: str, arms: list[Arm], scratch: dict[int, list[dict]], converted: dict[int, list[dict]],
+                        runs: dict, seconds: dict[str, list[float]], opts: StudyOptions) -> dict[str, Any]:
+    """The conversion arm of family ``name``: its table next to the baseline and from-scratch models, the cost of
+    each arm in training images, and which arms reach the goal (:func:`timm_asap.study_conversion.goal_check`)."""
+    md, rows = study_table({seed: scratch[seed] + converted[seed] for seed in scratch})
+    base_run = runs[(name, opts.seeds[0])]
+    n_train = base_run['history'][-1]['train_images']
+    scratch_images = base_run['epochs_completed'] * n_train
+    by_label = {arm.label(name): arm for arm in arms}
+    costs = cost_rows(by_label, scratch_images, opts.repair_images, n_train, seconds)
+    goal = goal_check(rows, name, {pool: f"{name}_{pool}" for pool in opts.convert_pools}, by_label,
+                      {r['model']: r['relative_cost'] for r in costs})
+    markdown = (f"### Conversion arm: {name} converted after training\n\n"
+                + '\n'.join(f"- `{label}`: {arm.describe()}" for label, arm in by_label.items())
+                + f"\n\n{md}\nCost of each arm (the from-scratch models trained on {scratch_images} images):\n\n"
+                + cost_table(costs, scratch_images)
+                + "\nGoal: the base's clean accuracy, at least the from-scratch model's corruption gain, at most a "
+                  "third of the from-scratch training images:\n\n" + '\n'.join(f"- {line}" for line in goal) + '\n')
+    return {'table': rows, 'costs': costs, 'goal': goal, 'markdown': markdown}
+
+
 def run_study(opts: StudyOptions | None = None, log: Callable[[str], None] = _stage) -> dict[str, Any]:
     """Run (or resume) the study and return its summary; every artefact is written under ``opts.output_dir``.
 
@@ -544,26 +783,41 @@ def run_study(opts: StudyOptions | None = None, log: Callable[[str], None] = _st
         <output_dir>/hub/<model>/          the Hub folder written by the dry-run publish
         <output_dir>/hf_cache/             an offline Hub cache used to reload by name
 
+    Everything that can be checked is checked before anything is written: the options, the device, the
+    data, and every training run the study would take up (a finished or unfinished run under ``runs/`` is
+    used only when it was made with the configuration asked for now). A stored evaluation
+    (``eval/<family>/seed<k>/results.json``) is used only when its record (options, weights, images,
+    precision) equals this evaluation's; otherwise the family and seed are evaluated again. The summary
+    states what ran, read from the records of the runs and evaluations used.
+
     Raises:
-        ValueError: invalid options, or a GPU preset without CUDA (see :func:`check_device`).
+        ValueError: invalid options, a GPU preset without CUDA (see :func:`check_device`), missing data.
+        RunExistsError: a run under ``runs/`` was made with another configuration (nothing is written).
     """
-    from .evaluation import create_eval_dataset, evaluate_models, load_images, wrap_model
-    from .evaluation.report import read_results
+    from .evaluation import create_eval_dataset, load_images
     from .hub import build_hub_folder, load_eval_results, load_trained_model
-    from .train import ensure_finetuned
+    from .train import check_reusable, ensure_finetuned
 
     opts = (opts or default_options()).validate()
     device = resolve_device(opts.device)
     check_device(opts, device)
     out = Path(opts.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     start = time.perf_counter()
 
     data_dir, source = locate_data(opts.data_dir)
-    size = describe(opts, device)
+    families = {name: FAMILIES[name] for name in opts.families}
+    variants = {name: fam.variants() for name, fam in families.items()}
+    configs = {(label, seed): study_config(label, arch, families[name], seed, opts, data_dir)
+               for name in families for label, arch in variants[name] for seed in opts.seeds}
+    arms = conversion_arms(opts.convert_pools, opts.convert_positions, opts.convert_epochs, opts.convert_distill)
+    arm_configs = {(arm.label(name), seed): arm_config(
+        arm, configs[(name, seed)], _run_dir(out, name, seed), opts.convert_lr,
+        f"{HUB_ORG}/{arm.label(name)}_fmnist") for name in families for arm in arms if arm.epochs for seed in opts.seeds}
+    for (label, seed), cfg in {**configs, **arm_configs}.items():  # before anything is written: one line naming what differs
+        check_reusable(cfg, _run_dir(out, label, seed))
     log(f"data: Fashion-MNIST from {source}")
-    log(f"runs: {size}")
+    log(f"runs: {describe(opts, device)}")
     expected = estimate(opts, device)
     rates = ', '.join(f"{r['model']} {r['train_img_s']:.0f}" for r in expected['rates'])
     log(f"expected time: about {_minutes(expected['total_s'])} (training {_minutes(expected['train_s'])} at "
@@ -574,18 +828,16 @@ def run_study(opts: StudyOptions | None = None, log: Callable[[str], None] = _st
         _logger.warning(f"preset {opts.preset!r} on the CPU: expected {_minutes(expected['total_s'])}")
     if opts.max_seconds is not None and expected['total_s'] > opts.max_seconds:
         opts, expected = _fit_seeds(opts, expected, log)
+        configs = {key: cfg for key, cfg in configs.items() if key[1] in opts.seeds}
+        arm_configs = {key: cfg for key, cfg in arm_configs.items() if key[1] in opts.seeds}
+    out.mkdir(parents=True, exist_ok=True)
     _json_dump(out / 'options.json', dataclasses.asdict(opts))
 
-    families = {name: FAMILIES[name] for name in opts.families}
-    variants = {name: fam.variants() for name, fam in families.items()}
-    configs = {(label, seed): study_config(label, arch, families[name], seed, opts, data_dir)
-               for name in families for label, arch in variants[name] for seed in opts.seeds}
-
     t = time.perf_counter()
-    train_metrics, curves = {}, {}
+    runs, train_metrics, curves = {}, {}, {}
     for (label, seed), cfg in configs.items():
-        run_dir = out / 'runs' / label / f'seed{seed}'
-        metrics = ensure_finetuned(cfg, run_dir, device=device, progress=opts.progress)
+        run_dir = _run_dir(out, label, seed)
+        metrics = runs[(label, seed)] = ensure_finetuned(cfg, run_dir, device=device, progress=opts.progress)
         train_metrics[f'{label}/seed{seed}'] = {k: metrics.get(k) for k in ('val_top1', 'best_metric',
                                                                             'train_images_per_sec')}
         curve = curves[f'{label}/seed{seed}'] = convergence(metrics.get('history') or [])
@@ -594,6 +846,15 @@ def run_study(opts: StudyOptions | None = None, log: Callable[[str], None] = _st
             + (f", last epoch {curve['last_gain_pp']:+.2f} pp over the best earlier one" if curve['plateaued'] is not None
                else '') + f") -> {run_dir}")
     timings['train_s'] = time.perf_counter() - t
+    t = time.perf_counter()
+    arm_seconds: dict[str, list[float]] = {}
+    for (label, seed), cfg in arm_configs.items():  # after the baselines they start from
+        run_dir = _run_dir(out, label, seed)
+        metrics = ensure_finetuned(cfg, run_dir, device=device, progress=opts.progress)
+        arm_seconds.setdefault(label, []).append(sum(r.get('epoch_time_s', 0.0) for r in metrics.get('history') or []))
+        log(f"fine-tuned {label} seed {seed} from the trained baseline: val top-1 by epoch "
+            f"{convergence(metrics.get('history') or [])['val_top1']} -> {run_dir}")
+    timings['convert_train_s'] = time.perf_counter() - t
 
     t = time.perf_counter()
     recipe = next(iter(configs.values()))
@@ -602,44 +863,45 @@ def run_study(opts: StudyOptions | None = None, log: Callable[[str], None] = _st
                                    in_chans=recipe.model.in_chans)
     images = load_images(test_set, count=opts.eval_count, seed=EVAL_SEED, name='fashion_mnist/test', progress=False)
     eval_opts = _eval_options(opts, device, out / 'eval_cache')
+    train_images = _repair_images(opts, data_dir, recipe) if arms else None
     per_family_seed: dict[str, dict[int, list[dict]]] = {}
+    arm_rows: dict[str, dict[int, list[dict]]] = {name: {} for name in families}
+    evaluations: dict[str, dict] = {}
     for name in families:
         per_family_seed[name] = {}
         for seed in opts.seeds:
+            models = {label: configs[(label, seed)] for label, _ in variants[name]}
             eval_dir = out / 'eval' / name / f'seed{seed}'
-            if (eval_dir / 'results.json').is_file():
-                rows, _ = read_results(eval_dir / 'results.json')
-                log(f"evaluated the {name} family seed {seed}: found {eval_dir / 'results.json'}, not evaluating again")
-            else:
-                models = []
-                for label, _ in variants[name]:
-                    cfg = configs[(label, seed)]
-                    net = load_trained_model(cfg, out / 'runs' / label / f'seed{seed}' / 'model.safetensors')
-                    models.append((label, wrap_model(net, cfg.data.mean, cfg.data.std)))
-                rows = evaluate_models(models, images, eval_opts, out_dir=eval_dir, dataset_name='fashion_mnist/test')
-                log(f"evaluated the {name} family ({', '.join(label for label, _ in variants[name])}) seed {seed}: "
-                    f"{len(rows)} result rows -> {eval_dir}")
-            per_family_seed[name][seed] = rows
+            per_family_seed[name][seed], evaluations[f'{name}/seed{seed}'] = _evaluate_family(
+                f"the {name} family seed {seed}", eval_dir, _trained_nets(models, out, seed), images, eval_opts,
+                device, log)
+            if arms:
+                arm_rows[name][seed], evaluations[f'{name}/seed{seed}/conversion'] = _evaluate_family(
+                    f"the {name} conversion arm seed {seed}", eval_dir / 'conversion',
+                    _arm_nets(arms, name, configs[(name, seed)], arm_configs, out, seed, train_images), images,
+                    {**eval_opts, 'mce_baseline': name, 'baseline_results': str(eval_dir / 'results.json')},
+                    device, log)
     timings['evaluate_s'] = time.perf_counter() - t
 
     t = time.perf_counter()
     first_seed = opts.seeds[0]
     reload_checks = []
     probe = load_images(test_set, count=16, seed=123, progress=False).images
-    for name in families:
-        for label, _ in variants[name]:
-            cfg = configs[(label, first_seed)]
-            hub_dir = out / 'hub' / label
-            trained = load_trained_model(cfg, out / 'runs' / label / f'seed{first_seed}' / 'model.safetensors')
-            build_hub_folder(trained, cfg, hub_dir, results=load_eval_results(out / 'eval' / name / f'seed{first_seed}'),
-                             eval_model=label)
-            check = _reload_check(label, cfg, trained, hub_dir, out / 'hf_cache', probe)
-            reload_checks.append(check)
-            verdict = 'identical logits' if check['identical'] else f"max |logit diff| {check['max_abs_logit_diff']:.2e}"
-            log(f"published {label} -> {hub_dir} (dry run); reloaded by name: {verdict}")
-            if check['max_abs_logit_diff'] > 1e-5:
-                raise RuntimeError(f"{label}: the published weights do not reproduce the trained model "
-                                   f"(max |logit diff| {check['max_abs_logit_diff']:.3g})")
+    published = [(label, configs[(label, first_seed)], out / 'eval' / name / f'seed{first_seed}')
+                 for name in families for label, _ in variants[name]]
+    published += [(arm.label(name), arm_configs[(arm.label(name), first_seed)],
+                   out / 'eval' / name / f'seed{first_seed}' / 'conversion') for name in families for arm in arms if arm.epochs]
+    for label, cfg, results_dir in published:
+        hub_dir = out / 'hub' / label
+        trained = load_trained_model(cfg, _run_dir(out, label, first_seed) / 'model.safetensors')
+        build_hub_folder(trained, cfg, hub_dir, results=load_eval_results(results_dir), eval_model=label)
+        check = _reload_check(label, cfg, trained, hub_dir, out / 'hf_cache', probe)
+        reload_checks.append(check)
+        verdict = 'identical logits' if check['identical'] else f"max |logit diff| {check['max_abs_logit_diff']:.2e}"
+        log(f"published {label} -> {hub_dir} (dry run); reloaded by name: {verdict}")
+        if check['max_abs_logit_diff'] > 1e-5:
+            raise RuntimeError(f"{label}: the published weights do not reproduce the trained model "
+                               f"(max |logit diff| {check['max_abs_logit_diff']:.3g})")
     timings['publish_reload_s'] = time.perf_counter() - t
 
     tables, all_rows = [], []
@@ -647,11 +909,18 @@ def run_study(opts: StudyOptions | None = None, log: Callable[[str], None] = _st
         table, rows = study_table(per_family_seed[name])
         tables.append(f"### {name}\n\n{table}")
         all_rows += rows
+    conversion = {name: _conversion_summary(name, arms, per_family_seed[name], arm_rows[name], runs, arm_seconds, opts)
+                  for name in families} if arms else {}
+    for name, part in conversion.items():
+        tables.append(part.pop('markdown'))
+        _plot_summary(part['table'], out / f'conversion_{name}.png',
+                      title=f"Fashion-MNIST: {name} converted to {' and '.join(p.upper() for p in opts.convert_pools)}")
     plateau = '\n'.join(f"- {run}: val top-1 by epoch {c['val_top1']}"
                          + ('' if c['plateaued'] is None else
                             f" ({'plateaued' if c['plateaued'] else 'still improving'}: last epoch "
                             f"{c['last_gain_pp']:+.2f} pp over the best earlier one)") for run, c in curves.items())
     timings['total_s'] = time.perf_counter() - start
+    size = describe(opts, device, runs=list(runs.values()), evaluations=list(evaluations.values()))
     summary_md = (f"# Fashion-MNIST robustness study\n\nData: {source}. Runs: {size}.\n\n" + '\n'.join(tables)
                   + f"\n### Convergence (validation top-1 per epoch, plateau: the last epoch gains < {PLATEAU_PP} pp)"
                   f"\n\n{plateau}\n\nWall time {_minutes(timings['total_s'])} (expected "
@@ -659,7 +928,8 @@ def run_study(opts: StudyOptions | None = None, log: Callable[[str], None] = _st
     atomic_write_text(out / 'summary.md', summary_md)
     _plot_summary(all_rows, out / 'summary.png')
     result = dict(options=dataclasses.asdict(opts), data_source=source, size=size, estimate=expected, table=all_rows,
-                  train=train_metrics, convergence=curves, reload=reload_checks, timings=timings)
+                  conversion=conversion, train=train_metrics, convergence=curves, evaluations=evaluations,
+                  reload=reload_checks, timings=timings)
     _json_dump(out / 'study.json', result)
     print('\n' + summary_md, flush=True)
     log(f"done in {_minutes(timings['total_s'])}; artefacts under {out}")

@@ -19,7 +19,7 @@ import timm
 from timm.models import get_pretrained_cfg, split_model_name_tag
 from timm_sdist import plugin_model_names
 
-from timm_asap.models import base_architecture
+from timm_asap.models import PooledConvMixin, base_architecture, pool_position_of
 
 # a few representative names for the default run: each pooling, the timm-converted and the CIFAR-size
 # families, and one EfficientNet and one ConvNeXt
@@ -41,6 +41,10 @@ RUN = (
     'test_prune_intermediate_layers_contract',
 )
 SLOW_ONLY = ('test_prune_intermediate_layers_contract',)
+
+# the same timm tests with pool_position='after' (the op at stride 1, then the pooling): a timm-converted family
+# (BasicBlock shortcuts) and a CIFAR-size pre-activation family in the default run, the other FAST names slow
+AFTER = ('resnet18_asap', 'preactresnet18_flc')
 
 NOT_APPLICABLE = {
     'test_model_forward_torchscript':
@@ -117,6 +121,28 @@ def _call(timm_tests, test: str, name: str) -> None:
 @pytest.mark.parametrize('test, model_name', _cases())
 def test_timm(timm_tests, test, model_name):
     _call(timm_tests, test, model_name)
+
+
+def _after_cases() -> list:
+    """(timm test, model name) pairs run with pool_position='after': :data:`AFTER` in the default run."""
+    return [pytest.param(test, name, id=f'{test}-{name}-after', marks=[] if name in AFTER else [pytest.mark.slow])
+            for test in RUN if test not in SLOW_ONLY for name in FAST]
+
+
+@pytest.mark.parametrize('test, model_name', _after_cases())
+def test_timm_pool_after(timm_tests, monkeypatch, test, model_name):
+    """timm's test with every model it creates built with ``pool_position='after'``."""
+    create, built = timm_tests.create_model, []
+
+    def create_after(*args, **kwargs):
+        built.append(create(*args, pool_position='after', **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(timm_tests, 'create_model', create_after)
+    _call(timm_tests, test, model_name)
+    # every strided conv pools after (ConvNeXt has only kernel == stride convs: pool_position_of says None there)
+    assert built and all(pool_position_of(m) in ('after', None) and any(
+        isinstance(c, PooledConvMixin) and c.pool_position == 'after' for c in m.modules()) for m in built)
 
 
 def _create_with_feature_cfg(create_model, default_cls: str, model_name: str, **kwargs):

@@ -1,5 +1,7 @@
-"""``timm-asap benchmark-models``: throughput of resnet50 vs its ASAP/FLC/BlurPool/FFT-ASAP versions, or of
-resnet18_cifar vs its ASAP/FLC versions at 32 px; ``--profile``: where a converted model's extra time goes."""
+"""``timm-asap benchmark-models``: throughput of resnet50 vs its ASAP/FLC/BlurPool/FFT-ASAP versions, of resnet18 vs
+its ASAP/FLC versions, or of resnet18_cifar vs its ASAP/FLC versions at 32 px, each converted model in the paper's
+placement and/or with the pooling after the strided convolutions (``--pool-position``); ``--profile``: where a
+converted model's extra time goes."""
 from __future__ import annotations
 
 import argparse
@@ -12,16 +14,21 @@ import torch
 import yaml
 
 from timm_asap.models.benchmark import (
-    FAMILIES, MODELS, benchmark_models, cpu_peak_rss, format_profile, format_table, profile_extra_time, target_checks)
+    AFTER_SUFFIX, FAMILIES, MODELS, benchmark_models, cpu_peak_rss, format_profile, format_table, placed_labels,
+    profile_extra_time, target_checks)
 
+from ._errors import run_cli
 from ._yaml_defaults import parse_args_with_yaml_defaults
 from .._files import atomic_write_text
 
+PROG = 'timm-asap benchmark-models'
 DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
 
 
-# 'resnetaa50' on the command line for the table label 'resnetaa50 (BlurPool)'
-_SHORT_NAMES = {label.split(' ')[0]: label for label in MODELS}
+# 'resnetaa50' on the command line for the table label 'resnetaa50 (BlurPool)'; the after-placement labels are
+# chosen with --pool-position, not by name
+_SHORT_NAMES = {label.split(' ')[0]: label for label in MODELS if not label.endswith(AFTER_SUFFIX)}
+POSITIONS = {'before': ('before',), 'after': ('after',), 'both': ('before', 'after')}
 
 
 def _model_label(name: str) -> str:
@@ -34,13 +41,15 @@ def _model_label(name: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog='timm-asap benchmark-models',
+        prog=PROG,
         description='Interleaved inference and training-step throughput of resnet50, resnet50_asap, resnet50_flc, '
                     "timm's resnetaa50 (BlurPool) and resnet50 with the FFT formulation of ASAP, with ratios "
-                    'against resnet50 measured in the same run (or, with --family resnet18_cifar, of the CIFAR-size '
-                    'ResNet-18 and its ASAP/FLC versions at 32 px). CPU float32 always; CUDA (bfloat16 autocast, '
-                    'channels_last) when a GPU is present; each with and without torch.compile. --profile shows '
-                    'where the converted models\' extra time goes.')
+                    'against resnet50 measured in the same run (or, with --family resnet18, of ResNet-18 and its ASAP/FLC '
+                    'versions; with --family resnet18_cifar, of the CIFAR-size ResNet-18 and its ASAP/FLC versions at '
+                    '32 px). --pool-position after/both times the converted models with the pooling after the strided '
+                    'convolutions too. CPU float32 always; CUDA (bfloat16 autocast, channels_last) when a GPU is '
+                    'present; each with and without torch.compile. --profile shows where the converted models\' extra '
+                    'time goes.')
     p.add_argument('--config', type=Path, default=None,
                    help='YAML file of defaults for these options (keys as the long option names, with _)')
     p.add_argument('--device', choices=['auto', 'cpu', 'cuda'], default='auto',
@@ -50,8 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--cpu-channels-last', action=argparse.BooleanOptionalAction, default=False)
     p.add_argument('--compile', choices=['off', 'on', 'both'], default='both')
     p.add_argument('--family', choices=sorted(FAMILIES), default='resnet50',
-                   help='resnet50 (at 224 px) or resnet18_cifar (at 32 px, 10 classes); the first model is the '
-                        'baseline of the ratios (default: resnet50)')
+                   help='resnet50 or resnet18 (at 224 px), or resnet18_cifar (at 32 px, 10 classes); the first model '
+                        'is the baseline of the ratios (default: resnet50)')
+    p.add_argument('--pool-position', choices=sorted(POSITIONS), default='before',
+                   help="placement of the converted models' pooling for strided convolutions: before (the paper's, "
+                        "default), after (the conv at stride 1, then the pooling; labelled '<model> (pool after)') or "
+                        "both, timed in the same run")
     p.add_argument('--models', nargs='+', type=_model_label, metavar='MODEL', default=None,
                    help=f"models of the family, of {', '.join(_SHORT_NAMES)} (default: the whole family)")
     p.add_argument('--batch-size', type=int, default=32)
@@ -83,6 +96,8 @@ def parse_args(argv=None) -> argparse.Namespace:
             raise SystemExit(f"--models: {err}") from None
     if args.img_size is None:
         args.img_size = 32 if args.family == 'resnet18_cifar' else 224
+    if args.pool_position not in POSITIONS:  # a YAML default skips argparse's choices
+        raise SystemExit(f"--pool-position must be one of {sorted(POSITIONS)}, got {args.pool_position!r}")
     if args.models:
         foreign = [m for m in args.models if m not in FAMILIES[args.family]]
         if foreign:
@@ -109,7 +124,8 @@ def _profile(args) -> int:
     device = 'cuda' if args.device == 'cuda' or (args.device == 'auto' and torch.cuda.is_available()) else 'cpu'
     dtype = DTYPES[args.cuda_dtype] if device == 'cuda' else torch.float32
     cl = args.cuda_channels_last if device == 'cuda' else args.cpu_channels_last
-    labels = [m for m in (args.models or FAMILIES[args.family]) if m != FAMILIES[args.family][0]]
+    labels = [m for m in placed_labels(args.models or FAMILIES[args.family], POSITIONS[args.pool_position])
+              if m != FAMILIES[args.family][0]]
     results = [profile_extra_time(m, device=device, dtype=dtype, batch_size=args.batch_size, img_size=args.img_size,
                                   channels_last=cl, steps=args.rounds) for m in labels]
     text = f"{_machine()}\n\n" + '\n\n'.join(format_profile(r) for r in results) + '\n'
@@ -122,6 +138,11 @@ def _profile(args) -> int:
 
 
 def main(argv=None) -> int:
+    """Run the command; bad input prints one ``timm-asap benchmark-models: error: ...`` line and returns 2."""
+    return run_cli(PROG, lambda: _main(argv))
+
+
+def _main(argv=None) -> int:
     args = parse_args(argv)
     if args.profile:
         return _profile(args)
@@ -139,7 +160,8 @@ def main(argv=None) -> int:
     rows = []
     for device, dtype, cl, comp, rounds in settings:
         rows += benchmark_models(device, dtype, args.batch_size, args.img_size, cl, comp, args.models, rounds,
-                                 args.iters, args.warmup, progress=not args.no_progress, family=args.family)
+                                 args.iters, args.warmup, progress=not args.no_progress, family=args.family,
+                                 pool_positions=POSITIONS[args.pool_position])
         if device == 'cuda':
             torch.cuda.empty_cache()
     rss = []

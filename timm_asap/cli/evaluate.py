@@ -217,11 +217,11 @@ def _apply_run_config(args) -> None:
     """Fill model/data settings not given on the command line from a hub_configs YAML; its ``model_args``
     (with the band mode) build every model of its architecture."""
     from timm_asap.config import find_run_config, load_config
-    from timm_asap.hub.config_model import model_create_args
+    from timm_asap.hub.config_model import model_kwargs
     cfg = load_config((Path(args.run_config).is_dir() and find_run_config(args.run_config)) or args.run_config)
     if not args.model:
         args.model = [cfg.name]
-    args.model_args = {k: v for k, v in model_create_args(cfg).items() if k not in ('num_classes', 'in_chans')}
+    args.model_args = {k: v for k, v in model_kwargs(cfg).items() if k not in ('num_classes', 'in_chans')}
     args.model_args_of = cfg.model.architecture
     args.num_classes = args.num_classes or cfg.model.num_classes
     args.in_chans = args.in_chans or cfg.model.in_chans

@@ -12,8 +12,15 @@ overrides any key (values are YAML: ``--set train.lr=0.1 model.model_args='{drop
 the shortcut flags (``--epochs``, ``--data-dir``, ...) are the same as the matching ``--set``. The
 resolved config is saved as ``<output>/config.yaml``.
 
-Exit status: 0 done; 2 bad config or arguments; 1 the run failed (data, non-finite loss, checkpoint);
-128 + signal number when SIGTERM/SIGINT stopped it after writing a resumable checkpoint.
+``model.base`` names the base checkpoint: a timm name with tag, ``hf-hub:<org>/<name>``,
+``local-dir:<folder>``, a ``.safetensors``/``.pth`` file or a fine-tuning run folder (see
+:mod:`timm_asap.train.model`); ``convert_asap.fmnist`` is the shipped recipe for a base of your own::
+
+    timm-asap-finetune --config convert_asap.fmnist --set model.base=runs/my_base --output runs/my_asap
+
+Exit status: 0 done; 2 bad config, arguments or base checkpoint (one line ``timm-asap-finetune: error:
+...``); 1 the run failed (data, non-finite loss, checkpoint); 3 an ``hf-hub:`` base is neither reachable
+nor cached; 128 + signal number when SIGTERM/SIGINT stopped it after writing a resumable checkpoint.
 """
 from __future__ import annotations
 
@@ -26,8 +33,11 @@ from pathlib import Path
 import yaml
 
 from ..config import RUN_CONFIG_FILE, ConfigError, apply_overrides, load_config
+from ._errors import STATUS_BAD_INPUT, STATUS_FAILED, STATUS_UNREACHABLE, run_cli
 
 __all__ = ['main', 'build_parser']
+
+_PROG = 'timm-asap-finetune'
 
 _SHORTCUTS = {  # flag dest -> config key
     'data_dir': 'data.data_dir',
@@ -48,8 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
                     'ASAP/FLC architecture (zero-shot conversion), then train. Runs on one CPU/GPU or under '
                     'torchrun (DDP).',
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog='Exit status: 0 done, 2 bad config/arguments, 1 failed run, 128+N stopped by signal N '
-               '(a resumable checkpoint was written).')
+        epilog='model.base: a timm name with tag, hf-hub:<org>/<name>, local-dir:<folder>, a .safetensors/.pth file '
+               'or a fine-tuning run folder (--config convert_asap.fmnist --set model.base=...: convert your own '
+               'pretrained CNN). Exit status: 0 done, 2 bad config/arguments/base, 1 failed run, 3 Hub unreachable, '
+               '128+N stopped by signal N (a resumable checkpoint was written).')
     p.add_argument('--config', '-c', default=None,
                    help='hub_configs/<name>.yaml, or the name of a shipped config (e.g. resnet18_cifar_asap.fmnist); '
                         'may be left out with --resume and --output: the run\'s saved <output>/config.yaml is used')
@@ -88,7 +100,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.log_level)
-    log = logging.getLogger('timm_asap.cli.finetune')
+    resolved = []
+    status = run_cli(_PROG, lambda: resolved.append(_resolve_config(parser, args)))  # answers before torch loads
+    if status or args.print_config:
+        return status
+    cfg, output = resolved[0]
+    return run_cli(_PROG, lambda: _train(cfg, output, args), _training_statuses())
+
+
+def _resolve_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple:
+    """The run config (overrides and shortcuts applied) and the output folder; prints it for --print-config."""
     overrides = [item for group in args.overrides for item in group]
     for dest, key in _SHORTCUTS.items():
         value = getattr(args, dest)
@@ -99,37 +120,31 @@ def main(argv: list[str] | None = None) -> int:
             parser.error('--config is required (it may be left out only with --resume and --output)')
         args.config = str(Path(args.output) / RUN_CONFIG_FILE)
         if not Path(args.config).is_file():
-            print(f"timm-asap-finetune: error: there is no run to resume in {args.output}: it holds no "
-                  f"{RUN_CONFIG_FILE} (the config a run saves there); start a run with --config, or pass the "
-                  f"output folder of the run to resume", file=sys.stderr)
-            return 2
-    try:
-        cfg = apply_overrides(load_config(args.config), overrides)
-    except ConfigError as e:
-        print(f"timm-asap-finetune: error: {e}", file=sys.stderr)
-        return 2
+            raise ConfigError(f"there is no run to resume in {args.output}: it holds no {RUN_CONFIG_FILE} (the config a "
+                              f"run saves there); start a run with --config, or pass the output folder of the run "
+                              f"to resume")
+    cfg = apply_overrides(load_config(args.config), overrides)
     if args.print_config:
         sys.stdout.write(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        return 0
-    output = Path(args.output) if args.output else Path('output') / 'finetune' / cfg.name
+    return cfg, Path(args.output) if args.output else Path('output') / 'finetune' / cfg.name
 
-    # imported here so --help and config errors answer without loading torch
+
+def _training_statuses() -> list:
     from ..data import DataError
-    from ..train import RunExistsError, TrainingError, TrainingInterrupted, finetune
+    from ..hub.errors import HubDownloadError
+    from ..train import RunExistsError, TrainingError
+    return [(RunExistsError, STATUS_BAD_INPUT), (DataError, STATUS_FAILED), (HubDownloadError, STATUS_UNREACHABLE),
+            (TrainingError, STATUS_FAILED)]
+
+
+def _train(cfg, output: Path, args: argparse.Namespace) -> int:
+    from ..train import TrainingInterrupted, finetune
+    log = logging.getLogger('timm_asap.cli.finetune')
     try:
         metrics = finetune(cfg, output, resume=args.resume, device=args.device, progress=not args.no_progress)
-    except TrainingInterrupted as e:
+    except TrainingInterrupted:
         log.warning(f"continue with: timm-asap-finetune --output {output} --resume")
-        return 128 + int(e.signum)
-    except DataError as e:
-        log.error(f"data error: {e}")
-        return 1
-    except (ConfigError, RunExistsError, ValueError) as e:  # settings or arguments (ValueError: e.g. no CUDA)
-        log.error(str(e))
-        return 2
-    except TrainingError as e:  # CheckpointError, NonFiniteLossError
-        log.error(str(e))
-        return 1
+        raise
     best = metrics.get('best_metric')
     log.info(f"done: {output} (best {metrics.get('best_metric_name')} "
              f"{best:.2f} at epoch {metrics.get('best_epoch')})" if best is not None else f"done: {output}")

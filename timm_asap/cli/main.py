@@ -9,6 +9,8 @@ COMMANDS = {
     'study': ('study', 'the Fashion-MNIST robustness study: train, evaluate, publish (dry run), reload'),
     'finetune': ('finetune', 'fine-tune an ASAP/FLC model from a hub_configs YAML'),
     'evaluate': ('evaluate', 'clean, corruption, adversarial and shift-consistency evaluation'),
+    'compare': ('compare', 'the zero-shot cost of converting a model: base vs converted top-1, agreement, repair'),
+    'repair': ('repair', "re-estimate a converted model's BatchNorm statistics from unlabeled images and save it"),
     'publish': ('publish', 'write a Hub folder (model card, config.json, safetensors) and upload it'),
     'list-models': ('list_models', 'list the registered ASAP/FLC architectures (and CIFAR-size baselines) with their weight tags'),
     'coverage': ('coverage', 'convert one model of every timm CNN family and report what matches'),

@@ -3,10 +3,14 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
-
 from ..runtime import AMP_CHOICES
 from ..study import FAMILIES, PRESETS, preset_options, run_study
+from ..train.errors import RunExistsError, TrainingError, TrainingInterrupted
+from ._errors import STATUS_BAD_INPUT, STATUS_FAILED, run_cli
+
+#: a run of another configuration in --output is bad input (nothing was written); a run that failed (its loss
+#: diverged, a checkpoint cannot be read) is failed work; the rest as every CLI (docs/study.md, "Exit status")
+STATUSES = ((RunExistsError, STATUS_BAD_INPUT), (TrainingError, STATUS_FAILED))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,6 +40,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--severities', nargs='+', type=int, help='corruption severities (default: 1 2 3 4 5)')
     p.add_argument('--max-seconds', type=float,
                    help='time available: when the expected time is longer, fewer seeds run (said in the output)')
+    conv = p.add_argument_group('conversion arm', "each seed's trained baseline converted to ASAP/FLC and evaluated "
+                                "zero-shot, after the BatchNorm repair and after fine-tuning (docs/conversion.md)")
+    conv.add_argument('--convert-pools', nargs='+', metavar='POOL', help="asap and/or flc (default: the preset's)")
+    conv.add_argument('--no-conversion', action='store_true', help='leave the conversion arm out')
+    conv.add_argument('--convert-positions', nargs='+', metavar='POSITION',
+                      help="before (the paper's placement) and/or after (default: the preset's)")
+    conv.add_argument('--convert-epochs', nargs='+', type=int, metavar='N',
+                      help="fine-tuning lengths, one run each (default: the preset's)")
+    conv.add_argument('--convert-distill', nargs='+', choices=('off', 'on'),
+                      help="fine-tune without (off) and/or with (on) distillation from the baseline")
+    conv.add_argument('--convert-lr', type=float, help="the arm's fine-tuning learning rate (default: the preset's)")
+    conv.add_argument('--repair-images', type=int, help='unlabeled training images of the BatchNorm repair')
     p.add_argument('--data-dir', help="Fashion-MNIST IDX folder (default: Debian's package, else a download)")
     p.add_argument('--device', default='auto', help='auto, cpu or cuda')
     p.add_argument('--amp', choices=AMP_CHOICES,
@@ -47,26 +63,35 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Run the command line; returns the exit status (docs/study.md, "Exit status")."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(message)s')
+    return run_cli('timm-asap study', lambda: _run(args), STATUSES)
+
+
+def _run(args: argparse.Namespace) -> int:
     preset = args.preset or ('full' if args.full else 'default')
     if args.full and preset != 'full':
-        raise SystemExit(f"timm-asap study: --full is --preset full; it cannot be combined with --preset {preset}")
+        raise ValueError(f"--full is --preset full; it cannot be combined with --preset {preset}")
     overrides = dict(output_dir=args.output, device=args.device, progress=not args.no_progress,
                      data_dir=args.data_dir)
     for key in ('families', 'seeds', 'epochs', 'train_subset', 'val_subset', 'batch_size', 'eval_count',
                 'corruption_count', 'attack_count', 'shift_count', 'severities', 'max_seconds', 'workers', 'amp'):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
-    from ..train import TrainingInterrupted
+    for key in ('convert_pools', 'convert_positions', 'convert_epochs', 'convert_lr', 'repair_images'):
+        if getattr(args, key) is not None:
+            overrides[key] = getattr(args, key)
+    if args.convert_distill is not None:
+        overrides['convert_distill'] = [value == 'on' for value in args.convert_distill]
+    if args.no_conversion:
+        overrides['convert_pools'] = []
+    opts = preset_options(preset, **overrides)
     try:
-        opts = preset_options(preset, **overrides)
         run_study(opts)
-    except ValueError as e:
-        raise SystemExit(f"timm-asap study: {e}") from None
     except TrainingInterrupted as e:  # a stop signal: the checkpoint is written, re-running resumes
-        print(f"timm-asap study: {e}; run the same command again to resume", file=sys.stderr)
-        return 128 + int(e.signum)
+        e.args = (f"{e}; run the same command again to resume",)
+        raise
     return 0
 
 

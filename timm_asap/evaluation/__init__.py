@@ -5,11 +5,13 @@ textures for corruptions) are imported on first use; a missing one raises an Imp
 ``pip install 'timm-asap[eval]'``.
 """
 from .attacks import ATTACKS, AUTOATTACK_COMPONENTS, NORMS, AttackSpec, check_eps, evaluate_attacks, parse_eps, run_attack
+from .compare import compare_models
 from .corruptions import (
     ALL_CORRUPTIONS, CORRUPTION_GROUPS, CORRUPTIONS, EXTRA_CORRUPTIONS, PROTOCOLS, SEVERITIES, check_corruptions,
     check_severities, corrupt)
 from .data import CifarCDataset, EvalImages, ImageNetCFolder, create_eval_dataset, load_images, to_uint8_chw
 from .engine import evaluate_clean, evaluate_corruptions
+from .provenance import evaluation_record, record_differences
 from .report import markdown_report, parse_markdown_tables, read_results, write_results
 from .runner import EvalOptions, build_attack_specs, evaluate_models, write_artefacts
 from .shift import aliasing_view, evaluate_shift_consistency
@@ -17,7 +19,7 @@ from .summary import ALEXNET_ERR, corruption_summary
 from .wrapper import NormalizedModel, check_eval_mode, create_eval_model, wrap_model
 
 __all__ = [
-    'evaluate_models', 'EvalOptions', 'build_attack_specs', 'write_artefacts',
+    'evaluate_models', 'EvalOptions', 'compare_models', 'build_attack_specs', 'write_artefacts',
     'evaluate_clean', 'evaluate_corruptions', 'evaluate_attacks', 'run_attack', 'evaluate_shift_consistency',
     'aliasing_view', 'corruption_summary',
     'corrupt', 'CORRUPTIONS', 'EXTRA_CORRUPTIONS', 'ALL_CORRUPTIONS', 'CORRUPTION_GROUPS', 'SEVERITIES', 'PROTOCOLS',
@@ -26,4 +28,5 @@ __all__ = [
     'EvalImages', 'load_images', 'create_eval_dataset', 'ImageNetCFolder', 'CifarCDataset', 'to_uint8_chw',
     'NormalizedModel', 'wrap_model', 'create_eval_model', 'check_eval_mode',
     'write_results', 'read_results', 'markdown_report', 'parse_markdown_tables',
+    'evaluation_record', 'record_differences',
 ]

@@ -19,6 +19,7 @@ from .corruptions import SEVERITIES, check_corruptions, check_severities
 from .data import EvalImages, load_images
 from .._files import atomic_write_text, check_folder_path
 from ..runtime import resolve_amp
+from .provenance import evaluation_record
 from .engine import (CORRUPTION_SOURCES, check_corruption_source, evaluate_clean, evaluate_corruptions, model_in_chans,
                      predict_logits, resolve_device)
 from .report import (markdown_report, plot_aliasing, plot_attacks, plot_corruptions, plot_shift, read_results,
@@ -229,6 +230,10 @@ def evaluate_models(
 ) -> list[dict]:
     """Evaluate models side by side on the same images and write ``results.json``, ``results.md`` and plots.
 
+    ``results.json`` records how its numbers were made (:func:`~timm_asap.evaluation.provenance.evaluation_record`:
+    the options, the models' names and weight digests, the images' digest, the precision), so that a stored
+    result is reused only for the same evaluation (:func:`~timm_asap.evaluation.provenance.record_differences`).
+
     Args:
         models: (name, model) pairs; each model takes [0, 1] inputs (wrap with
             :func:`timm_asap.evaluation.wrap_model`) and must be in eval mode.
@@ -261,8 +266,9 @@ def evaluate_models(
                          batch_size=opts.batch_size, name=dataset_name, progress=opts.progress,
                          max_unreadable=opts.max_unreadable)
     specs = build_attack_specs(opts, images.shape)
-    check_model_classes(models, images, _dataset_classes(data), dataset_name or images.name)
     device = resolve_device(opts.device)
+    record = evaluation_record(opts, models, images, device)  # before any forward pass
+    check_model_classes(models, images, _dataset_classes(data), dataset_name or images.name)
     common = dict(device=device, progress=opts.progress)
     rows: list[dict] = []
     timing: dict[str, float] = {}
@@ -307,12 +313,10 @@ def evaluate_models(
         rows += aliasing_view(models, images, opts.aliasing_count, **common)
         lap('aliasing')
     meta = {'dataset': dataset_name or images.name, 'count': len(images), 'unreadable': images.unreadable,
-            'seed': opts.seed, 'device': str(device), 'precision': str(resolve_amp(device, opts.amp) or 'float32').replace('torch.', ''),
-            **library_versions()}
+            'seed': opts.seed, 'device': str(device), 'precision': record['precision'], **library_versions()}
     rows = [{**r, **{k: v for k, v in meta.items() if k not in r}} for r in rows]
     if out_dir is not None:
-        write_artefacts(rows, out_dir, {'options': opts.to_dict(), 'models': [n for n, _ in models],
-                                        'timing_s': timing, 'corruption_sets': corruption_stats, **meta},
+        write_artefacts(rows, out_dir, {**record, 'timing_s': timing, 'corruption_sets': corruption_stats, **meta},
                         plots=opts.plots)
     return rows
 

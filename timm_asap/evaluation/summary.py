@@ -9,6 +9,7 @@ standard baseline is AlexNet, whose published per-corruption errors are in :data
 """
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from typing import Sequence
 
@@ -16,7 +17,7 @@ import numpy as np
 
 from .corruptions import CORRUPTIONS, SEVERITIES
 
-__all__ = ['ALEXNET_ERR', 'corruption_summary']
+__all__ = ['ALEXNET_ERR', 'corruption_summary', 'standard_error']
 
 #: AlexNet's ImageNet-C top-1 error per corruption, averaged over the five severities (fractions),
 #: as published with the benchmark; the last four are the extra corruptions.
@@ -27,6 +28,15 @@ ALEXNET_ERR: dict[str, float] = {
     'contrast': 0.853204, 'elastic_transform': 0.646056, 'pixelate': 0.717840, 'jpeg_compression': 0.606500,
     'speckle_noise': 0.845388, 'gaussian_blur': 0.787108, 'spatter': 0.717512, 'saturate': 0.658248,
 }
+
+
+def standard_error(percent: float, n: int | None) -> float | None:
+    """Binomial standard error (in %) of a rate measured on ``n`` images (for a mean over corruptions, which
+    are correlated per image, an upper bound); None without a count."""
+    if not n:
+        return None
+    p = min(max(percent / 100.0, 0.0), 1.0)
+    return 100.0 * math.sqrt(p * (1 - p) / n)
 
 
 def _by_model(rows: Sequence[dict]) -> dict[str, dict[tuple[str, int], float]]:

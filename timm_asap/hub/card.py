@@ -7,7 +7,7 @@ from typing import Any
 import timm
 from huggingface_hub import EvalResult, ModelCardData
 
-from ..config import RunConfig
+from ..config import RunConfig, base_source_kind
 from ..data.fashion_mnist import FASHION_MNIST_NAMES
 from ..version import __version__
 from ..models import is_variant
@@ -70,13 +70,13 @@ def dataset_label(cfg: RunConfig) -> str:
 
 
 def base_model_repo(base: str) -> str | None:
-    """The Hub repo id of a base timm checkpoint (e.g. ``resnet50.tv_in1k`` -> ``timm/resnet50.tv_in1k``)."""
-    if not base:
+    """The Hub repo id of a base checkpoint (e.g. ``resnet50.tv_in1k`` -> ``timm/resnet50.tv_in1k``,
+    ``hf-hub:org/name@rev`` -> ``org/name``); None for local bases (a file, a run folder, ``local-dir:``)."""
+    kind = base_source_kind(base)
+    if kind == 'hf-hub':
+        return base[len('hf-hub:'):].partition('@')[0]
+    if kind != 'name':
         return None
-    if base.startswith('hf-hub:'):
-        return base[len('hf-hub:'):]
-    if '/' in base:
-        return base
     try:
         cfg = timm.models.get_pretrained_cfg(base, allow_unregistered=False)
     except (RuntimeError, ValueError, KeyError):
@@ -192,12 +192,20 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _placement(cfg: RunConfig) -> str:
+    """The card's note on a placement other than the paper's (empty for ``pool_position: before``)."""
+    if cfg.model.pool_position == 'before':
+        return ''
+    return (f", placed `{cfg.model.pool_position}` the strided convolutions (each runs at stride 1, then the "
+            f"pooling: BlurPool's placement)")
+
+
 def _recipe(cfg: RunConfig, recipe_file: str, pcfg: dict[str, Any]) -> str:
     t, d = cfg.train, cfg.data
     rows = [
         ('Base checkpoint', f"`{cfg.model.base}` (zero-shot conversion, then fine-tuning)" if cfg.model.base
          else 'random initialisation'),
-        ('Pooling', f"{cfg.model.pool} (mode `{cfg.model.mode}`)"),
+        ('Pooling', f"{cfg.model.pool} (mode `{cfg.model.mode}`){_placement(cfg)}"),
         ('Dataset', f"{dataset_label(cfg)} (train split `{d.train_split}`"
                     f"{f', a fixed random subset of {d.train_subset} images' if d.train_subset else ''}; "
                     f"evaluation split `{d.val_split}`{f', a fixed random subset of {d.val_subset} images' if d.val_subset else ''})"),
@@ -248,7 +256,8 @@ def build_model_card(cfg: RunConfig, repo_id: str, config_json: dict[str, Any], 
         ('Model type', 'image classification / feature backbone'),
         ('Architecture', f"`{cfg.model.architecture}`" + (" (registered in timm by `import timm_asap`)"
                                                          if is_variant(cfg.model.architecture) else '')),
-        ('Pooling', f"{pool.upper()}, band mode `{cfg.model.mode}`" if pool != 'none' else 'none (baseline)'),
+        ('Pooling', f"{pool.upper()}, band mode `{cfg.model.mode}`{_placement(cfg)}" if pool != 'none'
+         else 'none (baseline)'),
         ('Base checkpoint', f"`{cfg.model.base}`" if cfg.model.base else 'none (trained from scratch)'),
         ('Dataset', dataset),
         ('Classes', f"{config_json.get('num_classes')}"

@@ -31,7 +31,7 @@ from torch import nn
 
 from ..config import ConfigError, RUN_CONFIG_FILE, RunConfig, config_from_dict, find_run_config, load_config
 from ..models.registry import check_model_name
-from .config_model import model_create_args
+from .config_model import model_kwargs
 from .errors import IntegrityError
 from .export import load_checkpoint_state_dict, load_state_dict_checked
 from .integrity import (ARCHITECTURE_KEY, CONFIG_NAME, POOLING_KEY, WEIGHTS_NAME, check_recorded_model,
@@ -90,7 +90,7 @@ class CheckpointRecord:
                                                f"{path} beside it describes {cfg.model.architecture!r}: that run "
                                                f"config is not this file's; move the file out of the run folder")
         self.architecture = cfg.model.architecture
-        self.take_create_args(model_create_args(cfg))
+        self.take_create_args(model_kwargs(cfg))
         self.label_names = list(cfg.data.label_names) if cfg.data.label_names else self.label_names
         self.run_config = cfg
         self.recorded_in = path

@@ -24,11 +24,12 @@ import timm
 import torch
 from torch import nn
 
-from ..config import RUN_CONFIG_FILE, ConfigError, RunConfig, apply_overrides, find_run_config, load_config, save_config
+from ..config import (RUN_CONFIG_FILE, ConfigError, RunConfig, apply_overrides, base_source_kind, find_run_config,
+                      load_config, save_config)
 from ..version import __version__
 from .._files import atomic_write_text, replace_dir, staging_dir
 from .card import build_model_card
-from .config_model import check_pooling, create_model_from_config
+from .config_model import check_pooling, create_model_from_config, model_kwargs
 from .errors import HubPublishError, IntegrityError, MissingEvaluationError
 from ..models.weight_tags import paper_ids
 from .image_processor import IMAGE_PROCESSOR_NAME
@@ -76,8 +77,9 @@ def check_publishable(cfg: RunConfig, repo_id: str | None = None) -> None:
 
     Needed: ``model.architecture`` and ``model.tag``; ``hub.repo_id`` (``<org>/<name>``), ``hub.license``
     and ``hub.datasets`` (card metadata); class names (``data.label_names``, implied for Fashion-MNIST
-    and ImageNet-1k); ``data.mean``/``data.std`` for a model that is not 3-channel; a ``model.base`` that
-    names a timm checkpoint, when given (card ``base_model``).
+    and ImageNet-1k); ``data.mean``/``data.std`` for a model that is not 3-channel; a ``model.base`` timm
+    name with a Hub id (card ``base_model``; a local base, a file, run folder or ``local-dir:``, has none
+    and is named in the card text only).
 
     Raises:
         ConfigError: listing every missing or wrong item.
@@ -101,7 +103,8 @@ def check_publishable(cfg: RunConfig, repo_id: str | None = None) -> None:
         problems.append(str(e))
     if cfg.model.in_chans != 3 and (cfg.data.mean is None or cfg.data.std is None):
         problems.append(f"data.mean/data.std: required for in_chans={cfg.model.in_chans}")
-    if cfg.model.base and base_model_repo(cfg.model.base) is None:
+    if base_source_kind(cfg.model.base) == 'name' and not cfg.model.base_file \
+            and base_model_repo(cfg.model.base) is None:
         problems.append(f"model.base: {cfg.model.base!r} is not a timm checkpoint with a Hub id (card base_model)")
     if problems:
         raise ConfigError(f"{cfg.name or 'config'} cannot be published: " + '; '.join(problems))
@@ -204,11 +207,16 @@ def hub_config_json(model: nn.Module, cfg: RunConfig, path: str | Path,
         raise HubPublishError(f"config.json for {cfg.name}: {e}") from e
     config = json.loads(Path(path).read_text())
     model_args = {k: v for k, v in (config.get('model_args') or {}).items() if k not in ('num_classes', 'pretrained')}
-    if cfg.model.pool != 'none':  # the band mode is not visible in the weights: loaders must be told
+    if cfg.model.pool != 'none':  # band mode and placement are not visible in the weights: loaders must be told
         model_args.setdefault('pool_mode', cfg.model.mode)
         if model_args['pool_mode'] != cfg.model.mode:
             raise HubPublishError(f"model.mode is {cfg.model.mode!r} but the model was built with "
                                   f"pool_mode={model_args['pool_mode']!r}")
+        if cfg.model.pool_position != 'before':  # the default placement is left out: configs stay as they were
+            model_args.setdefault('pool_position', cfg.model.pool_position)
+        if model_args.get('pool_position', 'before') != cfg.model.pool_position:
+            raise HubPublishError(f"model.pool_position is {cfg.model.pool_position!r} but the model was built with "
+                                  f"pool_position={model_args['pool_position']!r}")
     config['model_args'] = _json_safe(model_args, 'model_args')
     pcfg = config['pretrained_cfg']
     pcfg['tag'] = cfg.model.tag or pcfg.get('tag')
@@ -222,14 +230,15 @@ def hub_config_json(model: nn.Module, cfg: RunConfig, path: str | Path,
     pcfg['description'] = f"{cfg.model.architecture} {pooling}" + (f", fine-tuned from {cfg.model.base}"
                                                                   if cfg.model.base else '')
     pcfg.pop('origin_url', None)  # the base checkpoint's origin, not this model's
-    pcfg['notes'] = [f"pool={cfg.model.pool} mode={cfg.model.mode}"] + (
+    placement = f" pool_position={cfg.model.pool_position}" if cfg.model.pool_position != 'before' else ''
+    pcfg['notes'] = [f"pool={cfg.model.pool} mode={cfg.model.mode}{placement}"] + (
         [f"initialised from {cfg.model.base}"] if cfg.model.base else ['trained from random initialisation'])
     config['pretrained_cfg'] = {k: v for k, v in pcfg.items() if v is not None or k in ('pool_size', 'first_conv',
                                                                                           'classifier')}
     if cfg.model.in_chans == 1:  # transformers' pipeline hands over RGB: name our grey-converting processor
         config['image_processor_type'] = IMAGE_PROCESSOR_NAME
     config['timm_asap'] = {'version': __version__, 'pool': cfg.model.pool, 'mode': cfg.model.mode,
-                           'base': cfg.model.base or None}
+                           'pool_position': cfg.model.pool_position, 'base': cfg.model.base or None}
     if config['architecture'] != cfg.model.architecture:
         raise HubPublishError(f"config.json architecture {config['architecture']!r} differs from "
                               f"model.architecture {cfg.model.architecture!r}")
@@ -275,11 +284,12 @@ def build_hub_folder(model: nn.Module, cfg: RunConfig, output_dir: str | Path, *
         raise ConfigError(f"model.num_classes: the model has {num_classes} classes, the config says "
                           f"{cfg.model.num_classes}")
     label_names = resolve_label_names(cfg, num_classes)
-    check_pooling(model, cfg.model.pool, cfg.model.mode, repr(cfg.model.architecture))
+    check_pooling(model, cfg.model.pool, cfg.model.mode, repr(cfg.model.architecture), cfg.model.pool_position)
     output_dir = Path(output_dir)
     with staging_dir(output_dir) as tmp:
         save_safetensors(model.state_dict(), tmp / WEIGHTS_NAME,
-                         metadata={**weights_metadata(model, cfg.model.architecture), 'timm_asap': __version__})
+                         metadata={**weights_metadata(model, cfg.model.architecture, model_kwargs(cfg)),
+                                   'timm_asap': __version__})
         config = hub_config_json(model, cfg, tmp / CONFIG_NAME, label_names)
         save_config(cfg, tmp / RUN_CONFIG_NAME)
         plots = []

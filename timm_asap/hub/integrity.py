@@ -33,7 +33,7 @@ DIGEST_KEY = 'timm_asap.data_sha256'
 PICKLE_SUFFIXES = ('.bin', '.pt', '.pth', '.pkl', '.pickle', '.ckpt', '.tar')
 ARCHITECTURE_KEY = 'architecture'
 POOLING_KEY = 'timm_asap.pooling'
-MODEL_ARGS_KEY = 'timm_asap.model_args'
+MODEL_ARGS_KEY = 'timm_asap.model_args'  # JSON of the timm.create_model kwargs that rebuild the model
 
 
 def _cpu_tensors(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -221,23 +221,24 @@ def expected_state_shapes(config: dict[str, Any], source: str | None = None) -> 
     return {k: tuple(v.shape) for k, v in config_model(config, source).state_dict().items()}
 
 
-def weights_metadata(model: torch.nn.Module, architecture: str,
-                     model_args: dict[str, Any] | None = None) -> dict[str, str]:
+def weights_metadata(model: torch.nn.Module, architecture: str, model_args: dict[str, Any] | None = None) -> dict[str, str]:
     """What a weights file records about the model it holds: the architecture, its spectral pooling and,
-    when given, the ``timm.create_model`` arguments that build it.
+    when given, the ``timm.create_model`` kwargs that rebuild it.
 
-    Two architectures (or pooling options) can share every state-dict name and shape, e.g.
-    ``resnet18_cifar_asap`` and ``resnet18_cifar_flc``: the checked loaders compare these entries with
-    the config.json (or the name a file is loaded under) so such a mix-up is an error, not a silently
-    different model. ``model_args`` let a file that left its folder be rebuilt; arguments that are not
-    JSON-safe are not recorded (the run config beside the file still holds them).
+    Two architectures (or pooling options, or placements of the pooling) can share every state-dict name
+    and shape, e.g. ``resnet18_cifar_asap`` and ``resnet18_cifar_flc``, or ``resnet18_asap`` built with
+    ``pool_position='before'`` and ``'after'``: the checked loaders compare these entries
+    (:func:`~timm_asap.models.pooling_signature`) with the config.json so such a mix-up is an error, not a
+    silently different model. ``model_args`` (e.g. ``num_classes``, ``in_chans``, the ``channels`` of a
+    narrowed network) make the file usable on its own, e.g. as the base checkpoint of a fine-tuning run;
+    kwargs that are not JSON-safe are not recorded.
     """
     meta = {ARCHITECTURE_KEY: architecture, POOLING_KEY: json.dumps(pooling_signature(model))}
-    if model_args:
+    if model_args is not None:
         try:
             meta[MODEL_ARGS_KEY] = json.dumps(model_args, sort_keys=True)
         except (TypeError, ValueError):
-            pass
+            pass  # e.g. a layer class as a kwarg: the run's config.yaml is then the only record
     return meta
 
 
@@ -305,11 +306,31 @@ def _check_recorded_model(weights_path, config_path, config: dict[str, Any], met
     except json.JSONDecodeError:
         raise IntegrityError(weights_path, f"header entry {POOLING_KEY} is not valid JSON: "
                                            f"{metadata[POOLING_KEY]!r}") from None
+    if trained != built and _placement_free(trained) == _placement_free(built):
+        want, got = _placement(trained), _placement(built)
+        raise IntegrityError(weights_path, f"was trained with the pooling placed {want} the strided convolutions "
+                                           f"(pool_position={want!r}, {recorded_in} records it) but {config_path} "
+                                           f"(model_args={config.get('model_args') or {}}) builds it {got} them: "
+                                           f"the same tensors compute another function; set pool_position={want!r} "
+                                           f"in the config's model_args")
     if trained != built:
         raise IntegrityError(weights_path, f"was trained with pooling {trained} ({recorded_in} records it) but "
                                            f"{config_path} (model_args={config.get('model_args') or {}}) builds "
-                                           f"{built or 'no spectral pooling'}: fix pool_mode/pool_args in the "
-                                           f"config's model_args")
+                                           f"{built or 'no spectral pooling'}: fix pool_mode/pool_args/pool_position "
+                                           f"in the config's model_args")
+
+
+_PLACEMENT_PREFIX = 'pool_position='
+
+
+def _placement_free(signature: list) -> list:
+    return [e for e in signature if not str(e).startswith(_PLACEMENT_PREFIX)]
+
+
+def _placement(signature: list) -> str:
+    """The placement a :func:`~timm_asap.models.pooling_signature` records (no entry: the paper's, 'before')."""
+    return next((str(e)[len(_PLACEMENT_PREFIX):].strip("'") for e in signature if str(e).startswith(_PLACEMENT_PREFIX)),
+                'before')
 
 
 def _preview(names, limit: int = 6) -> str:

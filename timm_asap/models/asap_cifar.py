@@ -5,7 +5,8 @@
 * ``wide_resnet28_10``: Wide ResNet 28-10 (Zagoruyko & Komodakis, arXiv:1605.07146).
 
 Each also as ``<name>_asap`` and ``<name>_flc`` (:func:`timm_asap.models.asapify`: the strided 3x3
-block convolutions and 1x1 shortcuts become "pool, then the same conv at stride 1"). All are built by
+block convolutions and 1x1 shortcuts become "pool, then the same conv at stride 1"; with
+``pool_position='after'``, "the conv at stride 1, then pool"). All are built by
 timm's ``build_model_with_cfg``, so ``features_only``, ``num_classes``/``in_chans``/``drop_rate`` and
 pretrained loading work as for timm's own models. Defaults: 10 classes, CIFAR-10 normalisation.
 

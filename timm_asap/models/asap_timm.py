@@ -3,11 +3,16 @@
 Each variant is the base architecture built by its own timm entrypoint (``build_model_with_cfg``)
 and converted by :func:`timm_asap.models.asapify`. Weight tags: ``<base_tag>_base`` for every base
 checkpoint (zero-shot conversion, e.g. ``resnet50_asap.tv_in1k_base`` loads ``timm/resnet50.tv_in1k``)
-and one tag per ``hub_configs/<name>.<tag>.yaml`` (our fine-tuned weights).
+and one tag per ``hub_configs/<name>.<tag>.yaml`` (our fine-tuned weights). The ``_base`` tags are a
+starting point: the converted network loses accuracy until fine-tuned (their cfgs' notes give the
+measured figures). ``timm.create_model`` kwargs of :func:`~timm_asap.models.creation.create_variant`
+(``pool_mode``, ``pool_args``, ``patchify``, ``pool_position``) set the conversion, e.g.
+``pool_position='after'`` runs each strided conv at stride 1 and pools its output.
 
 Example:
     >>> import timm, timm_asap
     >>> model = timm.create_model('resnet50_asap.tv_in1k_base', pretrained=True)
+    >>> model = timm.create_model('resnet50_asap', pool_position='after')
 """
 from __future__ import annotations
 

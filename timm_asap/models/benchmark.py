@@ -1,5 +1,7 @@
-"""Whole-network throughput: ResNet-50 against its ASAP, FLC, BlurPool and FFT-ASAP versions, and the
-CIFAR-size ResNet-18 against its ASAP and FLC versions (at 32x32).
+"""Whole-network throughput: ResNet-50 against its ASAP, FLC, BlurPool and FFT-ASAP versions, ResNet-18
+against its ASAP and FLC versions, and the CIFAR-size ResNet-18 against its ASAP and FLC versions (at 32x32).
+Each converted model can also be timed with the pooling placed after the strided convolutions
+(``pool_positions``; label suffix :data:`AFTER_SUFFIX`), in the same run as the paper's placement.
 
 Models are timed interleaved (each round runs every model in turn, inference then a training step),
 so drifts of a shared machine hit all of them alike; the median over rounds is reported with ratios
@@ -11,6 +13,7 @@ step (:func:`cpu_peak_rss`), since the CPU allocator has no per-model counter.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import statistics
@@ -24,10 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .convert import asapify
+from .convert import POOL_POSITIONS, asapify
 
-__all__ = ['MODELS', 'FAMILIES', 'build_model', 'benchmark_models', 'cpu_peak_rss', 'format_table', 'target_checks',
-           'paired_ratio', 'profile_extra_time', 'format_profile']
+__all__ = ['MODELS', 'FAMILIES', 'PLACEABLE', 'AFTER_SUFFIX', 'build_model', 'placed_labels', 'family_of',
+           'benchmark_models', 'cpu_peak_rss', 'format_table', 'target_checks', 'paired_ratio', 'profile_extra_time',
+           'format_profile']
 
 BASELINE = 'resnet50'
 # label -> how to build it (pretrained=False; the weights do not change the timing)
@@ -37,15 +41,53 @@ MODELS: dict[str, Callable[[], nn.Module]] = {
     'resnet50_flc': lambda: timm.create_model('resnet50_flc'),
     'resnetaa50 (BlurPool)': lambda: timm.create_model('resnetaa50'),
     'resnet50_asap_fft': lambda: asapify(timm.create_model('resnet50'), pool='asap_fft'),
+    'resnet18': lambda: timm.create_model('resnet18'),
+    'resnet18_asap': lambda: timm.create_model('resnet18_asap'),
+    'resnet18_flc': lambda: timm.create_model('resnet18_flc'),
     'resnet18_cifar': lambda: timm.create_model('resnet18_cifar'),
     'resnet18_cifar_asap': lambda: timm.create_model('resnet18_cifar_asap'),
     'resnet18_cifar_flc': lambda: timm.create_model('resnet18_cifar_flc'),
 }
-#: family -> its labels in :data:`MODELS`, the baseline first
+#: family -> its labels in :data:`MODELS`, the baseline first (the paper's placement; see :func:`placed_labels`)
 FAMILIES: dict[str, list[str]] = {
     'resnet50': ['resnet50', 'resnet50_asap', 'resnet50_flc', 'resnetaa50 (BlurPool)', 'resnet50_asap_fft'],
+    'resnet18': ['resnet18', 'resnet18_asap', 'resnet18_flc'],
     'resnet18_cifar': ['resnet18_cifar', 'resnet18_cifar_asap', 'resnet18_cifar_flc'],
 }
+#: the registered variants that are also timed with ``pool_position='after'``, as ``<name>`` + :data:`AFTER_SUFFIX`
+PLACEABLE = ('resnet50_asap', 'resnet50_flc', 'resnet18_asap', 'resnet18_flc', 'resnet18_cifar_asap',
+             'resnet18_cifar_flc')
+AFTER_SUFFIX = ' (pool after)'
+MODELS.update({f"{name}{AFTER_SUFFIX}": functools.partial(timm.create_model, name, pool_position='after')
+               for name in PLACEABLE})
+
+
+def placed_labels(labels: list[str], pool_positions: tuple[str, ...] = ('before',)) -> list[str]:
+    """The labels to time for ``pool_positions``: each :data:`PLACEABLE` label as itself (``'before'``) and/or
+    its ``pool_position='after'`` label right after it; models without a placement (baselines, BlurPool, the
+    FFT formulation) as themselves.
+
+    Raises:
+        ValueError: an unknown or empty ``pool_positions``.
+    """
+    bad = [p for p in pool_positions if p not in POOL_POSITIONS]
+    if bad or not pool_positions:
+        raise ValueError(f"pool_positions must be a non-empty selection of {list(POOL_POSITIONS)}, got "
+                         f"{list(pool_positions)}")
+    out = []
+    for label in labels:
+        if label not in PLACEABLE:
+            out.append(label)
+            continue
+        out += [label] if 'before' in pool_positions else []
+        out += [f"{label}{AFTER_SUFFIX}"] if 'after' in pool_positions else []
+    return out
+
+
+def family_of(label: str) -> str | None:
+    """The :data:`FAMILIES` key a label (an after-placement label included) belongs to; None if none."""
+    base = label[:-len(AFTER_SUFFIX)] if label.endswith(AFTER_SUFFIX) else label
+    return next((f for f, labels in FAMILIES.items() if base in labels), None)
 
 
 def build_model(label: str) -> nn.Module:
@@ -121,6 +163,7 @@ def benchmark_models(
         passes: tuple[str, ...] = ('infer', 'train'),
         progress: bool = True,
         family: str = 'resnet50',
+        pool_positions: tuple[str, ...] = ('before',),
 ) -> list[dict]:
     """Time inference and training steps of the models, interleaved, and compare with the family's baseline.
 
@@ -137,7 +180,9 @@ def benchmark_models(
         warmup: untimed rounds first (compilation, allocator, cuDNN autotuning).
         passes: ``'infer'`` and/or ``'train'``.
         progress: show a tqdm bar.
-        family: ``'resnet50'`` or ``'resnet18_cifar'`` (see :data:`FAMILIES`).
+        family: ``'resnet50'``, ``'resnet18'`` or ``'resnet18_cifar'`` (see :data:`FAMILIES`).
+        pool_positions: placements of the converted models (:func:`placed_labels`): ``('before',)`` (the
+            paper's, default), ``('after',)`` or both, each ratio against the baseline of the same run.
 
     Returns:
         One row per (model, pass): ``device``, ``dtype``, ``channels_last``, ``compile``, ``model``,
@@ -147,7 +192,7 @@ def benchmark_models(
         only, else None).
 
     Raises:
-        ValueError: an unknown family, or a model of another family.
+        ValueError: an unknown family, a model of another family, or unknown ``pool_positions``.
     """
     device = torch.device(device)
     if family not in FAMILIES:
@@ -159,6 +204,7 @@ def benchmark_models(
     baseline = FAMILIES[family][0]
     if baseline not in labels:
         labels.insert(0, baseline)
+    labels = placed_labels(labels, tuple(pool_positions))
     # every model is a ResNet sharing one forward: each compiled (model, mode) is a recompile of it
     # (the setting is named cache_size_limit before torch 2.7)
     config = torch._dynamo.config
@@ -381,7 +427,7 @@ def profile_extra_time(model: str, baseline: str | None = None, device: str | to
     Raises:
         ValueError: an unknown model.
     """
-    family = next((f for f, labels in FAMILIES.items() if model in labels), None)
+    family = family_of(model) if model in MODELS else None
     if family is None:
         raise ValueError(f"unknown benchmark model {model!r}; allowed: {list(MODELS)}")
     baseline = baseline or FAMILIES[family][0]

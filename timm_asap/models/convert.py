@@ -4,14 +4,21 @@ Every stride-2 spatial downsampling of the model becomes "spectral pooling, then
 at stride 1" (Grabinski, Keuper & Keuper, arXiv:2307.09804):
 
 * strided convolutions of any kernel size, grouped/depthwise included, and timm's dynamic 'same'
-  padding convolutions (``Conv2dSame``, ``StdConv2dSame``, ``CondConv2d``, ...): the pooling runs
-  first, then the convolution with stride 1. The multiply-adds stay those of the strided conv.
+  padding convolutions (``Conv2dSame``, ``StdConv2dSame``, ``CondConv2d``, ...): with
+  ``pool_position='before'`` (default, the paper's placement) the pooling runs first, then the
+  convolution with stride 1; the multiply-adds stay those of the strided conv. With
+  ``pool_position='after'`` the convolution runs at stride 1 and the pooling follows it (BlurPool's
+  placement): the kernel keeps the input extent its pretrained weights were trained on, at
+  ``stride**2`` times that convolution's multiply-adds.
 * kernel == stride "patchify" convolutions (ConvNeXt's 4x4/4 stem and 2x2/2 downsamplers): a
   patchify conv *is* a stride-1 convolution followed by subsampling, so by default
   (``patchify='after'``) the convolution runs at stride 1 and the pooling replaces the subsampling
   (``log2(stride)`` times). Pooling first would stretch the k x k kernel over a (k * stride)^2 input
   footprint and change what pretrained weights mean. The price is ``stride**2`` times that
-  convolution's multiply-adds; ``patchify='before'`` keeps the cost and pools first.
+  convolution's multiply-adds; ``patchify='before'`` keeps the cost and pools first. With
+  ``pool_position='after'`` every strided convolution pools after, patchify ones included
+  (``patchify='before'`` together with it is an error); ``pool_position='before'`` leaves patchify
+  convolutions to the ``patchify`` switch.
 * strided max/avg pooling (the ResNet stem max-pool, resnet-d shortcuts' ``AvgPool2d``, DenseNet
   transitions, VGG, ``MaxPool2dSame``/``AvgPool2dSame``) and timm's anti-aliasing layers already in
   the model (``BlurPool2d``): replaced by the spectral pooling alone (the paper's "stem max-pool ->
@@ -20,6 +27,7 @@ at stride 1" (Grabinski, Keuper & Keuper, arXiv:2307.09804):
 Where several strided operations of one block read the same tensor (the strided 3x3 convolution and
 the projection shortcut of a ResNet ``BasicBlock`` both read the block input), that tensor is pooled
 once for all of them (:func:`register_shared_pool_block`): the same values, with fewer pooling kernels.
+With ``pool_position='after'`` each convolution pools its own output, so nothing is shared.
 
 Nothing is added to or removed from the state dict: the pooling layers have no parameters or
 persistent buffers, converted convolutions keep their class's parameters (their class becomes a
@@ -28,8 +36,11 @@ subclass that pools first), so a checkpoint of the base model loads with ``stric
 Output sizes: in ``mode='centered'`` every converted op returns exactly the size the base op returns,
 for every input size (where the base op's padding is not 'same'-like, e.g. a 3x3/2 'valid' conv, the
 stride-1 op's input is padded or cropped by the difference), so shortcuts, ``feature_info``
-reductions and detection necks are unchanged. In ``mode='reference'`` sizes follow the public code's
-band crop (e.g. 14 -> 8) and are not adjusted.
+reductions and detection necks are unchanged. A convolution pooled after needs no fitting: at stride 1
+it returns ``L = H + 2p - span`` (``H`` for 'same' padding), the centred pooling halves a length to
+``ceil(L / 2)`` (twice: ``ceil(L / 4)``), and the strided conv returns ``floor((L - 1) / s) + 1 =
+ceil(L / s)``. In ``mode='reference'`` sizes follow the public code's band crop (e.g. 14 -> 8) and
+are not adjusted.
 """
 from __future__ import annotations
 
@@ -57,12 +68,16 @@ from timm_asap.layers.create import POOL_LAYERS, pool_arguments
 __all__ = [
     'asapify', 'plan_conversion', 'StridedOp', 'ConversionError', 'PooledConvMixin', 'SpectralDownsample',
     'is_converted', 'spectral_pool_modules', 'PATCHIFY_CHOICES', 'register_shared_pool_block', 'SharedPoolBasicBlock',
-    'pool_kwarg_names', 'check_pool_kwargs', 'pooling_signature', 'NotScriptableMixin',
+    'pool_kwarg_names', 'check_pool_kwargs', 'pooling_signature', 'NotScriptableMixin', 'POOL_POSITIONS',
+    'pool_position_of', 'check_placement',
 ]
 
 _logger = logging.getLogger(__name__)
 
 PATCHIFY_CHOICES = ('after', 'before')
+#: where the pooling goes for strided convolutions: 'before' the op at stride 1 (the paper's placement,
+#: the default) or 'after' it (BlurPool's placement)
+POOL_POSITIONS = ('before', 'after')
 _SPACE_TO_DEPTH = (nn.PixelUnshuffle,)
 POOL_TYPES = tuple(POOL_LAYERS.values())
 # Layers with a stride that never downsample an (N, C, H, W) map: 1d/3d ops and transposed convs.
@@ -412,7 +427,8 @@ class StridedOp:
         stride: base stride.
         kernel: base kernel size.
         action: ``'pool_before'`` (spectral pooling, then the op at stride 1), ``'pool_after'`` (the
-            op at stride 1, then spectral pooling: patchify convs), ``'replace'`` (spectral pooling
+            op at stride 1, then spectral pooling: patchify convs, or every strided conv with
+            ``pool_position='after'``), ``'replace'`` (spectral pooling
             alone), ``'keep'`` (a lossless space-to-depth rearrangement, left as is) or
             ``'unsupported'``.
         reason: why an op is kept or unsupported.
@@ -461,7 +477,7 @@ def _pool_axes(m: nn.Module) -> tuple[_Axis, _Axis]:
     return tuple(_Axis(k[i], s[i], p[i], d[i], ceil_mode, same) for i in range(2))
 
 
-def _classify(name: str, m: nn.Module, patchify: str) -> StridedOp | None:
+def _classify(name: str, m: nn.Module, patchify: str, pool_position: str = 'before') -> StridedOp | None:
     """The StridedOp for a module that downsamples spatially, None for one that does not."""
     tname = type(m).__name__
     if _is_conv(m):
@@ -506,7 +522,8 @@ def _classify(name: str, m: nn.Module, patchify: str) -> StridedOp | None:
     if kind == 'conv':
         if type(m) not in _POOLED_CLASSES and not isinstance(m, nn.Conv2d):
             return StridedOp(name, kind, tname, stride, kernel, 'unsupported', f"unknown conv class {tname}")
-        action = 'pool_after' if (kernel == stride and patchify == 'after') else 'pool_before'
+        after = pool_position == 'after' or (kernel == stride and patchify == 'after')
+        action = 'pool_after' if after else 'pool_before'
         return StridedOp(name, kind, tname, stride, kernel, action)
     return StridedOp(name, kind, tname, stride, kernel, 'replace')
 
@@ -516,7 +533,21 @@ def _check_choice(name: str, value, allowed) -> None:
         raise ValueError(f"asapify {name} must be one of {list(allowed)}, got {value!r}")
 
 
-def plan_conversion(model: nn.Module, patchify: str = 'after') -> list[StridedOp]:
+def check_placement(patchify: str, pool_position: str) -> None:
+    """Validate :func:`asapify`'s ``patchify`` and ``pool_position`` and that they do not contradict each other.
+
+    Raises:
+        ValueError: an unknown value, or ``pool_position='after'`` with ``patchify='before'``.
+    """
+    _check_choice('patchify', patchify, PATCHIFY_CHOICES)
+    _check_choice('pool_position', pool_position, POOL_POSITIONS)
+    if pool_position == 'after' and patchify == 'before':
+        raise ValueError("asapify pool_position='after' pools after every strided convolution, kernel == stride "
+                         "ones included; patchify='before' contradicts it (got both): drop patchify, or use "
+                         "pool_position='before' to pool before the other convolutions")
+
+
+def plan_conversion(model: nn.Module, patchify: str = 'after', pool_position: str = 'before') -> list[StridedOp]:
     """List the spatial downsampling layers of ``model`` and what :func:`asapify` does with each.
 
     Only modules are seen: a strided ``F.conv2d``/``F.max_pool2d`` call inside some module's forward
@@ -525,16 +556,21 @@ def plan_conversion(model: nn.Module, patchify: str = 'after') -> list[StridedOp
     Args:
         model: any ``nn.Module``.
         patchify: ``'after'`` or ``'before'`` (see :func:`asapify`).
+        pool_position: ``'before'`` or ``'after'`` (see :func:`asapify`).
 
     Returns:
         One :class:`StridedOp` per strided module, in ``named_modules`` order.
+
+    Raises:
+        ValueError: an unknown ``patchify``/``pool_position``, or ``pool_position='after'`` with
+            ``patchify='before'``.
     """
-    _check_choice('patchify', patchify, PATCHIFY_CHOICES)
+    check_placement(patchify, pool_position)
     ops = []
     for name, m in model.named_modules():
         if isinstance(m, POOL_TYPES) or isinstance(m, (PooledConvMixin, SpectralDownsample)):
             continue
-        op = _classify(name, m, patchify)
+        op = _classify(name, m, patchify, pool_position)
         if op is not None:
             ops.append(op)
     return ops
@@ -554,13 +590,40 @@ def _describe_pool(m: nn.Module) -> str:
     return f"{type(m).__name__}({m.extra_repr()})"
 
 
+def _is_patchify(m: PooledConvMixin) -> bool:
+    return _pair(m.kernel_size) == tuple(m.conv_stride)
+
+
+def pool_position_of(model: nn.Module) -> str | None:
+    """Where ``model``'s strided convolutions (kernel != stride) pool: ``'before'``, ``'after'`` or None.
+
+    None when the model has no such converted convolution (unconverted, or only kernel == stride
+    convolutions and pooling layers, whose placement the ``patchify`` switch decides): then the two
+    placements build the same function.
+
+    Raises:
+        ConversionError: the model mixes both placements (asapify never builds that).
+    """
+    shared = tuple(cls for cls, _ in _SHARED_POOL_BLOCKS.values())
+    found = {'before' if isinstance(m, shared) else m.pool_position for m in model.modules()
+             if isinstance(m, shared) or (isinstance(m, PooledConvMixin) and not _is_patchify(m))}
+    if len(found) > 1:
+        raise ConversionError("the model's strided convolutions pool both before and after (asapify builds one "
+                              "placement per model)")
+    return found.pop() if found else None
+
+
 def pooling_signature(model: nn.Module) -> list[str]:
-    """The distinct spectral pooling layers of ``model``, e.g. ``["ASAP2d(padding='one', mode='centered')"]``.
+    """The distinct spectral pooling layers of ``model``, e.g. ``["ASAP2d(padding='one', mode='centered')"]``,
+    and ``"pool_position='after'"`` where its strided convolutions pool after the op (:func:`asapify`).
 
     Two models with equal state dicts compute the same function only if their signatures agree too:
-    the Hub weights record it (safetensors metadata) and the checked loaders compare it.
+    the Hub weights record it (safetensors metadata) and the checked loaders compare it. The paper's
+    placement (``'before'``) adds no entry, so signatures recorded before the placement became a choice
+    stay valid.
     """
-    return sorted({_describe_pool(m) for _, m in spectral_pool_modules(model)})
+    pools = sorted({_describe_pool(m) for _, m in spectral_pool_modules(model)})
+    return pools + (["pool_position='after'"] if pools and pool_position_of(model) == 'after' else [])
 
 
 _NOT_POOL_OPTIONS = ('channels', 'stride', 'mode', 'device', 'dtype')  # set by asapify itself
@@ -591,13 +654,19 @@ def check_pool_kwargs(pool: str, kwargs: dict, what: str = 'asapify') -> None:
                     f"({POOL_LAYERS[pool].__name__}); allowed: {', '.join(allowed) if allowed else 'none'}{extra}")
 
 
-def _check_existing_pooling(model: nn.Module, requested: nn.Module) -> None:
-    present = pooling_signature(model)
+def _check_existing_pooling(model: nn.Module, requested: nn.Module, pool_position: str) -> None:
+    present = sorted({_describe_pool(m) for _, m in spectral_pool_modules(model)})
+    position = pool_position_of(model)
     if present and present != [_describe_pool(requested)]:
-        raise ConversionError(
-            f"asapify: the model is already converted, with {', '.join(present)}; asked for "
-            f"{_describe_pool(requested)}. Pooling layers are not swapped: convert the unconverted base model "
-            f"(e.g. timm.create_model('resnet50') rather than 'resnet50_asap')")
+        asked = _describe_pool(requested)
+    elif position is not None and position != pool_position:
+        present, asked = [f"pool_position={position!r}"], f"pool_position={pool_position!r}"
+    else:
+        return
+    raise ConversionError(
+        f"asapify: the model is already converted, with {', '.join(present)}; asked for {asked}. Pooling "
+        f"layers are not swapped or moved: convert the unconverted base model (e.g. "
+        f"timm.create_model('resnet50') rather than 'resnet50_asap')")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -624,16 +693,20 @@ def asapify(
         mode: str = 'centered',
         patchify: str = 'after',
         strict: bool = True,
+        *,
+        pool_position: str = 'before',
         **pool_kwargs,
 ) -> nn.Module:
-    """Convert a timm CNN in place to spectral (ASAP or FLC) downsampling, the paper's placement.
+    """Convert a timm CNN in place to spectral (ASAP or FLC) downsampling, by default the paper's placement.
 
-    Every stride-2 downsampling becomes "pool, then the same op at stride 1"; stride 2**m becomes m
-    poolings. See the module docstring for the handling of each layer type and of kernel == stride
+    Every stride-2 downsampling becomes "pool, then the same op at stride 1" (``pool_position='before'``)
+    or, for strided convolutions, "the op at stride 1, then pool" (``pool_position='after'``); stride
+    2**m becomes m poolings. Strided pooling layers (max/avg/blur) become the spectral pooling alone
+    either way. See the module docstring for the handling of each layer type and of kernel == stride
     "patchify" convolutions. Blocks whose strided ops read the same tensor (ResNet's ``BasicBlock``,
-    see :func:`register_shared_pool_block`) pool it once. Parameter and buffer names and shapes do not
-    change, so the base model's state dict loads with ``strict=True``; feature_info reductions and (in ``'centered'``
-    mode) every output size stay those of the base model.
+    see :func:`register_shared_pool_block`) pool it once (placement ``'before'`` only). Parameter and
+    buffer names and shapes do not change, so the base model's state dict loads with ``strict=True``;
+    feature_info reductions and (in ``'centered'`` mode) every output size stay those of the base model.
 
     Args:
         model: the model (or a timm features_only wrapper of one); modified in place.
@@ -642,10 +715,16 @@ def asapify(
         mode: band rule, ``'centered'`` (output sizes of a stride-2 conv) or ``'reference'`` (the
             public code's crop, e.g. 14 -> 8; output sizes then differ from the base model).
         patchify: ``'after'`` (default): kernel == stride convs run at stride 1 and the pooling
-            follows them; ``'before'``: the pooling precedes them like every other conv.
+            follows them; ``'before'``: the pooling precedes them like every other conv (only with
+            ``pool_position='before'``).
         strict: raise :class:`ConversionError` when the model has a strided layer that cannot be
             converted (stride that is not a square power of two, unknown strided layer class);
             with ``strict=False`` those are left as they are and a warning lists them.
+        pool_position: where the pooling goes for strided convolutions (keyword only). ``'before'``
+            (default, the paper's placement): pool, then the conv at stride 1, the strided conv's
+            multiply-adds. ``'after'``: the conv at stride 1, then pool (BlurPool's placement): each
+            kernel covers the input extent the pretrained weights were trained on, at ``stride**2``
+            times that conv's multiply-adds, and no pooling is shared between a block's convs.
         **pool_kwargs: further arguments of the pooling layer, e.g. ``padding='large'`` for ASAP or
             ``variant='abs'`` for FLC.
 
@@ -653,20 +732,22 @@ def asapify(
         ``model`` itself, converted.
 
     Raises:
-        ValueError: unknown ``pool``/``mode``/``patchify``, or a traced ``torch.fx.GraphModule``
-            (convert before tracing: traced graphs may have inlined the strided ops).
+        ValueError: unknown ``pool``/``mode``/``patchify``/``pool_position``, ``pool_position='after'``
+            with ``patchify='before'``, or a traced ``torch.fx.GraphModule`` (convert before tracing:
+            traced graphs may have inlined the strided ops).
         TypeError: a pooling option the pooling does not take (the message lists the allowed ones).
         ConversionError: unsupported strided layers (``strict=True``), or a model already converted
-            with other pooling (other kind, mode or options; layers are not swapped). Converting a
-            model again with the same pooling changes nothing.
+            with other pooling (other kind, mode, options or placement; layers are not swapped or
+            moved). Converting a model again with the same pooling and placement changes nothing.
 
     Example:
         >>> model = asapify(timm.create_model('resnet50', pretrained=True))
+        >>> model = asapify(timm.create_model('resnet50', pretrained=True), pool_position='after')
     """
     if pool not in POOL_LAYERS:
         raise ValueError(f"asapify pool must be one of {sorted(POOL_LAYERS)}, got {pool!r}")
     _check_choice('mode', mode, MODES)
-    _check_choice('patchify', patchify, PATCHIFY_CHOICES)
+    check_placement(patchify, pool_position)
     traced = [n or '<model>' for n, m in model.named_modules() if isinstance(m, torch.fx.GraphModule)]
     if traced:
         raise ValueError(f"asapify got a model holding a traced torch.fx.GraphModule ({', '.join(traced[:3])}); "
@@ -675,9 +756,9 @@ def asapify(
     padding = pool_kwargs.get('padding', 'one') if kind == 'asap' else 'none'
     check_pool_kwargs(pool, pool_kwargs)
     # validate the arguments once, before changing anything
-    _check_existing_pooling(model, create_pool(pool, mode=mode, **pool_kwargs))
+    _check_existing_pooling(model, create_pool(pool, mode=mode, **pool_kwargs), pool_position)
 
-    ops = plan_conversion(model, patchify)
+    ops = plan_conversion(model, patchify, pool_position)
     bad = [op for op in ops if op.action == 'unsupported']
     if bad:
         listing = '; '.join(f"{op.name} ({op.module_type}, stride {op.stride}): {op.reason}" for op in bad)
@@ -734,6 +815,6 @@ def asapify(
             parent, child = _get_parent(model, op.name)
             setattr(parent, child, new)
     shared = _share_block_pools(model)
-    _logger.debug('asapify converted %d layers (pool=%s, mode=%s); %d blocks share one pooling',
-                  len(ops) - len(bad), pool, mode, shared)
+    _logger.debug('asapify converted %d layers (pool=%s, mode=%s, pool_position=%s); %d blocks share one pooling',
+                  len(ops) - len(bad), pool, mode, pool_position, shared)
     return model

@@ -14,7 +14,7 @@ from typing import Callable
 from timm.models import FeatureGraphNet, PretrainedCfg, resolve_pretrained_cfg
 from torch import nn
 
-from .convert import asapify, check_pool_kwargs
+from .convert import asapify, check_placement, check_pool_kwargs
 from .registry import loadable_tags, unpublished_tags
 from .weight_tags import weight_tag
 
@@ -59,7 +59,8 @@ def check_model_kwargs(variant: str, pool: str, kwargs: dict) -> None:
 
     Raises:
         ValueError: ``in_chans`` < 1 or ``num_classes`` < 0 (or not integers); ``pool_args``/
-            ``pool_mode`` given to a baseline without pooling.
+            ``pool_mode``/``patchify``/``pool_position`` given to a baseline without pooling; an unknown
+            ``patchify``/``pool_position``, or ``pool_position='after'`` with ``patchify='before'``.
         TypeError: ``pool_args`` is not a dict, or holds keys the pooling does not take (the message
             lists the allowed keys).
     """
@@ -69,7 +70,7 @@ def check_model_kwargs(variant: str, pool: str, kwargs: dict) -> None:
         _check_count('num_classes', kwargs['num_classes'], 0, variant)
     pool_args = kwargs.get('pool_args')
     if pool == 'none':
-        given = [k for k in ('pool_mode', 'pool_args', 'patchify') if kwargs.get(k) is not None]
+        given = [k for k in ('pool_mode', 'pool_args', 'patchify', 'pool_position') if kwargs.get(k) is not None]
         if given:
             raise ValueError(f"{variant} has no spectral pooling; {', '.join(given)} apply to its _asap/_flc "
                              f"variants only")
@@ -78,6 +79,10 @@ def check_model_kwargs(variant: str, pool: str, kwargs: dict) -> None:
         raise TypeError(f"{variant}: pool_args must be a dict of {pool.upper()} pooling-layer arguments, got "
                         f"{type(pool_args).__name__} {pool_args!r} (e.g. pool_args=dict(padding='large') for ASAP)")
     check_pool_kwargs(pool, dict(pool_args or {}), f"{variant} pool_args")
+    try:  # before anything is built or downloaded
+        check_placement(kwargs.get('patchify', 'after'), kwargs.get('pool_position', 'before'))
+    except ValueError as e:
+        raise ValueError(f"{variant}: {e}") from None
 
 
 def _is_fx(feature_cls) -> bool:
@@ -126,8 +131,9 @@ def create_variant(
         pretrained_cfg: tag name, dict or PretrainedCfg (as ``timm.create_model`` passes it).
         pretrained_cfg_overlay: entries replacing those of the cfg (e.g. ``file=...``).
         **kwargs: model kwargs; ``pool_mode`` (``'centered'``/``'reference'``), ``pool_args`` (dict
-            of pooling-layer arguments) and ``patchify`` (``'after'``/``'before'``) go to
-            :func:`asapify`, the rest to the model. A weight tag's ``model_args`` are the defaults.
+            of pooling-layer arguments), ``patchify`` (``'after'``/``'before'``) and ``pool_position``
+            (``'before'``, the paper's placement, or ``'after'``) go to :func:`asapify`, the rest to the
+            model. A weight tag's ``model_args`` are the defaults.
 
     Raises:
         WeightsNotAvailableError: ``pretrained=True`` on an unpublished or weightless tag, unless the
@@ -145,7 +151,9 @@ def create_variant(
     if pool == 'none':
         return build_fn(pretrained=pretrained, pretrained_cfg=cfg, **kwargs)
     convert = functools.partial(asapify, pool=pool, mode=kwargs.pop('pool_mode', 'centered'),
-                                patchify=kwargs.pop('patchify', 'after'), **dict(kwargs.pop('pool_args', None) or {}))
+                                patchify=kwargs.pop('patchify', 'after'),
+                                pool_position=kwargs.pop('pool_position', 'before'),
+                                **dict(kwargs.pop('pool_args', None) or {}))
     traced = _trace_after_conversion(kwargs, convert)  # FX tracing must see the converted model
     model = build_fn(pretrained=pretrained, pretrained_cfg=cfg, **kwargs)
     return model if traced else convert(model)

@@ -5,7 +5,9 @@ entrypoints' ``__module__``, the pretrained cfgs) or from the declarative weight
 (:mod:`timm_asap.models.weight_tags`) the cfgs are built from. Pretrained cfgs of a variant:
 
 * ``<base_tag>_base`` for every base checkpoint with weights (zero-shot conversion; the state dict
-  loads unchanged), e.g. ``resnet50_asap.tv_in1k_base`` -> ``timm/resnet50.tv_in1k``;
+  loads unchanged), e.g. ``resnet50_asap.tv_in1k_base`` -> ``timm/resnet50.tv_in1k``. These are a
+  starting point: the converted network loses accuracy until it is fine-tuned, and their cfgs say so
+  with the measured figures (:data:`ZERO_SHOT_TOP1`);
 * one tag per :data:`~timm_asap.models.weight_tags.WEIGHT_TAGS` entry. Only published entries get a
   weights source (``hf_hub_id``), so timm lists exactly what can be downloaded.
 
@@ -35,7 +37,7 @@ from .weight_tags import HUB_ORG, PAPER_IDS, WeightTag, paper_ids
 __all__ = [
     'MODULES', 'UnknownModelError', 'Variant', 'list_variants', 'get_variant', 'base_architecture', 'is_variant',
     'check_model_name', 'check_architecture', 'loadable_tags', 'unpublished_tags', 'is_loadable', 'base_tag_cfgs', 'weight_tag_cfg',
-    'variant_cfgs', 'make_entrypoint', 'HUB_ORG', 'PAPER_IDS',
+    'variant_cfgs', 'make_entrypoint', 'HUB_ORG', 'PAPER_IDS', 'ZERO_SHOT_BASE_TOP1', 'ZERO_SHOT_TOP1', 'zero_shot_note',
 ]
 
 MODULES = ('asap_timm', 'asap_cifar')  # the registering modules, as timm.list_modules() shows them
@@ -177,24 +179,45 @@ def is_loadable(name: str) -> bool:
 # pretrained cfgs
 # ---------------------------------------------------------------------------------------------------
 
+#: Fashion-MNIST test top-1 (%) of the study's trained baseline (preactresnet18 at 1/8 width, 90.0 %)
+#: with its weights converted unchanged to each pooling: zero-shot; after re-estimating the BatchNorm
+#: statistics on 2,000 unlabeled training images; with ``pool_position='after'`` plus that re-estimation.
+#: Measured for issue 20; see docs/conversion.md.
+ZERO_SHOT_BASE_TOP1 = 90.0
+ZERO_SHOT_TOP1 = {'asap': (22.2, 69.4, 79.3), 'flc': (43.9, 81.9, 86.8)}
+
+
+def zero_shot_note(pool: str) -> str:
+    """What a ``_base`` tag's weights are worth as they load: the measured accuracy loss and the repair."""
+    zero, repaired, after = ZERO_SHOT_TOP1[pool]
+    name = pool.upper()
+    return (f"a starting point, not a finished model: the base's weights converted zero-shot lose accuracy until "
+            f"fine-tuned. Measured on the study's network (preactresnet18 at 1/8 width, Fashion-MNIST test): base "
+            f"{ZERO_SHOT_BASE_TOP1:.1f} %, {name} zero-shot {zero:.1f} %; after re-estimating the BatchNorm "
+            f"statistics on 2,000 unlabeled images (timm_asap.recalibrate_norm) {repaired:.1f} %; with "
+            f"pool_position='after' plus that re-estimation {after:.1f} %. See docs/conversion.md")
+
+
 def base_tag_cfgs(variant: str, base: str, pool: str) -> list[tuple[str, PretrainedCfg]]:
     """``(<base_tag>_base, cfg)`` for every base checkpoint with weights, in the base's tag order.
 
     The cfg is the base's (hf_hub_id, url, input config, classifier, licence), with this project's
-    paper id and a note naming the base checkpoint.
+    paper id, a note naming the base checkpoint and a note that these weights are a zero-shot starting
+    point, with the measured accuracy loss and the repair (:func:`zero_shot_note`).
     """
     out = []
     for full, cfg in get_arch_pretrained_cfgs(base).items():
         if not cfg.has_weights:
             continue
         notes = (f"zero-shot {pool.upper()} conversion of {full}: its weights, loaded unchanged "
-                 f"(fine-tune before use)",)
+                 f"(fine-tune before use)", zero_shot_note(pool))
         if cfg.paper_ids:
             notes += (f"base weights: {cfg.paper_ids}",)
         out.append((f"{cfg.tag}_base", dataclasses.replace(
             cfg, architecture=None, tag=None, paper_ids=paper_ids(pool), license=cfg.license or 'unknown',
             notes=notes + tuple(cfg.notes or ()),
-            description=f"{variant}: {base} with {pool.upper()} downsampling, initialised from {full}")))
+            description=f"{variant}: {base} with {pool.upper()} downsampling, initialised zero-shot from {full} "
+                        f"(a starting point that loses accuracy until fine-tuned)")))
     return out
 
 

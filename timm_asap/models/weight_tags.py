@@ -8,7 +8,9 @@ and ``timm.is_model_pretrained()`` list exactly what can be downloaded; ``pretra
 unpublished tag raises :class:`~timm_asap.models.WeightsNotAvailableError`.
 
 The training recipes that produce these weights are ``hub_configs/<architecture>.<tag>.yaml``
-(read by the fine-tuning tool only; a test checks that every recipe agrees with its entry here).
+(read by the fine-tuning tool only; a test checks that every recipe agrees with its entry here). A shipped
+config under any other file name (``convert_asap.fmnist.yaml``) is a template for users' own runs and
+claims no tag.
 Publishing a tag means setting ``published=True`` here once its Hub repository exists.
 
 Example:
@@ -52,7 +54,9 @@ class WeightTag:
         crop_pct: evaluation centre-crop fraction.
         label_names: class names in label order (None: unnamed).
         base: the timm checkpoint the weights were fine-tuned from (``''``: trained from scratch).
-        model_args: default model kwargs of the tag (e.g. ``pool_mode``).
+        model_args: default model kwargs of the tag: for a pooled architecture its band mode
+            (``pool_mode``) and the placement of the pooling (``pool_position``, ``'before'``: the
+            paper's), so ``timm.create_model('<architecture>.<tag>')`` rebuilds what was trained.
     """
 
     architecture: str
@@ -85,15 +89,19 @@ class WeightTag:
         return f"{self.name}.yaml"
 
 
+def _pooled_args(pool_position: str = 'before') -> dict:
+    return dict(pool_mode='centered', pool_position=pool_position)
+
+
 def _imagenet(architecture: str, base: str, license: str) -> WeightTag:
     return WeightTag(architecture, 'ft_in1k', published=False, license=license, input_size=(3, 224, 224),
-                     num_classes=1000, base=base, model_args=dict(pool_mode='centered'))
+                     num_classes=1000, base=base, model_args=_pooled_args())
 
 
 def _fmnist(architecture: str, pooled: bool = True) -> WeightTag:
     return WeightTag(architecture, 'fmnist', published=False, license='apache-2.0', input_size=(1, 32, 32),
                      num_classes=10, mean=(0.2860,), std=(0.3530,), crop_pct=1.0, label_names=FASHION_MNIST_LABELS,
-                     model_args=dict(pool_mode='centered') if pooled else {})
+                     model_args=_pooled_args() if pooled else {})
 
 
 # Order per architecture: the first published tag becomes the architecture's default tag.

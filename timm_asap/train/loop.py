@@ -93,11 +93,7 @@ class EpochLoop:
             bad_loss = (periodic or stop or not self.cuda) and not torch.isfinite(loss_sum).item()
             unreadable_total = unreadable
         if bad_loss:
-            raise NonFiniteLossError(
-                f"the training loss became NaN/Inf in epoch {epoch + 1} (by batch {batch} of "
-                f"{self.parts.batches_per_epoch}); stopped without writing a checkpoint: the last good one is "
-                f"{self.out / 'last.pth'} (epoch {len(self.p.history)}). Lower train.lr, set train.clip_grad "
-                f"or check the data")
+            raise NonFiniteLossError(_diverged(self, epoch, batch))
         d = self.cfg.data
         limit = d.max_unreadable * (self.parts.data.train_size or 0)
         if unreadable_total > limit:
@@ -258,3 +254,21 @@ class EpochLoop:
             stop = env.all_reduce_sum([float(self.signals.signum is not None)])[0] > 0
             if stop and epoch + 1 < t.epochs:
                 raise TrainingInterrupted(self.signals.signum or signal.SIGTERM, str(self.out / 'last.pth'))
+
+
+def _diverged(loop: EpochLoop, epoch: int, batch: int) -> str:
+    """The message of a non-finite loss: what was kept (naming only files that exist) and a way on that works."""
+    lr = loop.cfg.train.lr / 10
+    what = (f"the training loss became NaN/Inf in epoch {epoch + 1} (by batch {batch} of "
+            f"{loop.parts.batches_per_epoch}); stopped without writing a checkpoint")
+    last, done = loop.out / 'last.pth', len(loop.p.history)
+    if last.is_file():  # this run's: a fresh run refuses a folder holding one, a resumed one started from it
+        kept = f"the last good one is {last} (epoch {done}): resume it"
+    elif done:  # resumed from a checkpoint elsewhere and no epoch finished since
+        kept = f"resume the checkpoint this run started from (epoch {done})"
+    else:
+        return (f"{what}; no epoch finished, so there is none to resume. Start again with a lower train.lr "
+                f"(e.g. --lr {lr:g}, a tenth of {loop.cfg.train.lr:g}; the same --output starts afresh), or set "
+                f"train.clip_grad, or check the data")
+    return (f"{what}; {kept} with a lower train.lr (timm-asap finetune --output {loop.out} --resume "
+            f"--lr {lr:g}), or set train.clip_grad, or check the data")

@@ -38,8 +38,8 @@ from typing import Any, Callable, Sequence
 import torch
 from timm.utils import random_seed
 
-from ..config import RUN_CONFIG_FILE, RunConfig, config_from_dict, save_config
-from ..hub.config_model import model_create_args
+from ..config import RUN_CONFIG_FILE, RunConfig, config_from_dict, load_config, save_config
+from ..hub.config_model import model_kwargs
 from ..hub.integrity import weights_metadata
 from . import resume as _resume
 from .build import Parts, build_parts
@@ -47,11 +47,12 @@ from .checkpoint import load_run_checkpoint, save_weights, set_rng_state
 from .distributed import DistEnv, init_distributed
 from .errors import RunExistsError, TrainingInterrupted
 from .loop import EpochLoop, TrainState
+from .model import resolve_run_config_base
 from .records import RunLogFile, RunRecords, load_results
 from .resume import NON_SEMANTIC, Progress, config_differences
 from .signals import SignalCatcher
 
-__all__ = ['finetune', 'ensure_finetuned', 'TrainState', 'config_differences', 'load_results']
+__all__ = ['finetune', 'ensure_finetuned', 'check_reusable', 'TrainState', 'config_differences', 'load_results']
 
 _logger = logging.getLogger(__name__)
 
@@ -116,8 +117,7 @@ def _export(cfg: RunConfig, parts: Parts, progress: Progress, env: DistEnv, out:
         else:
             weights = parts.model.state_dict()
         save_weights(weights, out / 'model.safetensors', metadata={
-            **weights_metadata(parts.model, cfg.model.architecture, model_create_args(cfg)), 'name': cfg.name,
-            'export': kind,
+            **weights_metadata(parts.model, cfg.model.architecture, model_kwargs(cfg)), 'name': cfg.name, 'export': kind,
             'epoch': str(epoch)})
         save_config(cfg, out / RUN_CONFIG_FILE)
         _logger.info(f"finished {cfg.name}: exported {kind} weights (epoch {epoch}) to {out / 'model.safetensors'}")
@@ -129,8 +129,9 @@ def finetune(cfg: RunConfig, output_dir: str | Path, *, resume: str | Path | boo
              callbacks: Sequence[Callable[[TrainState], None]] = (), handle_signals: bool = True) -> dict[str, Any]:
     """Fine-tune ``cfg`` into ``output_dir`` and return its metrics (what ``metrics.json`` holds).
 
-    A fresh run builds ``model.architecture``, loads ``model.base``'s timm weights into it (zero-shot
-    conversion), and trains with the ``train`` recipe. Launched by torchrun, every process calls this;
+    A fresh run builds ``model.architecture``, loads ``model.base``'s weights into it (zero-shot
+    conversion; the base may be a timm name, ``hf-hub:``/``local-dir:``, a weights file or a run folder,
+    see :mod:`timm_asap.train.model`), and trains with the ``train`` recipe. Launched by torchrun, every process calls this;
     the process group is joined from the environment (NCCL on CUDA, gloo on CPU).
 
     Args:
@@ -159,6 +160,7 @@ def finetune(cfg: RunConfig, output_dir: str | Path, *, resume: str | Path | boo
         TrainingInterrupted: a signal stopped the run after writing ``last.pth``.
     """
     cfg = config_from_dict(cfg.to_dict())  # validated private copy
+    cfg = resolve_run_config_base(cfg)[0]  # the base's recorded model_args join the run's (fresh or resumed)
     out = Path(output_dir)
     signals = SignalCatcher(handle_signals)
     env = init_distributed(device)
@@ -198,6 +200,51 @@ def finetune(cfg: RunConfig, output_dir: str | Path, *, resume: str | Path | boo
         env.close()
 
 
+def check_reusable(cfg: RunConfig, output_dir: str | Path, *, unfinished: bool = True) -> str | None:
+    """What ``output_dir`` holds for ``cfg`` before anything is written there, refusing another configuration.
+
+    A finished run (``metrics.json`` with status ``finished`` and ``model.safetensors``) is compared by the
+    configuration its metrics record; an unfinished one (``last.pth``) by its ``config.yaml`` (else the
+    checkpoint's). Keys that do not change what a run computes (:data:`~timm_asap.train.resume.NON_SEMANTIC`)
+    are left out.
+
+    Args:
+        cfg: the configuration asked for now.
+        output_dir: the run's folder.
+        unfinished: also refuse an unfinished run of another configuration (False: leave it to resuming, which
+            takes up the changed settings and warns about them).
+
+    Returns:
+        ``'finished'``, ``'unfinished'`` or None (no run there).
+
+    Raises:
+        RunExistsError: one line naming the folder and the differing keys (recorded vs asked).
+
+    Example:
+        >>> check_reusable(cfg, 'output/r18_asap')  # doctest: +SKIP
+        'finished'
+    """
+    out = Path(output_dir)
+    done = load_results(out)
+    if done is not None and done.get('status') == 'finished' and (out / 'model.safetensors').is_file():
+        state, recorded = 'finished', done.get('config', {})
+    elif (out / 'last.pth').is_file():
+        state = 'unfinished'
+        if not unfinished:
+            return state
+        saved = out / RUN_CONFIG_FILE
+        recorded = load_config(saved) if saved.is_file() else load_run_checkpoint(out / 'last.pth')['config']
+    else:
+        return None
+    diff = config_differences(recorded, cfg, ignore=sorted(NON_SEMANTIC))
+    if diff:
+        shown = ', '.join(f'{k}: {a!r} vs {b!r}' for k, (a, b) in list(diff.items())[:6])
+        more = f' and {len(diff) - 6} more' if len(diff) > 6 else ''
+        raise RunExistsError(f"{out} holds a{'n' if state == 'unfinished' else ''} {state} run of another "
+                             f"configuration (there vs now: {shown}{more}); use another output folder or remove {out}")
+    return state
+
+
 def ensure_finetuned(cfg: RunConfig, output_dir: str | Path, **kwargs) -> dict[str, Any]:
     """Train ``cfg`` into ``output_dir`` unless it already holds that finished run; return its metrics.
 
@@ -210,18 +257,14 @@ def ensure_finetuned(cfg: RunConfig, output_dir: str | Path, **kwargs) -> dict[s
         **kwargs: passed to :func:`finetune` (``device``, ``progress``, ``callbacks``, ...), not ``resume``.
 
     Raises:
-        RunExistsError: ``output_dir`` holds a finished run of a different configuration.
+        RunExistsError: ``output_dir`` holds a finished run of a different configuration (see
+            :func:`check_reusable`).
         Everything :func:`finetune` raises.
     """
     if 'resume' in kwargs:
         raise TypeError("ensure_finetuned decides about resuming itself; do not pass resume")
-    done = load_results(output_dir)
-    if done is not None and done.get('status') == 'finished' and (Path(output_dir) / 'model.safetensors').is_file():
-        diff = config_differences(done.get('config', {}), cfg, ignore=sorted(NON_SEMANTIC))
-        if diff:
-            raise RunExistsError(f"{output_dir} holds a finished run of another configuration "
-                                 f"({', '.join(f'{k}: {a!r} vs {b!r}' for k, (a, b) in list(diff.items())[:6])}); "
-                                 f"use another output folder")
+    cfg = resolve_run_config_base(cfg)[0]  # compared as finetune saves it: with the base's model_args
+    if check_reusable(cfg, output_dir, unfinished=False) == 'finished':
         _logger.info(f"{output_dir}: finished run found, not training again")
-        return done
+        return load_results(output_dir)
     return finetune(cfg, output_dir, resume='auto', **kwargs)
