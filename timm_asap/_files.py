@@ -30,7 +30,7 @@ except ImportError:  # not POSIX (Windows): folders are not locked, see folder_l
 
 __all__ = ['new_file_mode', 'set_new_file_mode', 'atomic_path', 'atomic_write_bytes', 'atomic_write_text',
            'staging_dir', 'replace_dir', 'check_replaceable', 'folder_lock', 'LOCK_NAME', 'FolderError',
-           'FolderInUseError', 'OutputFolderError']
+           'FolderInUseError', 'OutputFolderError', 'check_folder_path']
 
 _logger = logging.getLogger(__name__)
 
@@ -475,3 +475,35 @@ def folder_lock(folder: str | os.PathLike, what: str) -> Iterator[Path]:
                 del _held[key]
         if last:
             _release(held)
+
+
+def check_folder_path(path: str | os.PathLike, what: str) -> Path:
+    """Check, before any work, that ``path`` is or can become a folder this process writes into.
+
+    Args:
+        path: the folder (created later when missing).
+        what: what the folder is for, named in the message (e.g. ``'--corruption-cache'``).
+
+    Returns:
+        ``path`` as a Path.
+
+    Raises:
+        NotADirectoryError: ``path`` is a file, or lies below a file.
+        PermissionError: the folder (or, when missing, its nearest existing parent) is not writable.
+
+    Example:
+        >>> check_folder_path(tempfile.gettempdir(), 'scratch') == Path(tempfile.gettempdir())
+        True
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{what} {path} is a file, not a folder; name a folder (it is created when "
+                                 f"missing)")
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise NotADirectoryError(f"{what} {path} cannot be created: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"{what} {path}: {existing} is not writable by this user")
+    return path

@@ -9,6 +9,8 @@ Examples::
 
     timm-asap-evaluate --model resnet18_cifar@a.pth --model resnet18_cifar_asap@b.pth \\
         --dataset fashion_mnist --img-size 32 --in-chans 1 --num-classes 10 --count 500 --output out/eval
+    timm-asap-evaluate --model preactresnet18_asap@runs/preact_asap --dataset fashion_mnist --split test \\
+        --output out/run   # a fine-tuning run folder: its model_args, classes, channels and statistics apply
     timm-asap-evaluate --model resnet50.tv_in1k --model resnet50_asap --pretrained \\
         --dataset folder --data-dir /data/imagenet --split validation \\
         --corruption-source imagenet_c --corruption-dir /data/imagenet-c --output out/in1k
@@ -18,15 +20,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import sys
 from pathlib import Path
 
 import yaml
 
+from timm_asap._files import atomic_write_text, check_folder_path
 from timm_asap.evaluation.runner import EvalOptions
 from timm_asap.hub.errors import HubDownloadError
 from timm_asap.runtime import AMP_CHOICES
 
+from ._errors import STATUS_UNREACHABLE, run_cli
 from ._yaml_defaults import read_yaml_defaults
 
 __all__ = ['main', 'build_parser', 'parse_model_spec']
@@ -63,14 +66,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--config', default=None, help='YAML file of defaults (keys: the long option names with _)')
     g = p.add_argument_group('models')
     g.add_argument('--model', action='append', default=None, metavar='[LABEL=]NAME[@CHECKPOINT]',
-                   help='timm model name (repeat for side-by-side); registered *_asap/*_flc names work')
+                   help='timm model name (repeat for side-by-side); registered *_asap/*_flc names work. CHECKPOINT: '
+                        'a weights file (.safetensors, a fine-tuning last.pth/best.pth, a timm .pth.tar), a '
+                        'fine-tuning run folder (config.yaml + model.safetensors) or a Hub folder (config.json + '
+                        'model.safetensors); what it records (architecture and pooling, checked against NAME; '
+                        'model_args, classes, channels, label names, normalisation, input size) is applied')
     g.add_argument('--pretrained', action='store_true', help='load pretrained weights through timm')
-    g.add_argument('--num-classes', type=int, default=None)
-    g.add_argument('--in-chans', type=int, default=None)
-    g.add_argument('--mean', type=float, nargs='+', default=None, help="normalisation mean (default: pretrained_cfg)")
+    g.add_argument('--num-classes', type=int, default=None,
+                   help="classifier outputs (default: the checkpoint's, else the model's)")
+    g.add_argument('--in-chans', type=int, default=None,
+                   help="input channels (default: the checkpoint's, else the model's)")
+    g.add_argument('--mean', type=float, nargs='+', default=None,
+                   help="normalisation mean, one value per input channel or one (default: the checkpoint's, else "
+                        "pretrained_cfg)")
     g.add_argument('--std', type=float, nargs='+', default=None)
     g.add_argument('--run-config', default=None,
-                   help='a hub_configs YAML (or shipped name): model, classes, channels, size and data defaults')
+                   help='a hub_configs YAML, a shipped config name, or a fine-tuning run folder (its config.yaml): '
+                        'model, model_args, classes, channels, size and data defaults')
     g = p.add_argument_group('data')
     g.add_argument('--dataset', default='fashion_mnist',
                    help="'fashion_mnist', 'folder' (ImageFolder), or any timm.data name (hfds/..., torch/...)")
@@ -202,11 +214,15 @@ def _resolve(args) -> tuple[EvalOptions, dict]:
 
 
 def _apply_run_config(args) -> None:
-    """Fill model/data settings not given on the command line from a hub_configs YAML."""
-    from timm_asap.config import load_config
-    cfg = load_config(args.run_config)
+    """Fill model/data settings not given on the command line from a hub_configs YAML; its ``model_args``
+    (with the band mode) build every model of its architecture."""
+    from timm_asap.config import find_run_config, load_config
+    from timm_asap.hub.config_model import model_kwargs
+    cfg = load_config((Path(args.run_config).is_dir() and find_run_config(args.run_config)) or args.run_config)
     if not args.model:
         args.model = [cfg.name]
+    args.model_args = {k: v for k, v in model_kwargs(cfg).items() if k not in ('num_classes', 'in_chans')}
+    args.model_args_of = cfg.model.architecture
     args.num_classes = args.num_classes or cfg.model.num_classes
     args.in_chans = args.in_chans or cfg.model.in_chans
     args.img_size = args.img_size or cfg.model.img_size
@@ -243,59 +259,63 @@ def _build_models(args):
         if not (args.pretrained or ckpt):
             _logger.warning(
                 f"{label}: no weights given (neither --pretrained nor NAME@CHECKPOINT): evaluating random weights")
+        same = getattr(args, 'model_args_of', None) == name.split('.')[0]
         model = create_eval_model(name, pretrained=args.pretrained, checkpoint_path=ckpt, num_classes=args.num_classes,
-                                  in_chans=args.in_chans, mean=args.mean, std=args.std)
+                                  in_chans=args.in_chans, mean=args.mean, std=args.std,
+                                  **((getattr(args, 'model_args', None) or {}) if same else {}))
         models.append((label, model))
     return models
 
 
-def main(argv=None) -> int:
-    """Run the evaluation; returns 0 on success, 2 on invalid arguments or inputs."""
-    logging.basicConfig(level=logging.INFO, format='%(message)s')
-    logging.getLogger('art').setLevel(logging.WARNING)  # ART logs every attack call at INFO
-    parser = build_parser()
+def _evaluate(parser: argparse.ArgumentParser, argv) -> int:
+    """The command's work: every input is checked (options, models and checkpoints, data, output folder)
+    before the first evaluation pass starts."""
     pre, _ = parser.parse_known_args(argv)
-    try:
-        if pre.config:
-            _apply_yaml_defaults(parser, pre.config)
-        args = parser.parse_args(argv)
-        if args.run_config:
-            _apply_run_config(args)
-        if not args.model:
-            raise ValueError("give at least one --model (or --run-config)")
-        opts, setup = _resolve(args)
-        models = _build_models(args)
-        from timm_asap.evaluation.data import create_eval_dataset
-        from timm_asap.evaluation.wrapper import model_input_info
-        info = model_input_info(models[0][1])
-        img_size = args.img_size or (info['input_size'][-1] if info['input_size'] else 224)
-        in_chans = args.in_chans or info['in_chans'] or 3
-        if args.crop_pct is None:
-            from timm_asap.data import is_fashion_mnist
-            args.crop_pct = 1.0 if is_fashion_mnist(args.dataset) \
-                else float(info.get('crop_pct') or 1.0)
-        args.interpolation = args.interpolation or info.get('interpolation') or 'bilinear'
-        setup.update(crop_pct=args.crop_pct, interpolation=args.interpolation)
-        dataset = create_eval_dataset(args.dataset, args.data_dir, args.split, img_size, args.crop_pct,
-                                      args.interpolation, in_chans)
-        out = Path(args.output)
-        out.mkdir(parents=True, exist_ok=True)
-        from timm_asap._files import atomic_write_text
-        atomic_write_text(out / 'evaluate_config.yaml', yaml.safe_dump(
-            {**{k: v for k, v in setup.items()}, 'img_size': img_size, 'in_chans': in_chans,
-             **dataclasses.asdict(opts)}, sort_keys=False))
-        from timm_asap.evaluation.runner import evaluate_models
-        rows = evaluate_models(models, dataset, opts, out, dataset_name=f'{args.dataset or "folder"}:{args.split}')
-    except (ValueError, ImportError, FileNotFoundError) as e:
-        print(f"timm-asap-evaluate: error: {e}", file=sys.stderr)
-        return 2
-    except HubDownloadError as e:  # weights neither downloadable nor in the cache
-        print(f"timm-asap-evaluate: error: {e}", file=sys.stderr)
-        return 3
+    if pre.config:
+        _apply_yaml_defaults(parser, pre.config)
+    args = parser.parse_args(argv)
+    if args.run_config:
+        _apply_run_config(args)
+    if not args.model:
+        raise ValueError("give at least one --model (or --run-config)")
+    opts, setup = _resolve(args)
+    check_folder_path(args.output, '--output')
+    models = _build_models(args)
+    from timm_asap.evaluation.data import create_eval_dataset
+    from timm_asap.evaluation.wrapper import model_input_info
+    info = model_input_info(models[0][1])
+    img_size = args.img_size or (info['input_size'][-1] if info['input_size'] else 224)
+    in_chans = args.in_chans or info['in_chans'] or 3
+    if args.crop_pct is None:
+        from timm_asap.data import is_fashion_mnist
+        args.crop_pct = 1.0 if is_fashion_mnist(args.dataset) else float(info.get('crop_pct') or 1.0)
+    args.interpolation = args.interpolation or info.get('interpolation') or 'bilinear'
+    setup.update(crop_pct=args.crop_pct, interpolation=args.interpolation)
+    dataset = create_eval_dataset(args.dataset, args.data_dir, args.split, img_size, args.crop_pct,
+                                  args.interpolation, in_chans)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / 'evaluate_config.yaml', yaml.safe_dump(
+        {**setup, 'img_size': img_size, 'in_chans': in_chans, **dataclasses.asdict(opts)}, sort_keys=False))
+    from timm_asap.evaluation.runner import evaluate_models
+    rows = evaluate_models(models, dataset, opts, out, dataset_name=f'{args.dataset or "folder"}:{args.split}')
     from timm_asap.evaluation.report import markdown_report
     print(markdown_report(rows))
     _logger.info(f"wrote {out / 'results.json'}, {out / 'results.md'} and plots")
     return 0
+
+
+def main(argv=None) -> int:
+    """Run the evaluation.
+
+    Returns:
+        0 on success; 2 for arguments, checkpoints, data or options that cannot be used (one line on stderr,
+        before any evaluation pass); 3 when pretrained weights are neither downloadable nor cached.
+    """
+    logging.basicConfig(level=logging.INFO, format='%(message)s')
+    logging.getLogger('art').setLevel(logging.WARNING)  # ART logs every attack call at INFO
+    parser = build_parser()
+    return run_cli('timm-asap-evaluate', lambda: _evaluate(parser, argv), [(HubDownloadError, STATUS_UNREACHABLE)])
 
 
 if __name__ == '__main__':

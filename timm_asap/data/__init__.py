@@ -1,5 +1,6 @@
 """Data for fine-tuning and evaluation: built-in Fashion-MNIST and timm.data datasets, transforms, loaders."""
 from .._deprecation import deprecated_getattr
+from .classes import check_classes, check_label_names, check_labels
 from .dataset import SampleDataset, create_split_dataset, dataset_classes, is_folder_dataset, subset_indices
 from .errors import DataError
 from .fashion_mnist import (
@@ -12,7 +13,7 @@ from .pipeline import RunData, choose_loader, create_run_data, create_val_datase
 from .transforms import create_transforms, run_data_config
 
 __all__ = [
-    'DataError', 'IdxError', 'read_idx', 'write_idx',
+    'DataError', 'IdxError', 'read_idx', 'write_idx', 'check_classes', 'check_labels', 'check_label_names',
     'FashionMNIST', 'FASHION_MNIST_CLASSES', 'FASHION_MNIST_NAMES', 'DEFAULT_FASHION_MNIST_DIR', 'find_fashion_mnist', 'fashion_mnist_split',
     'SampleDataset', 'create_split_dataset', 'dataset_classes', 'is_folder_dataset', 'subset_indices',
     'ResumableSampler', 'ShardSampler', 'LoaderBatches', 'create_train_loader', 'create_eval_loader',

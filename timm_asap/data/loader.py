@@ -15,7 +15,7 @@ import torch
 import torch.utils.data
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
-from .errors import DataError
+from .classes import check_labels
 
 __all__ = ['ResumableSampler', 'ShardSampler', 'LoaderBatches', 'create_train_loader', 'create_eval_loader']
 
@@ -159,7 +159,5 @@ class LoaderBatches:
         for batch in batches:
             x, y = batch[0], batch[1]
             unreadable = int(batch[2].sum()) if len(batch) > 2 else 0
-            if self.num_classes is not None and (y.min() < 0 or y.max() >= self.num_classes):
-                raise DataError(f"labels must be in 0..{self.num_classes - 1}, a batch holds "
-                                f"{int(y.min())}..{int(y.max())}; check model.num_classes against the data")
+            check_labels(y, self.num_classes, 'a batch')
             yield x, y, unreadable

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .classes import check_labels
 from .errors import DataError
 
 __all__ = ['MemoryAugment', 'array_images', 'images_nbytes', 'to_device_images', 'augment_batch',
@@ -99,9 +100,7 @@ def to_device_images(images, labels, in_chans: int, device: torch.device, indice
         x = x.expand(-1, 3, -1, -1)
     elif x.shape[1] != in_chans:
         raise DataError(f"the images have {x.shape[1]} channels; model.in_chans={in_chans} cannot be made from them")
-    if num_classes is not None and len(y) and (int(y.min()) < 0 or int(y.max()) >= num_classes):
-        raise DataError(f"labels must be in 0..{num_classes - 1}, the data holds {int(y.min())}..{int(y.max())}; "
-                        f"check model.num_classes against the data")
+    check_labels(y, num_classes)
     return x.contiguous().to(device), y.to(device)
 
 

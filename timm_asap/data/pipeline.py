@@ -10,6 +10,7 @@ import torch.utils.data
 from torch.utils.data import DataLoader
 
 from ..config import RunConfig
+from .classes import check_classes
 from .dataset import SampleDataset, create_split_dataset, dataset_classes, describe, subset_indices
 from .errors import DataError
 from .loader import LoaderBatches, create_eval_loader, create_train_loader
@@ -61,10 +62,7 @@ def _wrap(cfg: RunConfig, ds, transform, subset: int | None, seed: int):
 
 
 def _check_classes(cfg: RunConfig, split: str, classes: list[str] | None) -> None:
-    if classes is not None and len(classes) != cfg.model.num_classes:
-        shown = classes if len(classes) <= 12 else classes[:12] + ['...']
-        raise DataError(f"split {split!r} has {len(classes)} classes {shown}, but model.num_classes is "
-                        f"{cfg.model.num_classes}; set model.num_classes to match the data")
+    check_classes(classes, cfg.model.num_classes, f"split {split!r}")
 
 
 def create_val_dataset(cfg: RunConfig, model: nn.Module | None = None, split: str | None = None):

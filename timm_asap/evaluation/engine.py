@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -14,12 +15,13 @@ from tqdm.auto import tqdm
 from ..runtime import amp_context, resolve_amp, resolve_device
 from .cache import CorruptionCache, iter_corrupted_sets
 from .corruptions import check_corruptions, check_severities, resolve_protocol
-from .data import CifarCDataset, EvalImages, ImageNetCFolder, _collate_uint8, eval_transform, select_indices
+from .data import (CifarCDataset, EvalImages, ImageNetCFolder, _collate_uint8, eval_transform, find_imagenet_c_dir,
+                   select_indices)
 from .wrapper import check_eval_mode
 
 __all__ = [
     'resolve_device', 'autocast', 'adapt_channels', 'predict_logits', 'topk_correct', 'evaluate_clean',
-    'evaluate_corruptions', 'CORRUPTION_SOURCES',
+    'evaluate_corruptions', 'check_corruption_source', 'CORRUPTION_SOURCES',
 ]
 
 CORRUPTION_SOURCES = ('generated', 'imagenet_c', 'cifar_c')
@@ -76,6 +78,38 @@ def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] =
     n = labels.numel()
     ks = tuple(ks)
     return {k: round(float(p) * n / 100) for k, p in zip(ks, accuracy(logits, labels, topk=ks))}
+
+
+def check_corruption_source(corruptions, severities, source: str, source_dir: str | os.PathLike | None) -> None:
+    """Check that pre-generated corruption data holds every asked-for corruption and severity (cheap: paths
+    only), so a missing one stops the evaluation before its first pass, not in the middle.
+
+    Args:
+        corruptions: names, or ``'benchmark'``, ``'extra'``, ``'all'``.
+        severities: subset of 1..5.
+        source: ``'imagenet_c'`` or ``'cifar_c'`` (``'generated'`` needs no data).
+        source_dir: root of the pre-generated data.
+
+    Raises:
+        ValueError: no ``source_dir``, or an unknown source.
+        FileNotFoundError: ``source_dir`` or a corruption's folder or file is missing, naming it.
+    """
+    if source not in CORRUPTION_SOURCES:
+        raise ValueError(f"unknown corruption source {source!r}; allowed: {list(CORRUPTION_SOURCES)}")
+    if source == 'generated':
+        return
+    if not source_dir:
+        raise ValueError(f"corruption source {source!r} needs source_dir (the folder of the pre-generated data)")
+    if not Path(source_dir).is_dir():
+        raise FileNotFoundError(f"corruption source {source!r}: the folder {source_dir} does not exist")
+    for c in check_corruptions(corruptions):
+        if source == 'imagenet_c':
+            for sev in check_severities(severities):
+                find_imagenet_c_dir(source_dir, c, sev)
+        else:
+            for name in (f'{c}.npy', 'labels.npy'):
+                if not (Path(source_dir) / name).is_file():
+                    raise FileNotFoundError(f"CIFAR-C file not found: {Path(source_dir) / name}")
 
 
 def _check_models(models: Sequence[tuple[str, nn.Module]]) -> None:
@@ -213,8 +247,7 @@ def evaluate_corruptions(
             clock = time.perf_counter()
         stats['make_s'] = round(made, 3)
     else:
-        if not source_dir:
-            raise ValueError(f"corruption source {source!r} needs source_dir (the folder of the pre-generated data)")
+        check_corruption_source(names, sevs, source, source_dir)
         in_chans = data.images.shape[1]
         transform = None
         if img_size is not None:

@@ -9,23 +9,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+import torch
+import torch.utils.data
 from torch import nn
 
-from ._deps import library_versions
+from ._deps import library_versions, require
 from .attacks import AttackSpec, check_eps, parse_eps
 from .corruptions import SEVERITIES, check_corruptions, check_severities
 from .data import EvalImages, load_images
-from .._files import atomic_write_text
+from .._files import atomic_write_text, check_folder_path
 from ..runtime import resolve_amp
 from .provenance import evaluation_record
-from .engine import CORRUPTION_SOURCES, evaluate_clean, evaluate_corruptions, resolve_device
+from .engine import (CORRUPTION_SOURCES, check_corruption_source, evaluate_clean, evaluate_corruptions, model_in_chans,
+                     predict_logits, resolve_device)
 from .report import (markdown_report, plot_aliasing, plot_attacks, plot_corruptions, plot_shift, read_results,
                      write_results)
 from .shift import SHIFT_MODES, aliasing_view, evaluate_shift_consistency
 from .summary import corruption_summary
-from .wrapper import check_eval_mode
+from .wrapper import NormalizedModel, check_eval_mode
 
-__all__ = ['EvalOptions', 'evaluate_models', 'build_attack_specs']
+__all__ = ['EvalOptions', 'evaluate_models', 'build_attack_specs', 'require_dependencies', 'check_mce_baseline',
+           'check_model_classes']
 
 _logger = logging.getLogger(__name__)
 
@@ -156,6 +160,7 @@ class EvalOptions:
         if not 0 <= self.max_unreadable <= 1:
             raise ValueError(f"max_unreadable must be a fraction in [0, 1], got {self.max_unreadable}")
         resolve_amp('cpu', self.amp)  # raises naming the allowed precisions
+        resolve_device(self.device)  # raises naming what this machine has
         if self.corruption_source not in CORRUPTION_SOURCES:
             raise ValueError(f"corruption_source must be one of {list(CORRUPTION_SOURCES)}, got {self.corruption_source!r}")
         if self.corruptions:
@@ -173,9 +178,25 @@ class EvalOptions:
         for key in ('attack_count', 'corruption_count', 'shift_count'):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1 or None, got {getattr(self, key)}")
+        if self.corruptions:
+            self._validate_corruption_inputs()
         if image_shape is not None:
             build_attack_specs(self, image_shape)
         return self
+
+    def _validate_corruption_inputs(self) -> None:
+        """The corruption cache, the pre-generated data and the mCE settings, checked before any pass runs."""
+        if self.corruption_source == 'generated':
+            if self.corruption_cache is not None:
+                check_folder_path(self.corruption_cache, 'corruption_cache')
+        else:
+            check_corruption_source(self.corruptions, self.severities, self.corruption_source, self.corruption_dir)
+        if self.alexnet_mce and tuple(check_severities(self.severities)) != SEVERITIES:
+            raise ValueError(f"alexnet_mce needs all five severities (AlexNet's published errors average them), got "
+                             f"severities {list(self.severities)}")
+        if self.baseline_results is not None and not Path(self.baseline_results).is_file():
+            raise FileNotFoundError(f"baseline_results {self.baseline_results}: no such file (a results.json of an "
+                                    f"earlier evaluation)")
 
 
 def build_attack_specs(opts: EvalOptions, image_shape: Sequence[int]) -> list[AttackSpec]:
@@ -235,12 +256,19 @@ def evaluate_models(
         raise ValueError("no models to evaluate")
     for name, model in models:
         check_eval_mode(model, f"model {name!r}")
+    if out_dir is not None:
+        check_folder_path(out_dir, 'the output folder')
+    require_dependencies(opts)
+    baseline_rows = read_results(opts.baseline_results)[0] if opts.corruptions and opts.baseline_results else None
+    if opts.corruptions:
+        check_mce_baseline(opts, [n for n, _ in models], baseline_rows)
     images = load_images(data, opts.count, opts.seed, opts.subset_order, workers=opts.workers,
                          batch_size=opts.batch_size, name=dataset_name, progress=opts.progress,
                          max_unreadable=opts.max_unreadable)
     specs = build_attack_specs(opts, images.shape)
     device = resolve_device(opts.device)
     record = evaluation_record(opts, models, images, device)  # before any forward pass
+    check_model_classes(models, images, _dataset_classes(data), dataset_name or images.name)
     common = dict(device=device, progress=opts.progress)
     rows: list[dict] = []
     timing: dict[str, float] = {}
@@ -268,7 +296,6 @@ def evaluate_models(
                                      cache=opts.corruption_cache, generate_workers=opts.corruption_workers,
                                      stats=corruption_stats, **common)
         baseline = opts.mce_baseline or models[0][0]
-        baseline_rows = read_results(opts.baseline_results)[0] if opts.baseline_results else None
         alexnet = opts.alexnet_mce
         if alexnet is None:
             alexnet = opts.corruption_source == 'imagenet_c' and tuple(check_severities(opts.severities)) == SEVERITIES
@@ -292,6 +319,88 @@ def evaluate_models(
         write_artefacts(rows, out_dir, {**record, 'timing_s': timing, 'corruption_sets': corruption_stats, **meta},
                         plots=opts.plots)
     return rows
+
+
+def require_dependencies(opts: EvalOptions) -> None:
+    """Import the optional packages the asked-for passes need, before any pass runs.
+
+    Raises:
+        ImportError: naming the package, the pass that needs it and the extra that installs it.
+    """
+    if opts.fgsm_eps or opts.pgd_linf_eps or opts.pgd_l2_eps:
+        require('art.attacks.evasion', 'adversarial attacks (FGSM/PGD)')
+        require('art.estimators.classification', 'adversarial attacks (FGSM/PGD)')
+    if opts.autoattack_eps:
+        require('pyautoattack', 'AutoAttack')
+    if opts.corruptions and opts.corruption_source == 'generated':
+        for module in ('cv2', 'skimage.filters', 'scipy.ndimage'):
+            require(module, 'image corruptions')
+        if 'frost' in check_corruptions(opts.corruptions):
+            require('corrupt_tta', 'the frost corruption (its texture images)')
+    if opts.plots:
+        require('matplotlib', 'the plots (--plots false skips them)')
+
+
+def check_mce_baseline(opts: EvalOptions, names: Sequence[str], baseline_rows: Sequence[dict] | None) -> None:
+    """Refuse an mCE baseline that is neither a model of this run nor has results for every asked-for
+    corruption and severity in ``baseline_rows``.
+
+    Raises:
+        ValueError: naming the baseline and what is available.
+    """
+    baseline = opts.mce_baseline or names[0]
+    if baseline in names:
+        return
+    have = {(r.get('corruption'), r.get('severity')) for r in baseline_rows or []
+            if r.get('task') == 'corruption' and r.get('model') == baseline}
+    if not have:
+        found = sorted({r.get('model') for r in baseline_rows or [] if r.get('task') == 'corruption'})
+        raise ValueError(f"mCE baseline {baseline!r} is not a model of this run ({list(names)})"
+                         + (f" and has no corruption results in {opts.baseline_results} (it holds {found})"
+                            if opts.baseline_results else '; give its results with baseline_results'))
+    missing = [(c, s) for c in check_corruptions(opts.corruptions) for s in check_severities(opts.severities)
+               if (c, s) not in have]
+    if missing:
+        raise ValueError(f"mCE baseline {baseline!r} has no result in {opts.baseline_results} for "
+                         f"{len(missing)} asked-for corruption sets, e.g. {missing[:3]}")
+
+
+def _dataset_classes(data) -> list[str] | None:
+    if isinstance(data, EvalImages):
+        return None
+    from ..data import dataset_classes
+    return dataset_classes(getattr(data, 'dataset', data) if isinstance(data, torch.utils.data.DataLoader) else data)
+
+
+def _model_classes(model: nn.Module, images: EvalImages) -> int:
+    """The class count of a model: its ``num_classes`` (timm), else the length of its logits for one image
+    (predicted as the evaluation passes predict)."""
+    inner = model.model if isinstance(model, NormalizedModel) else model
+    n = getattr(inner, 'num_classes', None)
+    if isinstance(n, int) and not isinstance(n, bool):
+        return n
+    device = next((t.device for t in (*model.parameters(), *model.buffers())), torch.device('cpu'))
+    return int(predict_logits(model, images.images[:1], device, 'none', model_in_chans(model)).shape[-1])
+
+
+def check_model_classes(models: Sequence[tuple[str, nn.Module]], images: EvalImages, classes: Sequence[str] | None,
+                        where: str) -> None:
+    """Refuse a model whose classes are not the data's, by the rule fine-tuning applies
+    (:mod:`timm_asap.data.classes`): as many classes as the data's reader knows, every label among them, and
+    no class that the model's recorded label names (``pretrained_cfg['label_names']``) put at another label.
+
+    Raises:
+        DataError: naming the model, its class count or label names, and the data's.
+    """
+    from ..data import check_classes, check_label_names, check_labels
+    for name, model in models:
+        n = _model_classes(model, images)
+        fix = f"evaluate model {name!r} on data with its {n} classes"
+        check_classes(classes, n, where, model=f"the class count of model {name!r}", fix=fix)
+        check_labels(images.labels, n, where, fix=f"model {name!r} has {n} classes; {fix}")
+        inner = model.model if isinstance(model, NormalizedModel) else model
+        label_names = (getattr(inner, 'pretrained_cfg', None) or {}).get('label_names')
+        check_label_names(classes, label_names, where, f"model {name!r}")
 
 
 def _first(images: EvalImages, count: int | None) -> EvalImages:

@@ -1,17 +1,12 @@
 """Models as evaluated: inputs in [0, 1], normalisation inside (the RobustBench convention), eval mode."""
 from __future__ import annotations
 
-import logging
-from pathlib import Path
 from typing import Sequence
 
 import torch
 from torch import nn
 
-__all__ = ['NormalizedModel', 'wrap_model', 'create_eval_model', 'trained_normalisation', 'check_eval_mode',
-           'model_input_info']
-
-_logger = logging.getLogger(__name__)
+__all__ = ['NormalizedModel', 'wrap_model', 'create_eval_model', 'check_eval_mode', 'model_input_info']
 
 
 class NormalizedModel(nn.Module):
@@ -70,14 +65,24 @@ def wrap_model(model: nn.Module, mean: Sequence[float] | None = None, std: Seque
 
     Args:
         model: a classifier. A :class:`NormalizedModel` is returned as is (in eval mode).
-        mean: normalisation mean; None takes the model's ``pretrained_cfg`` (timm), else ImageNet's.
+        mean: normalisation mean, one value per input channel (or one for all); None takes the model's
+            ``pretrained_cfg`` (timm), else ImageNet's.
         std: normalisation std; likewise.
 
     Returns:
         A :class:`NormalizedModel` in eval mode.
+
+    Raises:
+        ValueError: a ``mean`` or ``std`` whose length fits neither the model's input channels nor one.
     """
     if isinstance(model, NormalizedModel):
         return model.eval()
+    in_chans = _in_chans(model)
+    if in_chans is not None and (mean is not None or std is not None):
+        from timm_asap.data.transforms import fit_channels
+        remedy = 'give one value' if in_chans == 1 else f"give {in_chans} values (one per input channel) or one"
+        mean = None if mean is None else fit_channels('mean', mean, in_chans, average=False, remedy=remedy)
+        std = None if std is None else fit_channels('std', std, in_chans, average=False, remedy=remedy)
     if mean is None or std is None:
         cfg_mean, cfg_std = _pretrained_norm(model)
         mean = cfg_mean if mean is None else mean
@@ -97,62 +102,58 @@ def create_eval_model(
 ) -> nn.Module:
     """Create a timm model by name (registered ``*_asap`` / ``*_flc`` names need ``import timm_asap.models``).
 
+    With a checkpoint, the model is built as the checkpoint records it and checked against ``name``
+    (:func:`timm_asap.hub.checkpoint.create_checkpoint_model`): its recorded architecture and pooling
+    must be ``name``'s, its recorded ``model_args``, classes and channels are applied (given values may not
+    contradict them), and its recorded label names, normalisation and input settings go into the model's
+    ``pretrained_cfg``.
+
     Args:
         name: timm model name, optionally with a pretrained tag (``resnet50.tv_in1k``).
-        pretrained: load pretrained weights through timm (from the Hub or timm's cache).
-        checkpoint_path: a local checkpoint for ``timm.create_model(checkpoint_path=...)``.
-        num_classes: classifier outputs (None: the model's default).
-        in_chans: input channels (None: the model's default).
-        mean: normalisation mean inside the wrapper (None: the statistics the checkpoint was trained with
-            when its folder holds the fine-tuning tool's ``config.yaml``, else the model's pretrained_cfg).
+        pretrained: load pretrained weights through timm (from the Hub or timm's cache); not used with a
+            checkpoint, whose weights replace every tensor.
+        checkpoint_path: a weights file (``.safetensors``, a fine-tuning ``last.pth``/``best.pth``, a timm
+            ``.pth.tar``), a fine-tuning run folder or a Hub folder.
+        num_classes: classifier outputs (None: the checkpoint's, else the model's default).
+        in_chans: input channels (None: the checkpoint's, else the model's default).
+        mean: normalisation mean inside the wrapper (None: the statistics the checkpoint records, from its
+            run config or Hub config, else the model's pretrained_cfg).
         std: normalisation std (None: as ``mean``).
         **kwargs: further ``timm.create_model`` arguments.
 
     Returns:
         The model wrapped by :func:`wrap_model`, in eval mode.
+
+    Raises:
+        IntegrityError: a missing or damaged checkpoint, one of another architecture or pooling, or tensors
+            that do not fit the model.
+        ValueError: arguments that contradict the checkpoint or that the architecture does not take.
+        UnknownModelError: an unknown model name.
+        HubDownloadError: pretrained weights neither downloadable nor cached.
     """
     import timm
     from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
 
     from timm_asap.hub.load import hub_unreachable_error
-    try:
-        import timm_asap.models  # noqa: F401  (registers the ASAP/FLC variants when present)
-    except ImportError:
-        pass
+    from timm_asap.models import check_model_name
+    if checkpoint_path:
+        from timm_asap.hub.checkpoint import create_checkpoint_model
+        model, _ = create_checkpoint_model(name, checkpoint_path, num_classes, in_chans, **kwargs)
+        return wrap_model(model, mean, std)
+    check_model_name(name)
     if num_classes is not None:
         kwargs['num_classes'] = num_classes
     if in_chans is not None:
         kwargs['in_chans'] = in_chans
     try:
-        model = timm.create_model(name, pretrained=pretrained, checkpoint_path=checkpoint_path or '', **kwargs)
+        model = timm.create_model(name, pretrained=pretrained, **kwargs)
     except (LocalEntryNotFoundError, OfflineModeIsEnabled) as e:  # no network and not in the cache
         cfg = timm.models.get_pretrained_cfg(name)
         repo_id = (cfg.hf_hub_id if cfg is not None else None) or name
         raise hub_unreachable_error(f"the pretrained weights of {name}", repo_id, None, None, e) from None
-    if checkpoint_path and str(checkpoint_path).endswith('.safetensors'):
-        from timm_asap.hub.integrity import check_recorded_model
-        check_recorded_model(checkpoint_path, name, model, f"the model name {name!r}")
-    if checkpoint_path and (mean is None or std is None):
-        trained = trained_normalisation(checkpoint_path, model)
-        if trained is not None:
-            mean = trained[0] if mean is None else mean
-            std = trained[1] if std is None else std
+    except TypeError as e:
+        raise ValueError(f"{name!r} cannot be built with {kwargs}: {e}") from None
     return wrap_model(model, mean, std)
-
-
-def trained_normalisation(checkpoint_path: str | Path,
-                          model: nn.Module | None = None) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
-    """The (mean, std) a checkpoint was trained with: resolved as the training pipeline did, from the
-    fine-tuning tool's ``config.yaml`` in its folder and ``model``'s pretrained_cfg (where the config
-    sets none); None where there is no such file."""
-    from timm_asap.config import find_run_config, load_config
-    path = find_run_config(checkpoint_path)
-    if path is None:
-        return None
-    from timm_asap.data import run_data_config
-    dc = run_data_config(load_config(path), model)
-    _logger.info(f"{checkpoint_path}: normalisation mean {tuple(dc['mean'])}, std {tuple(dc['std'])} from {path}")
-    return tuple(dc['mean']), tuple(dc['std'])
 
 
 def check_eval_mode(model: nn.Module, name: str = 'model') -> None:

@@ -42,9 +42,9 @@ from .integrity import (CONFIG_NAME, PICKLE_SUFFIXES, WEIGHTS_NAME, load_safeten
 from .results import EvalResults, find_eval_results, load_eval_results
 
 __all__ = ['RUN_CONFIG_NAME', 'TRAIN_CONFIG_NAME', 'resolve_label_names', 'check_publishable', 'create_model_from_config',
-           'check_pooling', 'load_checkpoint_state_dict', 'load_trained_model', 'hub_config_json', 'build_hub_folder',
-           'resolve_run_config', 'export_output_dir', 'export_resolved', 'HUB_FOLDER_FILES', 'PUBLISH_WRITER',
-           'entries_not_published', 'check_hub_output', 'publish_inputs']
+           'check_pooling', 'load_checkpoint_state_dict', 'load_state_dict_checked', 'load_trained_model',
+           'hub_config_json', 'build_hub_folder', 'resolve_run_config', 'export_output_dir', 'export_resolved',
+           'HUB_FOLDER_FILES', 'PUBLISH_WRITER', 'entries_not_published', 'check_hub_output', 'publish_inputs']
 
 RUN_CONFIG_NAME = 'run_config.yaml'
 TRAIN_CONFIG_NAME = RUN_CONFIG_FILE  # the resolved config the fine-tuning tool writes beside model.safetensors
@@ -215,13 +215,34 @@ def load_trained_model(cfg: RunConfig, checkpoint: str | Path) -> nn.Module:
         IntegrityError: the checkpoint is unreadable or its tensors do not fit the architecture.
     """
     model = create_model_from_config(cfg)
-    state_dict = load_checkpoint_state_dict(checkpoint)
+    load_state_dict_checked(model, load_checkpoint_state_dict(checkpoint), checkpoint,
+                            f"{cfg.model.architecture!r} with num_classes={cfg.model.num_classes}, "
+                            f"in_chans={cfg.model.in_chans}")
+    return model.eval()
+
+
+def load_state_dict_checked(model: nn.Module, state_dict: dict[str, torch.Tensor], checkpoint: str | Path,
+                            built_as: str) -> nn.Module:
+    """``model.load_state_dict(state_dict, strict=True)``, with one line naming every missing, unexpected and
+    wrong-shaped tensor instead of torch's multi-line error.
+
+    Args:
+        model: the built model.
+        state_dict: the checkpoint's tensors.
+        checkpoint: the checkpoint file, named in the message.
+        built_as: how the model was built, for the message (e.g. ``"'resnet18_cifar' with num_classes=10"``).
+
+    Returns:
+        ``model``.
+
+    Raises:
+        IntegrityError: the tensors do not fit the model.
+    """
     problem = _state_mismatch(model, state_dict)
     if problem:
-        raise IntegrityError(checkpoint, f"does not fit {cfg.model.architecture!r} with num_classes="
-                                         f"{cfg.model.num_classes}, in_chans={cfg.model.in_chans}: {problem}")
+        raise IntegrityError(checkpoint, f"does not fit {built_as}: {problem}")
     model.load_state_dict(state_dict, strict=True)
-    return model.eval()
+    return model
 
 
 def _json_safe(value: Any, key: str) -> Any:

@@ -22,7 +22,7 @@ from ..models.registry import check_architecture
 from .errors import IntegrityError
 
 __all__ = ['WEIGHTS_NAME', 'CONFIG_NAME', 'DIGEST_KEY', 'ARCHITECTURE_KEY', 'POOLING_KEY', 'MODEL_ARGS_KEY',
-           'PICKLE_SUFFIXES',
+           'PICKLE_SUFFIXES', 'recorded_model_args', 'config_model_args',
            'save_safetensors', 'read_safetensors_header', 'verify_safetensors', 'load_safetensors', 'read_config_json',
            'config_model', 'expected_state_shapes', 'weights_metadata', 'check_recorded_model', 'check_weights_match_config',
            'state_shape_mismatch', 'verify_hub_folder']
@@ -185,6 +185,21 @@ def read_config_json(path: str | Path) -> dict[str, Any]:
     return cfg
 
 
+def config_model_args(config: dict[str, Any]) -> dict[str, Any]:
+    """The ``timm.create_model`` arguments a config.json records: its ``model_args`` and ``num_classes``.
+
+    Example:
+        >>> config_model_args({'architecture': 'a', 'num_classes': 10,
+        ...                    'model_args': {'in_chans': 1, 'pretrained': True}})
+        {'in_chans': 1, 'num_classes': 10}
+    """
+    kwargs = dict(config.get('model_args') or {})
+    kwargs.pop('pretrained', None)
+    if config.get('num_classes') is not None:
+        kwargs['num_classes'] = config['num_classes']
+    return kwargs
+
+
 def config_model(config: dict[str, Any], source: str | None = None) -> torch.nn.Module:
     """The (untrained) model a config.json describes, built on the meta device (no memory, no init).
 
@@ -193,10 +208,7 @@ def config_model(config: dict[str, Any], source: str | None = None) -> torch.nn.
     """
     import timm
     arch = check_architecture(config['architecture'], source)
-    kwargs = dict(config.get('model_args') or {})
-    kwargs.pop('pretrained', None)
-    if config.get('num_classes') is not None:
-        kwargs['num_classes'] = config['num_classes']
+    kwargs = config_model_args(config)
     try:
         with torch.device('meta'):
             return timm.create_model(arch, pretrained=False, **kwargs)
@@ -230,30 +242,63 @@ def weights_metadata(model: torch.nn.Module, architecture: str, model_args: dict
     return meta
 
 
-def check_recorded_model(weights_path: str | Path, architecture: str, model: torch.nn.Module, named_in: str) -> None:
-    """Check a safetensors file against the architecture it is loaded into, where its header records one.
-
-    Args:
-        weights_path: the ``.safetensors`` file.
-        architecture: the architecture the weights are loaded into (a tag is ignored).
-        model: the built model (its pooling is compared with the recorded one).
-        named_in: where ``architecture`` was given, for the message (e.g. ``"the model name 'x'"``).
+def recorded_model_args(weights_path: str | Path, metadata: dict[str, str]) -> dict[str, Any] | None:
+    """The ``timm.create_model`` arguments a safetensors header records (:func:`weights_metadata`), or None.
 
     Raises:
-        IntegrityError: the header records another architecture or other pooling options, naming both.
+        IntegrityError: the entry is not a JSON object.
+    """
+    if MODEL_ARGS_KEY not in metadata:
+        return None
+    try:
+        args = json.loads(metadata[MODEL_ARGS_KEY])
+    except json.JSONDecodeError:
+        args = None
+    if not isinstance(args, dict):
+        raise IntegrityError(weights_path, f"header entry {MODEL_ARGS_KEY} is not a JSON object: "
+                                           f"{metadata[MODEL_ARGS_KEY]!r}")
+    return args
+
+
+def check_recorded_model(weights_path: str | Path, architecture: str, model: torch.nn.Module | None, named_in: str,
+                         metadata: dict[str, str] | None = None, recorded_in: str = 'its header') -> None:
+    """Check weights against the architecture (and built model) they are loaded into, where they record them.
+
+    The one comparison of recorded and asked-for architecture and pooling, for every weights format that
+    records them: a safetensors header (read when ``metadata`` is None), or the same entries taken from
+    another record (a fine-tuning checkpoint) and passed as ``metadata``.
+
+    Args:
+        weights_path: the weights file (named in the message).
+        architecture: the architecture the weights are loaded into (a tag is ignored).
+        model: the built model (its pooling is compared with the recorded one); None: the architecture only,
+            e.g. before building.
+        named_in: where ``architecture`` was given, for the message (e.g. ``"the model name 'x'"``).
+        metadata: :data:`ARCHITECTURE_KEY` / :data:`POOLING_KEY` entries (None: the safetensors header's).
+        recorded_in: where the weights record them, for the message.
+
+    Raises:
+        IntegrityError: the weights record another architecture or other pooling options, naming both.
+
+    Example:
+        >>> check_recorded_model('w.safetensors', 'resnet18_cifar_asap', None, 'the model name',
+        ...                      metadata={ARCHITECTURE_KEY: 'resnet18_cifar_asap'})
     """
     config = {'architecture': architecture.split('.')[0]}
-    _check_recorded_model(weights_path, named_in, config, read_safetensors_header(weights_path)[1], model)
+    if metadata is None:
+        metadata = read_safetensors_header(weights_path)[1]
+    _check_recorded_model(weights_path, named_in, config, metadata, model, recorded_in)
 
 
 def _check_recorded_model(weights_path, config_path, config: dict[str, Any], metadata: dict[str, str],
-                          model: torch.nn.Module) -> None:
+                          model: torch.nn.Module | None, recorded_in: str = 'its header') -> None:
     recorded = metadata.get(ARCHITECTURE_KEY)
     if recorded and recorded != config['architecture']:
-        raise IntegrityError(weights_path, f"holds weights of architecture {recorded!r} (its header records it) but "
-                                           f"{config_path} names {config['architecture']!r}; they have the same "
-                                           f"tensors but compute different functions: name the architecture the weights were trained as")
-    if POOLING_KEY not in metadata:
+        raise IntegrityError(weights_path, f"holds weights of architecture {recorded!r} ({recorded_in} records it) "
+                                           f"but {config_path} names {config['architecture']!r}; they may have the "
+                                           f"same tensors but compute different functions: name the architecture the "
+                                           f"weights were trained as")
+    if model is None or POOLING_KEY not in metadata:
         return
     built = pooling_signature(model)
     try:
@@ -264,12 +309,12 @@ def _check_recorded_model(weights_path, config_path, config: dict[str, Any], met
     if trained != built and _placement_free(trained) == _placement_free(built):
         want, got = _placement(trained), _placement(built)
         raise IntegrityError(weights_path, f"was trained with the pooling placed {want} the strided convolutions "
-                                           f"(pool_position={want!r}, its header records it) but {config_path} "
+                                           f"(pool_position={want!r}, {recorded_in} records it) but {config_path} "
                                            f"(model_args={config.get('model_args') or {}}) builds it {got} them: "
                                            f"the same tensors compute another function; set pool_position={want!r} "
                                            f"in the config's model_args")
     if trained != built:
-        raise IntegrityError(weights_path, f"was trained with pooling {trained} (its header records it) but "
+        raise IntegrityError(weights_path, f"was trained with pooling {trained} ({recorded_in} records it) but "
                                            f"{config_path} (model_args={config.get('model_args') or {}}) builds "
                                            f"{built or 'no spectral pooling'}: fix pool_mode/pool_args/pool_position "
                                            f"in the config's model_args")

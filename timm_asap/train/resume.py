@@ -11,6 +11,7 @@ from typing import Any, Sequence
 from timm.scheduler import PlateauLRScheduler
 
 from ..config import RunConfig
+from ..models.convert import pooling_signature
 from .build import Parts
 from .checkpoint import CHECKPOINT_FORMAT, get_rng_state, link_or_copy, save_checkpoint
 from .distributed import DistEnv
@@ -237,7 +238,8 @@ def checkpoint_state(cfg: RunConfig, parts: Parts, p: Progress, env: DistEnv, ep
     m = cfg.model
     return {
         'format': CHECKPOINT_FORMAT, 'architecture': m.architecture, 'num_classes': m.num_classes,
-        'in_chans': m.in_chans, 'config': cfg.to_dict(), 'epoch': epoch, 'batches_done': batches_done,
+        'in_chans': m.in_chans, 'pooling': pooling_signature(parts.model), 'config': cfg.to_dict(), 'epoch': epoch,
+        'batches_done': batches_done,
         'batches_per_epoch': parts.batches_per_epoch, 'num_updates': p.num_updates, 'world_size': env.world_size,
         'state_dict': parts.model.state_dict(),
         'state_dict_ema': parts.ema.module.state_dict() if parts.ema is not None else None,
