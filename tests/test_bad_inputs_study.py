@@ -25,12 +25,14 @@ from finetune_helpers import tiny_config, write_fake_fashion_mnist
 # the first run's options; the CLI cases repeat the ones the CLI has flags for
 TRAIN = dict(train_subset=64, val_subset=16, epochs=1, batch_size=32)
 EVAL = dict(eval_count=64, corruption_count=8, attack_count=8, shift_count=8, severities=[1])
-FIXED = dict(eps=[2 / 255], pgd_steps=2, shift_trials=1, workers=0, eval_batch_size=64, progress=False)
+FIXED = dict(eps=[2 / 255], pgd_steps=2, shift_trials=1, workers=0, eval_batch_size=64, progress=False,
+             convert_pools=[])  # the conversion arm has tests of its own (test_study_conversion.py)
 
 
 def _cli_args(data: Path, out: Path, **changes) -> list[str]:
     values = {**TRAIN, **EVAL, **changes}
-    args = ['--data-dir', str(data), '--output', str(out), '--device', 'cpu', '--workers', '0', '--no-progress']
+    args = ['--data-dir', str(data), '--output', str(out), '--device', 'cpu', '--workers', '0', '--no-progress',
+            '--no-conversion']
     for key, value in values.items():
         flag = '--' + key.replace('_', '-')
         args += [flag, *map(str, value)] if isinstance(value, list) else [flag, str(value)]
@@ -163,13 +165,13 @@ def test_study_options_are_checked_before_any_training(tmp_path, capsys, monkeyp
 
 # --- 8: a diverging fine-tune names only files that exist, and its hint works ------------------------------------
 
-def test_diverging_finetune_without_a_checkpoint_says_so_and_starting_again_works(tmp_path, caplog):
+def test_diverging_finetune_without_a_checkpoint_says_so_and_starting_again_works(tmp_path, capsys):
     data = write_fake_fashion_mnist(tmp_path / 'fmnist', n_train=48, n_test=16)
     config = save_config(tiny_config(data, train={'epochs': 1}), tmp_path / 'run.yaml')
     out = tmp_path / 'run'
     common = ['--config', str(config), '--output', str(out), '--device', 'cpu', '--no-progress']
     assert finetune_main(common + ['--lr', '1e9']) == 1
-    err = caplog.text  # the CLI logs its one error line
+    err = capsys.readouterr().err  # the CLI prints its one error line
     assert 'the training loss became NaN/Inf in epoch 1' in err and 'no epoch finished, so there is none to resume' in err
     assert 'last.pth' not in err and not (out / 'last.pth').exists()
     assert 'Start again with a lower train.lr (e.g. --lr 1e+08, a tenth of 1e+09; the same --output starts afresh)' in err
