@@ -630,9 +630,10 @@ def run_study(opts: StudyOptions | None = None, log: Callable[[str], None] = _st
         for label, _ in variants[name]:
             cfg = configs[(label, first_seed)]
             hub_dir = out / 'hub' / label
-            trained = load_trained_model(cfg, out / 'runs' / label / f'seed{first_seed}' / 'model.safetensors')
+            run_dir = out / 'runs' / label / f'seed{first_seed}'
+            trained = load_trained_model(cfg, run_dir / 'model.safetensors')
             build_hub_folder(trained, cfg, hub_dir, results=load_eval_results(out / 'eval' / name / f'seed{first_seed}'),
-                             eval_model=label)
+                             eval_model=label, training=run_dir / 'metrics.json')
             check = _reload_check(label, cfg, trained, hub_dir, out / 'hf_cache', probe)
             reload_checks.append(check)
             verdict = 'identical logits' if check['identical'] else f"max |logit diff| {check['max_abs_logit_diff']:.2e}"
