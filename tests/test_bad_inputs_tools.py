@@ -152,3 +152,27 @@ def test_card_separates_validation_during_training_from_the_results(grey_folder)
     assert 'evaluation split' not in _card(grey_folder).text
     results = _card(grey_folder).text.split('## Evaluation results', 1)[1].split('## Usage', 1)[0]
     assert 'Images behind these numbers, from fashion_mnist: clean accuracy 64, shift consistency 64.' in results
+
+
+# ---- 10: scripts/gpu_check.sh -----------------------------------------------------------------------
+
+def test_gpu_check_refuses_an_interpreter_without_torch_at_once(tmp_path):
+    """Was: with a python lacking torch, tracebacks, 0 result files and exit 0."""
+    venv = tmp_path / 'venv'
+    subprocess.run([sys.executable, '-m', 'venv', '--without-pip', str(venv)], check=True, capture_output=True)
+    python = venv / 'bin' / 'python'
+    assert subprocess.run([str(python), '-c', 'import torch'], capture_output=True).returncode != 0
+    data = tmp_path / 'fmnist'
+    data.mkdir()
+    for name in ('train-images-idx3-ubyte.gz', 't10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz'):
+        (data / name).write_bytes(b'')  # only their presence is checked before the interpreter
+    out = tmp_path / 'out'
+    proc = subprocess.run(['bash', str(ROOT / 'scripts' / 'gpu_check.sh'), '--cpu', '--data', str(data),
+                           '--out', str(out)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, 'PYTHON': str(python), 'TMPDIR': str(tmp_path)})
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and 'Traceback' not in proc.stderr and proc.stdout == ''
+    assert f"the interpreter '{python}'" in lines[0] and "No module named 'torch'" in lines[0]
+    assert 'set PYTHON to' in lines[0]
+    assert not out.exists() and not list(tmp_path.glob('gpu_check_work.*'))  # nothing ran, nothing written
