@@ -176,3 +176,56 @@ def test_gpu_check_refuses_an_interpreter_without_torch_at_once(tmp_path):
     assert f"the interpreter '{python}'" in lines[0] and "No module named 'torch'" in lines[0]
     assert 'set PYTHON to' in lines[0]
     assert not out.exists() and not list(tmp_path.glob('gpu_check_work.*'))  # nothing ran, nothing written
+
+
+# ---- 11: benchmark ratios measured on noise -----------------------------------------------------------
+
+def _model_rows(base_ms, asap_ms, device='cpu', dtype='float32', channels_last=False):
+    """benchmark_models rows (as it writes them) of resnet50 and resnet50_asap with the given per-round times."""
+    import statistics
+    rows = []
+    for model, ms in (('resnet50', base_ms), ('resnet50_asap', asap_ms)):
+        ratio = round(statistics.median(b / t for b, t in zip(base_ms, ms)), 3)
+        rows.append(dict(device=device, dtype=dtype, channels_last=channels_last, compile=False, batch=32,
+                         img_size=224, model=model, **{'pass': 'infer'}, ms=statistics.median(ms),
+                         img_per_s=1.0, baseline='resnet50', ratio_vs_baseline=ratio, ratio_vs_resnet50=ratio,
+                         round_ms=list(ms), peak_mb=None))
+    return rows
+
+
+def test_benchmark_models_says_unreliable_for_rounds_that_disagree():
+    """Was: resnet50 at 2518, 530 and 2954 ms in three rounds printed 'throughput 5.011x (target >= 0.9x): met'."""
+    from timm_asap.models.benchmark import target_checks
+    [line] = target_checks(_model_rows([2518, 530, 2954], [502.5, 528, 589.5]))
+    assert 'resnet50_asap / resnet50 throughput 5.011x (min 1.004, max 5.011 over 3 rounds)' in line
+    assert line.endswith('unreliable: 3 rounds, at least 5 are needed for a verdict') and ': met' not in line
+    # nine such rounds: still no verdict, the rounds disagree
+    [line] = target_checks(_model_rows([2518, 530, 2954] * 3, [502.5, 528, 589.5] * 3))
+    assert 'unreliable: the rounds disagree: their ratios run from 1x to 5.01x' in line
+    # nine rounds that agree: a verdict either way
+    steady = [100, 101, 99, 100, 102, 98, 100, 101, 99]
+    [line] = target_checks(_model_rows(steady, [t / 0.97 for t in steady]))
+    assert line.endswith('(target >= 0.9x): met')
+    [line] = target_checks(_model_rows(steady, [t / 0.8 for t in steady]))
+    assert line.endswith('(target >= 0.9x): NOT met')
+    [line] = target_checks(_model_rows(steady, [t / r for t, r in zip(steady, [0.88, 0.92] * 4 + [0.9])]))
+    assert 'unreliable: the target 0.9x lies inside the 90% interval of the median, 0.88x to 0.92x' in line
+
+
+def test_benchmark_layers_says_unreliable_for_rounds_that_disagree():
+    """Was: the layer ratios were ratios of medians, printed without their spread or a verdict's support."""
+    from timm_asap.benchmark import format_table, target_checks
+    times = {'asap': [10, 10, 10, 10, 10], 'asap_fft': [70, 8, 65, 72, 60], 'avg_pool2d': [5, 5, 5, 5, 5],
+             'blurpool': [30, 30, 30, 30, 30]}
+    rows = []
+    for method, ms in times.items():
+        row = dict(device='cpu', dtype='float32', batch=32, shape='64x112x112', channels_last=False,
+                   method=method, ms=sorted(ms)[2], round_ms=ms, **{'pass': 'forward'})
+        if method == 'asap':
+            row.update(speedup_vs_fft=6.5, ratio_vs_avg_pool2d=2.0, ratio_vs_blurpool=0.33)
+        rows.append(row)
+    fft, avg = target_checks(rows)
+    assert fft.startswith('cpu float32 asap_fft time / asap time >= 5x at every shape: unreliable at 1 of 1 cells')
+    assert '6.50x (min 0.80, max 7.20 over 5 rounds)' in fft and 'the rounds disagree' in fft
+    assert avg.endswith('asap time / avg_pool2d time <= 2.5x at every shape: met at all 1 cells (medians 2.00x to 2.00x)')
+    assert '| 6.5x |' in format_table(rows)  # rows without a recorded spread still print
