@@ -3,7 +3,9 @@
 Both paths run the real fine-tuning loop (``timm_asap.train.finetune``) on Fashion-MNIST at 32 px with
 the shipped ``resnet18_cifar.fmnist`` recipe, one after the other and repeated (alternating), and the
 images/s of the last epoch of each run are compared (the first epoch also warms up the allocator and,
-with workers, starts them). Validation is off, so only training steps are timed.
+with workers, starts them). Validation is off, so only training steps are timed. The ratio is the median
+of the per-repeat ratios (each repeat runs both paths in turn), with their lowest and highest
+(:mod:`timm_asap.timing`).
 
 Examples::
 
@@ -75,6 +77,8 @@ def main(argv=None) -> int:
     p.add_argument('--models', nargs='*', default=list(MODELS), choices=list(MODELS))
     args = p.parse_args(argv)
     import torch
+
+    from timm_asap.timing import paired_ratio
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, batch "
           f"{args.batch_size}, {args.workers} DataLoader workers, timing the last of {args.epochs} epochs")
     data_rates = {loader: _data_rate(loader, args, 2048) for loader in ('dataloader', 'memory')}
@@ -90,11 +94,11 @@ def main(argv=None) -> int:
                 rates[loader].append(rate)
                 print(f"  {name:34s} {loader:10s} {rate:9.1f} img/s", flush=True)
         dl, mem = statistics.median(rates['dataloader']), statistics.median(rates['memory'])
-        rows.append((name, images, dl, mem, mem / dl))
-    print(f"\n| model | images/epoch | DataLoader img/s | in-memory img/s | ratio memory/DataLoader |")
+        rows.append((name, images, dl, mem, paired_ratio(rates['memory'], rates['dataloader'])))
+    print("\n| model | images/epoch | DataLoader img/s | in-memory img/s | ratio memory/DataLoader (min-max) |")
     print("|---|---|---|---|---|")
     for name, images, dl, mem, ratio in rows:
-        print(f"| {name} | {images} | {dl:.1f} | {mem:.1f} | {ratio:.3f} |")
+        print(f"| {name} | {images} | {dl:.1f} | {mem:.1f} | {ratio.short()} |")
     return 0
 
 

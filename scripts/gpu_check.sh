@@ -19,6 +19,9 @@
 #   --cpu         tiny sizes on the CPU (what CI runs, under 2 minutes), to know the script works
 # Environment: PYTHON (default python3), FMNIST_DIR.
 # Installs the project without downloads (pip --no-deps --no-build-isolation -e ., else PYTHONPATH).
+# Exit status: 0 every step ran (ok, or stopped by its time box, or skipped for lack of time); 1 a step failed
+# or could not start (results of the others are still written); 2 bad arguments, no data, or an interpreter
+# (PYTHON) that cannot import torch, timm, pytest and the project (one line, before anything runs).
 set -u
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -32,7 +35,7 @@ while [ $# -gt 0 ]; do
     --data) DATA=$2; shift ;;
     --out) OUT=$2; shift ;;
     --budget) BUDGET=$2; shift ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
     *) echo "gpu_check.sh: unknown argument '$1'; allowed: --cpu, --data DIR, --out DIR, --budget SECONDS" >&2; exit 2 ;;
   esac
   shift
@@ -46,6 +49,16 @@ if [ -z "$DATA" ] || [ ! -f "$DATA/train-images-idx3-ubyte.gz" ] || [ ! -f "$DAT
   exit 2
 fi
 PY=${PYTHON:-python3}
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+# the interpreter first: every step runs with it, and one that cannot import what they need runs nothing
+if ! command -v ${PY%% *} >/dev/null 2>&1; then
+  echo "gpu_check.sh: the interpreter '$PY' was not found; set PYTHON to the project's python (e.g. PYTHON=.venv/bin/python)" >&2
+  exit 2
+fi
+if ! PY_ERROR=$($PY -c 'import torch, timm, pytest, timm_asap' 2>&1); then
+  echo "gpu_check.sh: the interpreter '$PY' ($(command -v ${PY%% *})) cannot run the check ($(printf '%s\n' "$PY_ERROR" | tail -n 1)); set PYTHON to a python with torch, timm and pytest installed (e.g. PYTHON=.venv/bin/python)" >&2
+  exit 2
+fi
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/gpu_check_work.XXXXXX")
@@ -54,19 +67,23 @@ LOG="$WORK/steps.jsonl"
 
 # install without downloads (GPU mode); PYTHONPATH keeps it working where pip cannot write, and in CPU mode
 if [ "$MODE" = gpu ]; then $PY -m pip install --no-deps --no-build-isolation -q -e . >"$WORK/install.log" 2>&1 || true; fi
-export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export HF_HUB_OFFLINE=1 TQDM_DISABLE=1 PYTHONUNBUFFERED=1
 if [ "$MODE" = cpu ]; then export CUDA_VISIBLE_DEVICES=""; fi
 
 RESERVE=$([ "$MODE" = cpu ] && echo 40 || echo 200)  # seconds kept for the study while earlier steps run
 left() { echo $(( BUDGET - SECONDS )); }
 
+FAILED=()  # steps that failed or could not start (or whose result could not be recorded): exit status 1
+
+# record ARGS...: gpu_check_record.py; a failure to record is a failure of the check
+record() { $PY "$ROOT/scripts/gpu_check_record.py" "$@" || FAILED+=("recording ($2)"); }
+
 # step NAME TIMEOUT_S CMD...: run CMD with a time box, record status, seconds and the output's tail
 step() {
   local name=$1 limit=$2; shift 2
   local have; have=$(left)
   if [ "$have" -lt 10 ]; then
-    $PY "$ROOT/scripts/gpu_check_record.py" "$LOG" "$name" "skipped: no time left" 0 /dev/null "$*"
+    record "$LOG" "$name" "skipped: no time left" 0 /dev/null "$*"
     return
   fi
   [ "$name" != study ] && have=$((have - RESERVE))
@@ -78,9 +95,11 @@ step() {
   local status=ok
   [ $rc -eq 124 ] || [ $rc -eq 137 ] && status="timed out after ${limit} s"
   [ $rc -eq 5 ] && [ "$name" = gpu_tests ] && status="ok (no gpu tests selected)"  # pytest: nothing collected
+  { [ $rc -eq 126 ] || [ $rc -eq 127 ]; } && status="could not start (exit $rc: $(tail -n 1 "$WORK/$name.out"))"
   [ $rc -ne 0 ] && [ "$status" = ok ] && status="failed (exit $rc)"
-  $PY "$ROOT/scripts/gpu_check_record.py" "$LOG" "$name" "$status" "$((SECONDS - t0))" "$WORK/$name.out" "$*"
-  $PY "$ROOT/scripts/gpu_check_record.py" --write "$LOG" "$OUT" "$MODE" "$BUDGET" >/dev/null
+  case "$status" in failed*|could*) FAILED+=("$name: $status"); echo "gpu_check: step $name $status" >&2 ;; esac
+  record "$LOG" "$name" "$status" "$((SECONDS - t0))" "$WORK/$name.out" "$*"
+  record --write "$LOG" "$OUT" "$MODE" "$BUDGET" >/dev/null
 }
 
 if [ "$MODE" = cpu ]; then
@@ -118,5 +137,9 @@ else
   step study "$(left)" $PY -m timm_asap.cli.main study --preset gpu --max-seconds "$(( $(left) - 15 ))" \
     --data-dir "$DATA" --output "$WORK/study" --no-progress
 fi
-$PY "$ROOT/scripts/gpu_check_record.py" --write "$LOG" "$OUT" "$MODE" "$BUDGET"
+record --write "$LOG" "$OUT" "$MODE" "$BUDGET"
 echo "gpu_check: results in $OUT ($(ls "$OUT" | wc -l) files); work files in $WORK"
+if [ ${#FAILED[@]} -gt 0 ]; then
+  echo "gpu_check: ${#FAILED[@]} step(s) failed or could not start: $(IFS=';'; echo "${FAILED[*]}")" >&2
+  exit 1
+fi

@@ -1,4 +1,5 @@
-"""scripts/gpu_check.sh in its CPU mode (tiny sizes): every step runs, time-boxed, and writes its results."""
+"""scripts/gpu_check.sh in its CPU mode (tiny sizes): every step runs, time-boxed, and writes its results;
+a step that fails or cannot start makes the exit status 1 (the interpreter check: test_bad_inputs_tools.py)."""
 import json
 import os
 import shutil
@@ -63,3 +64,29 @@ def test_gpu_check_bad_arguments(tmp_path):
     proc = subprocess.run(['bash', str(ROOT / 'scripts' / 'gpu_check.sh'), '--data', str(tmp_path)],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and 'no Fashion-MNIST IDX files' in proc.stderr
+
+
+@pytest.mark.skipif(shutil.which('timeout') is None or shutil.which('bash') is None, reason='needs bash and timeout')
+def test_gpu_check_steps_that_cannot_start_make_it_fail(tmp_path):
+    """An interpreter that imports what the check needs but whose step commands cannot start (exit 127, as a
+    missing command gives): every step is recorded as such and the exit status is 1, naming them."""
+    from finetune_helpers import write_fake_fashion_mnist
+
+    data = write_fake_fashion_mnist(tmp_path / 'fmnist', n_train=10, n_test=10)
+    wrapper = tmp_path / 'python'
+    wrapper.write_text(f"""#!/bin/sh
+case "$1" in
+  -m) echo "$2: cannot start here" >&2; exit 127 ;;
+esac
+exec {sys.executable} "$@"
+""")
+    wrapper.chmod(0o755)
+    out = tmp_path / 'out'
+    env = {**os.environ, 'PYTHON': str(wrapper), 'TMPDIR': str(tmp_path)}
+    proc = subprocess.run(['bash', str(ROOT / 'scripts' / 'gpu_check.sh'), '--cpu', '--data', str(data), '--out', str(out)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert f"{len(STEPS)} step(s) failed or could not start" in proc.stderr
+    status = json.loads((out / 'status.json').read_text())
+    assert [s['step'] for s in status['steps']] == STEPS
+    assert all(s['status'].startswith('could not start (exit 127') for s in status['steps']), status['steps']

@@ -541,3 +541,22 @@ def test_deprecated_integration_names_still_work():
     for _ in range(2):  # every use warns, not only the first import
         with pytest.warns(DeprecationWarning, match='install_transformers_integration is deprecated'):
             H.install_transformers_integration()
+
+
+def test_training_record_gives_the_card_what_the_run_used(tmp_path):
+    from timm_asap.hub.card import training_text
+    from timm_asap.hub.export import read_training_record
+    assert training_text({'amp': 'bfloat16', 'device': 'cuda:0 (NVIDIA H100)', 'world_size': 4}) == \
+        'bfloat16 autocast, on cuda:0 (NVIDIA H100), 4 processes'
+    assert training_text({'amp': 'float16', 'device': 'cuda:0', 'world_size': 1}) == \
+        'float16 autocast with a gradient scaler, on cuda:0'
+    assert training_text(None).startswith('not recorded')
+    cfg = load_config(HUB_CONFIG)
+    record = tmp_path / 'metrics.json'
+    record.write_text(json.dumps({'architecture': 'resnet18_cifar_flc', 'amp': 'off'}))
+    with pytest.raises(HubPublishError, match="records a run of 'resnet18_cifar_flc', but the model published is "
+                                              "'resnet18_cifar_asap'"):
+        read_training_record(record, cfg)
+    record.write_text('[1, 2]')
+    with pytest.raises(HubPublishError, match='expected a JSON object'):
+        read_training_record(record, cfg)

@@ -71,6 +71,31 @@ def test_benchmark_models_rows_and_ratios():
     assert 'resnet50_asap_fft' in format_table(rows)
     checks = target_checks(rows)
     assert any('FFT formulation' in c for c in checks) and any('>= 0.9x' in c for c in checks)
+    # one round supports no verdict; each ratio carries its spread over the rounds
+    assert all(c.endswith('unreliable: 1 round, at least 5 are needed for a verdict') for c in checks)
+    assert all(r['ratio_spread']['rounds'] == 1 and r['ratio_spread']['interval'] is None for r in rows)
+    assert all(r['ratio_spread']['min'] == r['ratio_spread']['median'] == r['ratio_spread']['max']
+               and abs(r['ratio_spread']['median'] - r['ratio_vs_baseline']) < 1e-3 for r in rows)
+
+
+def test_paired_ratio_interval_and_rule():
+    from timm_asap.timing import MIN_ROUNDS, median_interval, paired_ratio
+    assert MIN_ROUNDS == 5
+    # the order-statistic interval of the median: [min, max] for 5 to 7 values, then it moves inwards
+    assert median_interval([3, 1, 2, 5, 4]) == (1, 5) and median_interval([1, 2, 3, 4]) is None
+    assert median_interval(list(range(1, 10))) == (2, 8) and median_interval(list(range(1, 16))) == (4, 12)
+    r = paired_ratio([2, 4, 6], [1, 2, 2])
+    assert r.ratios == (2.0, 2.0, 3.0) and (r.low, r.median, r.high) == (2.0, 2.0, 3.0)
+    assert r.as_dict() == {'median': 2.0, 'min': 2.0, 'max': 3.0, 'rounds': 3, 'interval': None}
+    assert r.short() == '2.00x (2.00-3.00)'
+    # an outlier round outside the interval of nine does not stop a verdict
+    nine = paired_ratio([100] * 9, [100, 101, 99, 100, 102, 98, 100, 40, 100])
+    assert nine.verdict(0.9) == 'met' and nine.high == 2.5
+    assert nine.verdict(1.2, at_least=False) == 'met' and nine.verdict(1.0, at_least=False).startswith('unreliable')
+    with pytest.raises(ValueError, match='same rounds on both sides, got 2 and 1 rounds'):
+        paired_ratio([1, 2], [1])
+    with pytest.raises(ValueError, match='must be positive'):
+        paired_ratio([1, 0], [1, 1])
 
 
 def test_benchmark_models_times_both_placements_in_one_run():

@@ -4,7 +4,9 @@ that backend ``'auto'`` reads (:func:`winners_table`).
 
 Methods are timed interleaved (one call of each in turn, repeated), so slow drifts of a shared
 machine hit all of them alike; the median of the repeats is reported with ratios against the
-baselines measured in the same run.
+baselines measured in the same run: the median of the per-round ratios, with their spread
+(:mod:`timm_asap.timing`). :func:`target_checks` judges the layer's speed targets from those and says
+``unreliable`` where the rounds do not support a verdict.
 """
 from __future__ import annotations
 
@@ -19,12 +21,22 @@ from timm.layers import BlurPool2d
 
 from .layers import asap_pool2d, asap_pool2d_fft, set_backend
 from .layers.backends import TABLE_FORMAT, device_kind, layout_name, resolve_backend
+from .timing import PairedRatio, paired_ratio
 
 __all__ = [
     'RESNET50_SHAPES', 'RESNET50_ASAP_SHAPES', 'RESNET18_CIFAR_SHAPES', 'NETWORK_SHAPES', 'layer_methods',
-    'benchmark_layers', 'format_table',
+    'DEFAULT_REPEATS', 'LAYER_TARGETS', 'benchmark_layers', 'format_table', 'target_checks',
     'benchmark_backends', 'winners_table', 'format_backend_table',
 ]
+
+#: timed rounds of :func:`benchmark_layers` by default (enough for a verdict on a quiet machine, see
+#: :mod:`timm_asap.timing` and docs/benchmarks.md)
+DEFAULT_REPEATS = 9
+#: the layer's speed targets on CPU float32: (row key, numerator method, denominator method, target, at_least)
+LAYER_TARGETS = (
+    ('speedup_vs_fft', 'asap_fft', 'asap', 5.0, True),         # the FFT formulation takes >= 5x asap's time
+    ('ratio_vs_avg_pool2d', 'asap', 'avg_pool2d', 2.5, False),  # asap takes <= 2.5x avg_pool2d's time
+)
 
 # (channels, size) of the tensors that ResNet-50 downsamples at 224 px, at batch 32.
 RESNET50_SHAPES = ((3, 224), (64, 112), (128, 56), (256, 56), (512, 28), (1024, 14))
@@ -69,7 +81,7 @@ def benchmark_layers(
         dtype: torch.dtype = torch.float32,
         batch_size: int = 32,
         shapes=RESNET50_SHAPES,
-        repeats: int = 5,
+        repeats: int = DEFAULT_REPEATS,
         warmup: int = 1,
         channels_last: bool = False,
         progress: bool = True,
@@ -81,14 +93,16 @@ def benchmark_layers(
         dtype: input dtype (the FFT formulation computes in float32 for half types).
         batch_size: images per call.
         shapes: (channels, size) pairs; inputs are square.
-        repeats: timed rounds; the median is reported.
+        repeats: timed rounds; the median is reported (ratios: the median of the per-round ratios).
         warmup: untimed rounds first (matrix building, allocator, cuDNN autotuning).
         channels_last: feed channels_last inputs.
         progress: show a tqdm bar.
 
     Returns:
         One row per (shape, pass, method): ``device``, ``dtype``, ``shape``, ``pass``, ``method``,
-        ``ms`` (median), plus ``speedup_vs_fft`` and ``ratio_vs_avg_pool2d`` on the ``asap`` rows.
+        ``ms`` (median), ``round_ms`` (per round); on the ``asap`` rows ``speedup_vs_fft`` (FFT time / asap
+        time), ``ratio_vs_avg_pool2d`` and ``ratio_vs_blurpool`` (asap time / theirs), each the median of
+        the per-round ratios, with ``<name>_spread`` (:meth:`~timm_asap.timing.PairedRatio.as_dict`).
     """
     from tqdm.auto import tqdm
 
@@ -113,17 +127,27 @@ def benchmark_layers(
         for name, ms in med.items():
             row = dict(device=device.type, dtype=str(dtype).replace('torch.', ''), batch=batch_size,
                        shape=f'{channels}x{size}x{size}', channels_last=channels_last, **{'pass': pass_},
-                       method=name, ms=round(ms, 3))
+                       method=name, ms=round(ms, 3), round_ms=[round(t * 1e3, 4) for t in times[name]])
             if name == 'asap':
-                row['speedup_vs_fft'] = round(med['asap_fft'] / ms, 2)
-                row['ratio_vs_avg_pool2d'] = round(ms / med['avg_pool2d'], 2)
-                row['ratio_vs_blurpool'] = round(ms / med['blurpool'], 2)
+                for key, numerator, denominator in (('speedup_vs_fft', 'asap_fft', 'asap'),
+                                                    ('ratio_vs_avg_pool2d', 'asap', 'avg_pool2d'),
+                                                    ('ratio_vs_blurpool', 'asap', 'blurpool')):
+                    ratio = paired_ratio(times[numerator], times[denominator])
+                    row[key], row[f'{key}_spread'] = round(ratio.median, 2), ratio.as_dict()
             rows.append(row)
     return rows
 
 
+def _spread_cell(row: dict, key: str, digits: int = 2) -> str:
+    spread = row.get(f'{key}_spread')
+    if not spread:
+        return f"{row[key]:.{digits}f}x"
+    return f"{spread['median']:.{digits}f}x ({spread['min']:.{digits}f}-{spread['max']:.{digits}f})"
+
+
 def format_table(rows: list[dict]) -> str:
-    """A Markdown table: one line per (device, dtype, shape, pass) with every method's time and the ratios."""
+    """A Markdown table: one line per (device, dtype, shape, pass) with every method's time and the ratios
+    (median of the per-round ratios, their lowest and highest in brackets)."""
     groups: dict[tuple, dict] = {}
     for r in rows:
         key = (r['device'], r['dtype'], r['shape'], r['pass'])
@@ -134,9 +158,48 @@ def format_table(rows: list[dict]) -> str:
     for (device, dtype, shape, pass_), m in groups.items():
         a = m['asap']
         lines.append(f"| {device} | {dtype} | {shape} | {pass_} | {a['ms']:.2f} | {m['asap_fft']['ms']:.2f} | "
-                     f"{m['avg_pool2d']['ms']:.2f} | {m['blurpool']['ms']:.2f} | {a['speedup_vs_fft']:.1f}x | "
-                     f"{a['ratio_vs_avg_pool2d']:.2f}x | {a['ratio_vs_blurpool']:.2f}x |")
+                     f"{m['avg_pool2d']['ms']:.2f} | {m['blurpool']['ms']:.2f} | {_spread_cell(a, 'speedup_vs_fft', 1)} | "
+                     f"{_spread_cell(a, 'ratio_vs_avg_pool2d')} | {_spread_cell(a, 'ratio_vs_blurpool')} |")
     return '\n'.join(lines)
+
+
+def target_checks(rows: list[dict]) -> list[str]:
+    """The layer's speed targets (:data:`LAYER_TARGETS`, CPU float32) over every measured shape and pass.
+
+    Each cell's per-round ratio (from the rows' ``round_ms``) gets a verdict
+    (:meth:`~timm_asap.timing.PairedRatio.verdict`); a target is ``NOT met`` where any cell is reliably on
+    the wrong side, else ``unreliable`` where any cell's rounds do not support a verdict, else ``met``.
+
+    Returns:
+        One line per target (none without CPU float32 rows).
+    """
+    groups: dict[tuple, dict] = {}
+    for r in rows:
+        if r['device'] == 'cpu' and r['dtype'] == 'float32' and r.get('round_ms'):
+            groups.setdefault((r['shape'], r['pass']), {})[r['method']] = r
+    out = []
+    for key, numerator, denominator, target, at_least in LAYER_TARGETS:
+        cells: list[tuple[str, PairedRatio, str]] = []
+        for (shape, pass_), m in groups.items():
+            if numerator in m and denominator in m:
+                ratio = paired_ratio(m[numerator]['round_ms'], m[denominator]['round_ms'])
+                cells.append((f"{shape} {pass_}", ratio, ratio.verdict(target, at_least)))
+        if not cells:
+            continue
+        goal = f"{numerator} time / {denominator} time {'>=' if at_least else '<='} {target:g}x at every shape"
+        medians = [c[1].median for c in cells]
+        failed = [c for c in cells if c[2] == 'NOT met']
+        unsure = [c for c in cells if c[2].startswith('unreliable')]
+        if failed:
+            verdict = 'NOT met at ' + '; '.join(f"{label} {ratio.describe(2)}" for label, ratio, _ in failed)
+        elif unsure:
+            verdict = (f"unreliable at {len(unsure)} of {len(cells)} cells ("
+                       + '; '.join(f"{label} {ratio.describe(2)}" for label, ratio, _ in unsure)
+                       + f"): {unsure[0][2].split(': ', 1)[1]}")
+        else:
+            verdict = f"met at all {len(cells)} cells (medians {min(medians):.2f}x to {max(medians):.2f}x)"
+        out.append(f"cpu float32 {goal}: {verdict}")
+    return out
 
 
 def _median_ms(times: list[float]) -> float:
@@ -170,7 +233,8 @@ def benchmark_backends(
     Returns:
         One row per (shape, method): ``device``, ``device_kind``, ``dtype``, ``layout``, ``batch``,
         ``channels``, ``height``, ``width``, ``method`` (a backend or ``'avg_pool2d'``), ``ms``, and on
-        backend rows ``ratio_vs_avg_pool2d`` and ``ratio_vs_two_product`` (when measured). A backend that
+        backend rows ``ratio_vs_avg_pool2d`` and ``ratio_vs_two_product`` (when measured: the median of the
+        per-round time ratios, with ``<name>_spread``, :meth:`~timm_asap.timing.PairedRatio.as_dict`). A backend that
         would not run on this input (e.g. ``'triton'`` without CUDA, ``'kronecker'`` on a large plane)
         gets ``ms=None`` and ``skipped`` saying why; it is never timed as its fallback.
     """
@@ -205,6 +269,10 @@ def benchmark_backends(
                         if round_ >= warmup:
                             times[name].append(t)
             med = {name: _median_ms(ts) for name, ts in times.items()}
+            ratios = {name: {'ratio_vs_avg_pool2d': paired_ratio(ts, times['avg_pool2d']),
+                             **({'ratio_vs_two_product': paired_ratio(ts, times['two_product'])}
+                                if 'two_product' in times else {})}
+                      for name, ts in times.items() if name != 'avg_pool2d'}
             base = dict(device=device.type, device_kind=device_kind(device), dtype=dtype_name, layout=layout_name(x),
                         batch=batch_size, channels=channels, height=size, width=size)
             for name in ('avg_pool2d',) + tuple(backends):
@@ -212,9 +280,8 @@ def benchmark_backends(
                 if name in skipped:
                     row['skipped'] = skipped[name]
                 elif name != 'avg_pool2d':
-                    row['ratio_vs_avg_pool2d'] = round(med[name] / med['avg_pool2d'], 3)
-                    if 'two_product' in med:
-                        row['ratio_vs_two_product'] = round(med[name] / med['two_product'], 3)
+                    for key, ratio in ratios[name].items():
+                        row[key], row[f'{key}_spread'] = round(ratio.median, 3), ratio.as_dict()
                 rows.append(row)
     finally:
         set_backend(previous)
@@ -252,13 +319,14 @@ def format_backend_table(rows: list[dict]) -> str:
         key = (r['device_kind'], r['dtype'], r['layout'], r['batch'], r['channels'], r['height'])
         groups.setdefault(key, {})[r['method']] = r
     methods = [m for m in dict.fromkeys(r['method'] for r in rows) if m != 'avg_pool2d']
-    head = ['device', 'dtype', 'layout', 'input'] + ['avg_pool2d ms'] + [f'{m} ms (/avg_pool2d)' for m in methods]
+    head = ['device', 'dtype', 'layout', 'input'] + ['avg_pool2d ms'] + [f'{m} ms (/avg_pool2d: median (min-max))'
+                                                                         for m in methods]
     lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * 4 + '---:|' * (1 + len(methods))]
     for (kind, dtype, layout, batch, channels, size), m in groups.items():
         cells = [kind, dtype, layout, f'{batch}x{channels}x{size}x{size}', f"{m['avg_pool2d']['ms']:.3f}"]
         for name in methods:
             r = m.get(name)
             cells.append('skipped' if r is None or r['ms'] is None else
-                         f"{r['ms']:.3f} ({r['ratio_vs_avg_pool2d']:.2f}x)")
+                         f"{r['ms']:.3f} ({_spread_cell(r, 'ratio_vs_avg_pool2d')})")
         lines.append('| ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines)

@@ -901,8 +901,10 @@ def _run_study(opts: StudyOptions, log: Callable[[str], None]) -> dict[str, Any]
                    out / 'eval' / name / f'seed{first_seed}' / 'conversion') for name in families for arm in arms if arm.epochs]
     for label, cfg, results_dir in published:
         hub_dir = out / 'hub' / label
-        trained = load_trained_model(cfg, _run_dir(out, label, first_seed) / 'model.safetensors')
-        build_hub_folder(trained, cfg, hub_dir, results=load_eval_results(results_dir), eval_model=label)
+        run_dir = _run_dir(out, label, first_seed)
+        trained = load_trained_model(cfg, run_dir / 'model.safetensors')
+        build_hub_folder(trained, cfg, hub_dir, results=load_eval_results(results_dir), eval_model=label,
+                         training=run_dir / 'metrics.json')
         check = _reload_check(label, cfg, trained, hub_dir, out / 'hf_cache', probe)
         reload_checks.append(check)
         verdict = 'identical logits' if check['identical'] else f"max |logit diff| {check['max_abs_logit_diff']:.2e}"

@@ -12,8 +12,8 @@ import torch
 
 from .._files import atomic_write_text
 from ..benchmark import (
-    NETWORK_SHAPES, RESNET50_SHAPES, benchmark_backends, benchmark_layers, format_backend_table, format_table,
-    winners_table,
+    DEFAULT_REPEATS, NETWORK_SHAPES, RESNET50_SHAPES, benchmark_backends, benchmark_layers, format_backend_table,
+    format_table, target_checks, winners_table,
 )
 from ..layers import BACKENDS
 
@@ -37,8 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help='CUDA dtypes (default: float32 bfloat16; with --backends: bfloat16)')
     p.add_argument('--batch-size', type=int, default=None,
                    help='images per call (default 32; with --backends: 32 for resnet50, 128 for resnet18_cifar)')
-    p.add_argument('--repeats', type=int, default=None, help='timed interleaved rounds, median reported '
-                                                             '(default 5; with --backends: 20)')
+    p.add_argument('--repeats', type=int, default=None,
+                   help=f'timed interleaved rounds, median reported; ratios are the median of the per-round '
+                        f'ratios with their lowest and highest, and a target verdict says unreliable when the '
+                        f'rounds disagree (default {DEFAULT_REPEATS}; with --backends: 20)')
     p.add_argument('--channels-last', action='store_true', help='channels_last inputs')
     p.add_argument('--shapes', nargs='+', default=None, metavar='CxS',
                    help='e.g. 64x112 256x56 (default: the ResNet-50 shapes; with --backends: the --networks shapes)')
@@ -150,7 +152,7 @@ def main(argv=None) -> int:
         runs += [('cuda', DTYPES[d]) for d in (args.cuda_dtypes or ['float32', 'bfloat16'])]
     rows = []
     for device, dtype in runs:
-        rows += benchmark_layers(device, dtype, args.batch_size or 32, shapes, args.repeats or 5,
+        rows += benchmark_layers(device, dtype, args.batch_size or 32, shapes, args.repeats or DEFAULT_REPEATS,
                                  channels_last=args.channels_last)
     print(f"torch {torch.__version__}, {os.cpu_count()} CPU threads available, "
           f"{torch.get_num_threads()} used; GPU: {torch.cuda.get_device_name() if torch.cuda.is_available() else 'none'}")
@@ -163,8 +165,11 @@ def main(argv=None) -> int:
     }
     print(f"asap vs FFT formulation: {summary['min_speedup_vs_fft']:.2f}x to "
           f"{summary['max_speedup_vs_fft']:.2f}x the speed (> 1: asap faster); "
-          f"asap / avg_pool2d time: at most {summary['max_ratio_vs_avg_pool2d']:.2f}x")
-    _write_atomic(args.output, json.dumps({'torch': torch.__version__, 'summary': summary, 'rows': rows}, indent=2))
+          f"asap / avg_pool2d time: at most {summary['max_ratio_vs_avg_pool2d']:.2f}x (medians of the per-round ratios)")
+    checks = target_checks(rows)
+    print('\n'.join(checks))
+    _write_atomic(args.output, json.dumps({'torch': torch.__version__, 'summary': summary, 'targets': checks,
+                                           'rows': rows}, indent=2))
     return 0
 
 

@@ -14,8 +14,9 @@ import torch
 import yaml
 
 from timm_asap.models.benchmark import (
-    AFTER_SUFFIX, FAMILIES, MODELS, benchmark_models, cpu_peak_rss, format_profile, format_table, placed_labels,
-    profile_extra_time, target_checks)
+    AFTER_SUFFIX, DEFAULT_ROUNDS, FAMILIES, MODELS, benchmark_models, cpu_peak_rss, format_profile, format_table,
+    placed_labels, profile_extra_time, target_checks)
+from timm_asap.timing import MIN_ROUNDS, SPREAD_LIMIT
 
 from ._errors import run_cli
 from ._yaml_defaults import parse_args_with_yaml_defaults
@@ -73,7 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="instead of timing, profile a few training steps of each converted model of the family and "
                         "its baseline (torch.profiler) and write profile.md / profile.json: the pooling modules' "
                         "time and the operators with the most extra time")
-    p.add_argument('--rounds', type=int, default=3, help='timed interleaved rounds (median reported)')
+    p.add_argument('--rounds', type=int, default=DEFAULT_ROUNDS,
+                   help=f"timed interleaved rounds (default {DEFAULT_ROUNDS}); each ratio is the median of the "
+                        f"per-round ratios, shown with their lowest and highest; a target verdict needs at least "
+                        f"{MIN_ROUNDS} rounds whose ratios agree within {SPREAD_LIMIT:g}x, else it says unreliable")
     p.add_argument('--iters', type=int, default=1, help='steps per model and pass in each round')
     p.add_argument('--warmup', type=int, default=1, help='untimed rounds first (compilation happens here)')
     p.add_argument('--cuda-rounds', type=int, default=None, help='rounds on CUDA (default: 10x --rounds)')

@@ -11,9 +11,11 @@ from ..config import RunConfig, base_source_kind
 from ..data.fashion_mnist import FASHION_MNIST_NAMES
 from ..version import __version__
 from ..models import is_variant
+from ..models.weight_tags import weight_tag
 from .results import EvalResults
 
-__all__ = ['CITATIONS', 'DATASET_NAMES', 'dataset_label', 'base_model_repo', 'card_metadata', 'build_model_card']
+__all__ = ['CITATIONS', 'DATASET_NAMES', 'POOLING_TAGS', 'dataset_label', 'base_model_repo', 'pooling_tags',
+           'card_metadata', 'training_text', 'build_model_card']
 
 DATASET_NAMES = {
     **{name: 'Fashion-MNIST' for name in FASHION_MNIST_NAMES}, 'zalando-datasets/fashion_mnist': 'Fashion-MNIST',
@@ -22,6 +24,8 @@ DATASET_NAMES = {
 }
 # metric ids of results.json -> Hub metric types
 _METRIC_TYPES = {'top1': 'accuracy', 'top5': 'top_5_accuracy'}
+#: card tags that name a pooling kind; a card carries only its own model's (see :func:`pooling_tags`)
+POOLING_TAGS = frozenset({'asap', 'flc', 'baseline'})
 
 CITATIONS = {
     'asap': """@article{grabinski2023asap,
@@ -97,18 +101,26 @@ def _eval_results(cfg: RunConfig, results: EvalResults, eval_model: str) -> list
     return out
 
 
+def pooling_tags(pool: str) -> list[str]:
+    """The card tags that say which pooling the model has: ``[pool, 'anti-aliasing', 'robustness']`` for ASAP
+    and FLC, ``['baseline']`` for the model without spectral pooling."""
+    return ['baseline'] if pool == 'none' else [pool, 'anti-aliasing', 'robustness']
+
+
 def card_metadata(cfg: RunConfig, results: EvalResults | None, eval_model: str | None = None) -> ModelCardData:
     """The card's YAML metadata (library, licence, tags, datasets, base model, pipeline, model-index).
+
+    The tags naming a pooling kind (:data:`POOLING_TAGS`) come from ``model.pool`` alone: such a tag in
+    ``hub.tags`` that is not this model's (e.g. ``baseline`` in a recipe shared with the baseline, applied
+    to an ASAP model) is left out.
 
     Args:
         cfg: the run configuration.
         results: evaluation results (None: no model-index).
         eval_model: the published model's name in ``results`` (see :meth:`EvalResults.select_model`).
     """
-    tags = ['image-classification', 'timm', 'timm-asap', 'transformers']
-    tags += [t for t in (cfg.model.pool if cfg.model.pool != 'none' else None, 'anti-aliasing', 'robustness')
-             if t]
-    tags += [t for t in cfg.hub.tags if t not in tags]
+    tags = ['image-classification', 'timm', 'timm-asap', 'transformers'] + pooling_tags(cfg.model.pool)
+    tags += [t for t in cfg.hub.tags if t not in tags and t not in POOLING_TAGS]
     eval_results = None
     if results is not None:
         eval_results = _eval_results(cfg, results, eval_model or results.select_model(cfg.model.architecture, cfg.name))
@@ -124,10 +136,26 @@ def card_metadata(cfg: RunConfig, results: EvalResults | None, eval_model: str |
     )
 
 
-def _usage(cfg: RunConfig, repo_id: str, input_size: tuple[int, ...]) -> str:
-    registry_line = (f"# or through the registry's Hub id: timm.create_model('{cfg.name}', pretrained=True)\n"
-                     if cfg.model.tag else '')
-    return f"""### timm
+def _registry_note(cfg: RunConfig, repo_id: str) -> str:
+    """A sentence on loading by registry name, only where timm-asap's registry points that name at ``repo_id``."""
+    tag = weight_tag(cfg.name)
+    if tag is None or tag.hf_hub_id != repo_id:
+        return ''
+    if tag.published:
+        return (f"\n\n`timm.create_model('{cfg.name}', pretrained=True)` loads the same weights through "
+                "timm-asap's registry.")
+    return (f"\n\ntimm-asap registers the name `{cfg.name}` for these weights; once a release marks the tag "
+            f"published, `timm.create_model('{cfg.name}', pretrained=True)` loads them too (timm-asap "
+            f"{__version__} does not yet).")
+
+
+def _usage(cfg: RunConfig, repo_id: str, input_size: tuple[int, ...], num_classes: int) -> str:
+    grey = input_size[0] == 1
+    top = min(5, num_classes)
+    image = ("  # your image; this model takes one grey channel" if grey else "  # your image")
+    return f"""`image.png` stands for your own image file.
+
+### timm
 
 ```python
 import timm_asap  # registers the ASAP/FLC architectures in timm: import it first
@@ -136,18 +164,31 @@ import torch
 from PIL import Image
 
 model = timm.create_model('hf-hub:{repo_id}', pretrained=True).eval()
-{registry_line}data_config = timm.data.resolve_model_data_config(model)  # input size {tuple(input_size)}
+data_config = timm.data.resolve_model_data_config(model)  # input size {tuple(input_size)}
 transform = timm.data.create_transform(**data_config, is_training=False)
 
-img = Image.open('image.png').convert('{'L' if input_size[0] == 1 else 'RGB'}')
+img = Image.open('image.png').convert('{'L' if grey else 'RGB'}'){image}
 with torch.inference_mode():
     probs = model(transform(img).unsqueeze(0)).softmax(dim=-1)
-top5_prob, top5_idx = probs.topk(5)
-```
+top_prob, top_idx = probs.topk({top})
+print(top_prob, top_idx)
+```{_registry_note(cfg, repo_id)}
 
-{_transformers_usage(repo_id, input_size)}
+{_transformers_usage(repo_id, grey)}
 
 {_import_note(cfg.model.architecture)}
+
+### Checked loading
+
+timm-asap's own loaders check the files (weights digest, architecture, pooling) before building the model:
+
+```python
+from timm_asap import hub
+
+model = hub.load_model('hf-hub:{repo_id}')  # the timm model, in eval mode
+classifier = hub.transformers_pipeline('{repo_id}')  # the transformers pipeline
+print(classifier('image.png'))
+```
 
 ### Offline use
 
@@ -163,23 +204,28 @@ def _import_note(arch: str) -> str:
     return f"`{arch}` is a plain timm architecture; `import timm_asap` is harmless and keeps the snippets uniform."
 
 
-def _transformers_usage(repo_id: str, input_size: tuple[int, ...]) -> str:
-    grey = ''
-    if input_size[0] == 1:
-        grey = ("\n\nThis model takes one-channel (grey) images. transformers' pipeline hands every image over as "
-                "RGB; its config names the `TimmAsapImageProcessor` that `import timm_asap` registers, which "
-                "converts them back to grey first (without `import timm_asap` the pipeline cannot feed the model).")
+def _transformers_usage(repo_id: str, grey: bool) -> str:
+    if grey:
+        head = ("import timm_asap.hub  # registers the ASAP/FLC architectures in timm before transformers builds "
+                "the model\nfrom transformers import AutoModelForImageClassification, pipeline\n\n"
+                "timm_asap.hub.register_image_processor()  # the grey-image processor this model's config names\n")
+        note = ("\n\nThis model takes one-channel (grey) images. transformers' pipeline hands every image over as "
+                "RGB; the model's config names the `TimmAsapImageProcessor`, which converts them back to grey "
+                "first. `timm_asap.hub.register_image_processor()` registers it with transformers: `import "
+                "timm_asap` alone does not, and without it the pipeline stops with `Unrecognized image "
+                "processor`. The checked loaders below register it themselves.")
+    else:
+        head = ("import timm_asap  # registers the ASAP/FLC architectures in timm before transformers builds the "
+                "model\nfrom transformers import AutoModelForImageClassification, pipeline\n\n")
+        note = ''
     return f"""### transformers
 
 ```python
-import timm_asap  # registers the architecture in timm before transformers builds the model
-from transformers import AutoModelForImageClassification, pipeline
-
-classifier = pipeline('image-classification', model='{repo_id}')
+{head}classifier = pipeline('image-classification', model='{repo_id}')
 print(classifier('image.png'))
 
 model = AutoModelForImageClassification.from_pretrained('{repo_id}').eval()
-```{grey}"""
+```{note}"""
 
 
 def _fmt(value: Any) -> str:
@@ -200,19 +246,57 @@ def _placement(cfg: RunConfig) -> str:
             f"pooling: BlurPool's placement)")
 
 
-def _recipe(cfg: RunConfig, recipe_file: str, pcfg: dict[str, Any]) -> str:
+def training_text(training: dict[str, Any] | None) -> str:
+    """The precision and device a run trained with, from its ``metrics.json`` (what the run used, not what
+    its config asked for: ``train.amp_dtype`` applies on CUDA only).
+
+    Args:
+        training: the run's ``metrics.json`` (keys ``amp``, ``device``, ``world_size``), or None.
+
+    Returns:
+        E.g. ``'float32 (no autocast), on cpu'`` or ``'bfloat16 autocast, on cuda:0 (NVIDIA H100), 4 processes'``.
+
+    Example:
+        >>> training_text({'amp': 'off', 'device': 'cpu', 'world_size': 1})
+        'float32 (no autocast), on cpu'
+    """
+    if not training or not training.get('amp'):
+        return "not recorded (published without the run's metrics.json)"
+    amp = training['amp']
+    text = 'float32 (no autocast)' if amp == 'off' else (
+        f"{amp} autocast" + (' with a gradient scaler' if amp == 'float16' else ''))
+    if training.get('device'):
+        text += f", on {training['device']}"
+    if (training.get('world_size') or 1) > 1:
+        text += f", {training['world_size']} processes"
+    return text
+
+
+def _split_text(split: str, subset: int | None) -> str:
+    return f"split `{split}`, " + (f"a fixed random subset of {subset} images" if subset else 'all images')
+
+
+def _epochs_text(cfg: RunConfig, training: dict[str, Any] | None) -> str:
+    planned = cfg.train.epochs
+    done = (training or {}).get('epochs_completed')
+    if done is None or done == planned:
+        return str(planned)
+    return f"{done} of {planned} planned (run status {training.get('status', 'unknown')})"
+
+
+def _recipe(cfg: RunConfig, recipe_file: str, pcfg: dict[str, Any], training: dict[str, Any] | None) -> str:
     t, d = cfg.train, cfg.data
     rows = [
         ('Base checkpoint', f"`{cfg.model.base}` (zero-shot conversion, then fine-tuning)" if cfg.model.base
          else 'random initialisation'),
         ('Pooling', f"{cfg.model.pool} (mode `{cfg.model.mode}`){_placement(cfg)}"),
-        ('Dataset', f"{dataset_label(cfg)} (train split `{d.train_split}`"
-                    f"{f', a fixed random subset of {d.train_subset} images' if d.train_subset else ''}; "
-                    f"evaluation split `{d.val_split}`{f', a fixed random subset of {d.val_subset} images' if d.val_subset else ''})"),
+        ('Training data', f"{dataset_label(cfg)}, {_split_text(d.train_split, d.train_subset)}"),
+        ('Validation during training', f"{_split_text(d.val_split, d.val_subset)} (watched while training; the "
+                                       "evaluation results above are a separate run)" if d.val_split else 'none'),
         ('Input', f"{cfg.model.in_chans} x {cfg.model.img_size} x {cfg.model.img_size}, interpolation "
                   f"{pcfg.get('interpolation', d.interpolation)}, crop_pct {_fmt(pcfg.get('crop_pct', d.crop_pct))}"),
         ('Normalisation', f"mean {_fmt(pcfg.get('mean', d.mean))}, std {_fmt(pcfg.get('std', d.std))}"),
-        ('Epochs', t.epochs), ('Batch size', f"{t.batch_size} x {t.grad_accum_steps} accumulation steps"),
+        ('Epochs', _epochs_text(cfg, training)), ('Batch size', f"{t.batch_size} x {t.grad_accum_steps} accumulation steps"),
         ('Optimizer', f"{t.opt}, lr {t.lr:g}, momentum {t.momentum:g}, weight decay {t.weight_decay:g}"),
         ('Schedule', f"{t.sched}, {t.warmup_epochs} warm-up epochs from {t.warmup_lr:g}, min lr {t.min_lr:g}"),
         ('Regularisation', f"label smoothing {t.label_smoothing:g}, mixup {t.mixup:g}, cutmix {t.cutmix:g}"
@@ -220,7 +304,7 @@ def _recipe(cfg: RunConfig, recipe_file: str, pcfg: dict[str, Any]) -> str:
         ('EMA', f"decay {t.model_ema_decay:g}" if t.model_ema else 'off'),
         ('Distillation', f"from `{t.distill.teacher or cfg.model.base}`, alpha {t.distill.alpha:g}, "
                          f"temperature {t.distill.temperature:g}" if t.distill.enabled else 'off'),
-        ('Precision', f"{t.amp_dtype} autocast on CUDA"), ('Seed', t.seed),
+        ('Precision', training_text(training)), ('Seed', t.seed),
     ]
     table = '\n'.join(['| Setting | Value |', '|---|---|'] + [f"| {k} | {_fmt(v)} |" for k, v in rows])
     return f"{table}\n\nThe complete resolved configuration is [`{recipe_file}`]({recipe_file})."
@@ -228,7 +312,7 @@ def _recipe(cfg: RunConfig, recipe_file: str, pcfg: dict[str, Any]) -> str:
 
 def build_model_card(cfg: RunConfig, repo_id: str, config_json: dict[str, Any], results: EvalResults | None,
                      plots: list[str], num_params: int, recipe_file: str = 'run_config.yaml',
-                     eval_model: str | None = None) -> str:
+                     eval_model: str | None = None, training: dict[str, Any] | None = None) -> str:
     """The README.md text of a Hub folder.
 
     Args:
@@ -240,6 +324,8 @@ def build_model_card(cfg: RunConfig, repo_id: str, config_json: dict[str, Any], 
         num_params: parameter count of the published model.
         recipe_file: name of the resolved run configuration file in the folder.
         eval_model: the published model's name in ``results``.
+        training: the run's ``metrics.json`` (what the run used: precision, device, epochs completed);
+            None: the card says these were not recorded.
 
     Returns:
         Markdown with a YAML metadata header.
@@ -285,12 +371,13 @@ def build_model_card(cfg: RunConfig, repo_id: str, config_json: dict[str, Any], 
         others = [m for m in results.models if m != eval_model]
         body += [f"This model is `{eval_model}` in the tables"
                  + (f"; also evaluated on the same images: {', '.join(f'`{m}`' for m in others)}." if others else '.'),
-                 '', results.markdown_table()]
+                 '', results.markdown_table(), '', results.image_counts_text(eval_model)]
         for p in plots:
             body += ['', f"![{Path(p).stem.replace('_', ' ')}]({p})"]
         body += ['', 'The raw numbers are in [`results.json`](results.json).']
-    body += ['', '## Usage', '', _usage(cfg, repo_id, input_size), '', '## Training recipe', '',
-             _recipe(cfg, recipe_file, pcfg), '', '## Citation', '']
+    num_classes = int(config_json.get('num_classes') or cfg.model.num_classes)
+    body += ['', '## Usage', '', _usage(cfg, repo_id, input_size, num_classes), '', '## Training recipe', '',
+             _recipe(cfg, recipe_file, pcfg, training), '', '## Citation', '']
     keys = ['asap', 'flc', 'timm'] if pool != 'flc' else ['flc', 'asap', 'timm']
     for key in keys:
         body += ['```bibtex', CITATIONS[key], '```', '']

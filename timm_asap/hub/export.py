@@ -44,10 +44,12 @@ from .results import EvalResults, find_eval_results, load_eval_results
 __all__ = ['RUN_CONFIG_NAME', 'TRAIN_CONFIG_NAME', 'resolve_label_names', 'check_publishable', 'create_model_from_config',
            'check_pooling', 'load_checkpoint_state_dict', 'load_state_dict_checked', 'load_trained_model',
            'hub_config_json', 'build_hub_folder', 'resolve_run_config', 'export_output_dir', 'export_resolved',
-           'HUB_FOLDER_FILES', 'PUBLISH_WRITER', 'entries_not_published', 'check_hub_output', 'publish_inputs']
+           'HUB_FOLDER_FILES', 'PUBLISH_WRITER', 'entries_not_published', 'check_hub_output', 'publish_inputs',
+           'METRICS_NAME', 'read_training_record']
 
 RUN_CONFIG_NAME = 'run_config.yaml'
 TRAIN_CONFIG_NAME = RUN_CONFIG_FILE  # the resolved config the fine-tuning tool writes beside model.safetensors
+METRICS_NAME = 'metrics.json'  # what the fine-tuning run recorded (precision, device, epochs) beside it
 PUBLISH_WRITER = 'timm-asap publish'
 #: the files :func:`build_hub_folder` writes; besides them a Hub folder holds ``plots/`` with PNG files
 HUB_FOLDER_FILES = frozenset({WEIGHTS_NAME, CONFIG_NAME, 'README.md', RUN_CONFIG_NAME, 'results.json', 'results.md'})
@@ -112,6 +114,30 @@ def _result_inputs(results: EvalResults | None) -> dict[str, Path]:
         files['evaluation table'] = results.table
     files.update({f"evaluation plot {p.name}": p for p in results.plots})
     return files
+
+
+def read_training_record(path: str | Path, cfg: RunConfig) -> dict[str, Any]:
+    """A fine-tuning run's ``metrics.json``, checked to be the run of ``cfg``'s architecture.
+
+    The card reads what the run actually used from it (``amp``: the autocast dtype or ``'off'``,
+    ``device``, ``world_size``, ``epochs_completed``, ``status``), not what its config asked for.
+
+    Raises:
+        HubPublishError: the file is unreadable, not a JSON object, or records another architecture.
+    """
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text(encoding='utf-8'))
+    except (OSError, ValueError) as e:
+        raise HubPublishError(f"{path}: cannot read the run's record ({type(e).__name__}: {e})") from None
+    if not isinstance(record, dict):
+        raise HubPublishError(f"{path}: expected a JSON object (the fine-tuning run's metrics), got "
+                              f"{type(record).__name__}")
+    arch = record.get('architecture')
+    if arch is not None and arch != cfg.model.architecture:
+        raise HubPublishError(f"{path}: records a run of {arch!r}, but the model published is "
+                              f"{cfg.model.architecture!r}; publish the checkpoint of that run's folder")
+    return record
 
 
 def resolve_label_names(cfg: RunConfig, num_classes: int) -> list[str] | None:
@@ -318,7 +344,8 @@ def hub_config_json(model: nn.Module, cfg: RunConfig, path: str | Path,
 def build_hub_folder(model: nn.Module, cfg: RunConfig, output_dir: str | Path, *,
                      results: EvalResults | str | Path | None = None, allow_no_eval: bool = False,
                      repo_id: str | None = None, eval_model: str | None = None,
-                     inputs: Mapping[str, str | os.PathLike] | None = None) -> Path:
+                     inputs: Mapping[str, str | os.PathLike] | None = None,
+                     training: dict[str, Any] | str | Path | None = None) -> Path:
     """Write a complete, checked Hub folder for a trained model (atomically: all or nothing).
 
     Args:
@@ -334,6 +361,8 @@ def build_hub_folder(model: nn.Module, cfg: RunConfig, output_dir: str | Path, *
             :meth:`EvalResults.select_model`).
         inputs: the files the model was read from (``{'checkpoint': path}``); the folder may not hold
             them. The results' files are added.
+        training: the fine-tuning run's ``metrics.json`` (path or its content): the card's precision, device
+            and completed epochs come from it (None: the card says they were not recorded).
 
     Returns:
         ``output_dir``.
@@ -355,6 +384,8 @@ def build_hub_folder(model: nn.Module, cfg: RunConfig, output_dir: str | Path, *
             f"refusing to publish {cfg.name} without evaluation results: evaluate it (timm-asap-evaluate) and "
             "pass its output folder, or allow publishing without results (--allow-no-eval)")
     eval_model = results.select_model(cfg.model.architecture, cfg.name, eval_model) if results is not None else None
+    if training is not None and not isinstance(training, dict):
+        training = read_training_record(training, cfg)
     num_classes = getattr(model, 'num_classes', cfg.model.num_classes)
     if num_classes != cfg.model.num_classes:
         raise ConfigError(f"model.num_classes: the model has {num_classes} classes, the config says "
@@ -381,7 +412,8 @@ def build_hub_folder(model: nn.Module, cfg: RunConfig, output_dir: str | Path, *
                 shutil.copyfile(p, tmp / dest)
                 plots.append(dest.as_posix())
         num_params = sum(p.numel() for p in model.parameters())
-        card = build_model_card(cfg, repo_id, config, results, plots, num_params, RUN_CONFIG_NAME, eval_model)
+        card = build_model_card(cfg, repo_id, config, results, plots, num_params, RUN_CONFIG_NAME, eval_model,
+                                training)
         atomic_write_text(tmp / 'README.md', card)
         verify_hub_folder(tmp)
         replace_dir(tmp, output_dir, writer=PUBLISH_WRITER, foreign=entries_not_published, inputs=inputs)
@@ -476,7 +508,8 @@ def export_resolved(cfg: RunConfig, checkpoint: str | Path, output_dir: str | Pa
                     repo_id: str | None = None, eval_model: str | None = None) -> Path:
     """:func:`export_output_dir` with the run config already resolved (:func:`resolve_run_config`).
 
-    The output folder is checked (:func:`check_hub_output`) before the model is loaded.
+    The output folder is checked (:func:`check_hub_output`) before the model is loaded; the checkpoint
+    folder's ``metrics.json`` (when there) gives the card what the run used.
     """
     ckpt_file = _checkpoint_file(checkpoint)
     inputs = publish_inputs(ckpt_file)
@@ -486,5 +519,7 @@ def export_resolved(cfg: RunConfig, checkpoint: str | Path, output_dir: str | Pa
     else:
         results = find_eval_results(ckpt_file.parent / 'eval', ckpt_file.parent)
     model = load_trained_model(cfg, ckpt_file)
+    record = ckpt_file.parent / METRICS_NAME
     return build_hub_folder(model, cfg, output_dir, results=results, allow_no_eval=allow_no_eval, repo_id=repo_id,
-                            eval_model=eval_model, inputs=inputs)
+                            eval_model=eval_model, inputs=inputs,
+                            training=record if record.is_file() else None)

@@ -113,6 +113,41 @@ class EvalResults:
                 out.append(Metric('shift_consistency', r['consistency'], 'Shift consistency', ds))
         return [m for m in out if isinstance(m.value, (int, float)) and math.isfinite(m.value)]
 
+    def image_counts(self, model: str) -> dict[str, list[int]]:
+        """How many images each kind of measurement of ``model`` used, read from its rows.
+
+        Returns:
+            ``{'clean': [...], 'corruptions': [...], 'attacks': [...], 'shift': [...], 'aliasing': [...]}``
+            (only the kinds measured; each list holds the distinct counts, ascending).
+        """
+        kinds = {'clean': 'clean', 'corruption': 'corruptions', 'attack': 'attacks', 'shift': 'shift',
+                 'aliasing': 'aliasing'}
+        out: dict[str, set[int]] = {}
+        for r in self.rows:
+            kind = kinds.get(r.get('task'))
+            if r.get('model') == model and kind is not None and isinstance(r.get('count'), int):
+                out.setdefault(kind, set()).add(r['count'])
+        return {k: sorted(out[k]) for k in kinds.values() if k in out}
+
+    def image_counts_text(self, model: str) -> str:
+        """One sentence stating the images behind ``model``'s numbers (see :meth:`image_counts`).
+
+        Example:
+            >>> EvalResults(Path('results.json'), [{'task': 'clean', 'model': 'm', 'count': 10000,
+            ...     'dataset': 'fashion_mnist:test'}], {}, ['m']).image_counts_text('m')
+            'Images behind these numbers, from fashion_mnist:test: clean accuracy 10000.'
+        """
+        counts = self.image_counts(model)
+        labels = {'clean': 'clean accuracy {}', 'corruptions': 'corruptions {} per corruption and severity',
+                  'attacks': 'adversarial attacks {}', 'shift': 'shift consistency {}', 'aliasing': 'aliasing {}'}
+        dataset = next((r.get('dataset') for r in self.rows if r.get('model') == model and r.get('dataset')),
+                       None) or self.dataset
+        parts = [labels[k].format(' or '.join(map(str, v))) for k, v in counts.items()]
+        if not parts:
+            return 'The results record no image counts.'
+        return ('Images behind these numbers' + (f", from {dataset}" if dataset else '') + ': '
+                + ', '.join(parts) + '.')
+
     def markdown_table(self) -> str:
         """The evaluation tool's Markdown report, headings moved one level down for the card."""
         if self.table is None or not self.table.is_file():

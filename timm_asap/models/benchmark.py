@@ -5,7 +5,9 @@ Each converted model can also be timed with the pooling placed after the strided
 
 Models are timed interleaved (each round runs every model in turn, inference then a training step),
 so drifts of a shared machine hit all of them alike; the median over rounds is reported with ratios
-against the family's baseline (``resnet50`` or ``resnet18_cifar``) measured in the same run.
+against the family's baseline (``resnet50`` or ``resnet18_cifar``) measured in the same run, each with its
+spread over the rounds (:mod:`timm_asap.timing`); a target on a ratio whose rounds disagree is reported as
+unreliable, not as met or not met.
 :func:`profile_extra_time` shows where a converted model's extra time goes (torch.profiler, per
 operator and per pooling module). Peak memory: CUDA ``max_memory_allocated``
 per model and pass; on the CPU the peak resident set size of a fresh process doing one training
@@ -27,13 +29,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..timing import PairedRatio, paired_ratio
 from .convert import POOL_POSITIONS, asapify
 
 __all__ = ['MODELS', 'FAMILIES', 'PLACEABLE', 'AFTER_SUFFIX', 'build_model', 'placed_labels', 'family_of',
-           'benchmark_models', 'cpu_peak_rss', 'format_table', 'target_checks', 'paired_ratio', 'profile_extra_time',
-           'format_profile']
+           'benchmark_models', 'cpu_peak_rss', 'format_table', 'target_checks', 'DEFAULT_ROUNDS', 'row_ratio',
+           'profile_extra_time', 'format_profile']
 
 BASELINE = 'resnet50'
+#: timed rounds by default: enough for the ratios' interval to settle a verdict on a quiet machine
+#: (docs/benchmarks.md: how it was measured)
+DEFAULT_ROUNDS = 9
 # label -> how to build it (pretrained=False; the weights do not change the timing)
 MODELS: dict[str, Callable[[], nn.Module]] = {
     'resnet50': lambda: timm.create_model('resnet50'),
@@ -157,7 +163,7 @@ def benchmark_models(
         channels_last: bool = False,
         compile_: bool = False,
         models: list[str] | None = None,
-        rounds: int = 3,
+        rounds: int = DEFAULT_ROUNDS,
         iters: int = 1,
         warmup: int = 1,
         passes: tuple[str, ...] = ('infer', 'train'),
@@ -188,8 +194,9 @@ def benchmark_models(
         One row per (model, pass): ``device``, ``dtype``, ``channels_last``, ``compile``, ``model``,
         ``pass``, ``ms`` (median per step), ``img_per_s``, ``baseline``, ``ratio_vs_baseline`` (throughput
         ratio: median over rounds of the baseline's time / this model's time in the same round; also as
-        ``ratio_vs_resnet50`` for the resnet50 family), ``round_ms`` (per-round times), ``peak_mb`` (CUDA
-        only, else None).
+        ``ratio_vs_resnet50`` for the resnet50 family), ``ratio_spread`` (``median``, ``min``, ``max``,
+        ``rounds`` and the median's ``interval`` of those per-round ratios, :meth:`PairedRatio.as_dict`),
+        ``round_ms`` (per-round times), ``peak_mb`` (CUDA only, else None).
 
     Raises:
         ValueError: an unknown family, a model of another family, or unknown ``pool_positions``.
@@ -240,24 +247,22 @@ def _benchmark(device, dtype, batch_size, img_size, channels_last, compile_, lab
             own = times[(runner.label, pass_)]
             sec = statistics.median(own)
             peak = peaks.get((runner.label, pass_))
-            ratio = round(paired_ratio(base, own), 3)
+            paired = paired_ratio(base, own)
+            ratio = round(paired.median, 3)
             rows.append(dict(
                 device=device.type, dtype=str(dtype).replace('torch.', ''), channels_last=channels_last,
                 compile=compile_, batch=batch_size, img_size=img_size, model=runner.label, **{'pass': pass_},
                 ms=round(sec * 1e3, 1), img_per_s=round(batch_size / sec, 2), baseline=baseline,
                 ratio_vs_baseline=ratio, **({'ratio_vs_resnet50': ratio} if baseline == BASELINE else {}),
-                round_ms=[round(t * 1e3, 1) for t in own],
+                ratio_spread=paired.as_dict(), round_ms=[round(t * 1e3, 4) for t in own],
                 peak_mb=round(peak / 2 ** 20) if peak is not None else None))
     del runners
     return rows
 
 
-def paired_ratio(reference: list[float], other: list[float]) -> float:
-    """Median over rounds of ``reference[i] / other[i]``: the throughput of ``other`` relative to ``reference``.
-
-    Both were timed in the same interleaved round, so a slow phase of a shared machine cancels out.
-    """
-    return statistics.median(r / o for r, o in zip(reference, other))
+def row_ratio(row: dict, reference: dict) -> PairedRatio:
+    """The throughput of ``row``'s model relative to ``reference``'s, per round (both rows of one run)."""
+    return paired_ratio(reference['round_ms'], row['round_ms'])
 
 
 def _child_peak_rss(label: str, batch_size: int, img_size: int) -> dict:
@@ -300,8 +305,16 @@ def cpu_peak_rss(label: str, batch_size: int = 32, img_size: int = 224, threads:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _spread_cell(row: dict) -> str:
+    spread = row.get('ratio_spread')
+    if not spread:
+        return f"{row['ratio_vs_baseline']:.2f}x"
+    return f"{spread['median']:.2f}x ({spread['min']:.2f}-{spread['max']:.2f})"
+
+
 def format_table(rows: list[dict], rss: list[dict] | None = None) -> str:
-    """Markdown: one line per (setting, model) with both passes' throughput and ratios."""
+    """Markdown: one line per (setting, model) with both passes' throughput and ratios (median, and the
+    lowest and highest of the per-round ratios in brackets)."""
     rss_by = {r['model']: r for r in (rss or [])}
     groups: dict[tuple, dict] = {}
     for r in rows:
@@ -316,7 +329,7 @@ def format_table(rows: list[dict], rss: list[dict] | None = None) -> str:
         cells = []
         for pass_ in ('infer', 'train'):
             r = p.get(pass_)
-            cells += [f"{r['img_per_s']:.1f}", f"{r['ratio_vs_baseline']:.2f}x vs {r['baseline']}"] if r else ['', '']
+            cells += [f"{r['img_per_s']:.1f}", f"{_spread_cell(r)} vs {r['baseline']}"] if r else ['', '']
         if any(r['peak_mb'] is not None for r in p.values()):
             mem = ' / '.join(str(p[k]['peak_mb']) if k in p else '' for k in ('infer', 'train'))
         else:
@@ -328,10 +341,12 @@ def format_table(rows: list[dict], rss: list[dict] | None = None) -> str:
 
 
 def target_checks(rows: list[dict]) -> list[str]:
-    """The speed targets, each as a line with the measured value and whether it is met.
+    """The speed targets, each as a line with the measured ratio, its spread over rounds and the verdict.
 
     Targets: resnet50_asap >= 0.9x resnet50 on CPU (float32) and >= 0.95x on CUDA (bfloat16,
-    channels_last); resnet50_asap >= 1.8x the FFT formulation on CPU.
+    channels_last); resnet50_asap >= 1.8x the FFT formulation on CPU. The verdict is ``met``, ``NOT met``
+    or ``unreliable: <why>`` (:meth:`timm_asap.timing.PairedRatio.verdict`: too few rounds, rounds that
+    disagree, or a target inside the median's interval).
     """
     out = []
     by = {(r['device'], r['dtype'], r['channels_last'], r['compile'], r['model'], r['pass']): r for r in rows
@@ -344,15 +359,17 @@ def target_checks(rows: list[dict]) -> list[str]:
             goal = 0.9
             fft = by.get((device, dtype, cl, comp, 'resnet50_asap_fft', pass_))
             if fft:
-                speedup = paired_ratio(fft['round_ms'], r['round_ms'])
-                out.append(f"{setting}: asap vs FFT formulation {speedup:.3f}x (target >= 1.8x): "
-                           f"{'met' if speedup >= 1.8 else 'NOT met'}")
+                speedup = row_ratio(r, fft)
+                out.append(f"{setting}: asap vs FFT formulation {speedup.describe()} (target >= 1.8x): "
+                           f"{speedup.verdict(1.8)}")
         else:
             goal = 0.95 if (dtype == 'bfloat16' and cl) else None
-        if goal is not None:
+        base = by.get((device, dtype, cl, comp, BASELINE, pass_))
+        if goal is not None and base is not None:
             # three decimals: a ratio just under the target must not print as the target itself
-            out.append(f"{setting}: resnet50_asap / resnet50 throughput {r['ratio_vs_resnet50']:.3f}x "
-                       f"(target >= {goal}x): {'met' if r['ratio_vs_resnet50'] >= goal else 'NOT met'}")
+            ratio = row_ratio(r, base)
+            out.append(f"{setting}: resnet50_asap / resnet50 throughput {ratio.describe()} "
+                       f"(target >= {goal}x): {ratio.verdict(goal)}")
     return out
 
 
