@@ -140,11 +140,11 @@ def test_output_naming_a_regular_file_is_one_line_before_anything_runs(tmp_path,
     _no_training(monkeypatch)
     assert study_main(_cli_args(data, target)) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"timm-asap study: error: output folder {str(target)!r} is a file; name a folder (it is created "
-                   f"when missing)"]
+    assert err == [f"timm-asap study: error: output folder {target} is a file, not a folder; name a folder (it is "
+                   f"created when missing)"]
     assert target.read_text() == 'mine\n'
     assert study_main(_cli_args(data, target / 'sub')) == 2
-    assert f"lies under {target}, which is a file" in capsys.readouterr().err
+    assert f"cannot be created: {target} is a file, not a folder" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize('flags,expected', [

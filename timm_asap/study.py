@@ -35,7 +35,7 @@ from typing import Any, Callable
 
 import torch
 
-from ._files import atomic_path, atomic_write_text, folder_lock
+from ._files import atomic_path, atomic_write_text, check_folder_path, folder_lock
 from .config import RunConfig, apply_overrides, load_config
 from .evaluation.summary import standard_error
 from .models.weight_tags import HUB_ORG
@@ -177,7 +177,7 @@ class StudyOptions:
             raise ValueError(f"max_seconds must be > 0 or None, got {self.max_seconds}")
         if any(not 0 <= e <= 1 for e in self.eps):
             raise ValueError(f"eps must lie in [0, 1] (pixel units), got {self.eps}")
-        _check_output_dir(self.output_dir)
+        check_folder_path(self.output_dir, 'output folder')
         self._validate_conversion()
         from .evaluation import EvalOptions  # severities, counts, precision: as the evaluation will check them
         EvalOptions.from_dict(_eval_options(self, torch.device('cpu'), Path(self.output_dir) / 'eval_cache')).validate()
@@ -201,21 +201,6 @@ class StudyOptions:
             raise ValueError(f"convert_lr must be > 0, got {self.convert_lr}")
         if self.repair_images < 1:
             raise ValueError(f"repair_images must be >= 1, got {self.repair_images}")
-
-
-def _check_output_dir(path: str) -> None:
-    """The output folder exists as a folder or can be made: no part of its path is a file.
-
-    Raises:
-        ValueError: naming the file that stands in the way.
-    """
-    folder = Path(path)
-    for part in (folder, *folder.parents):
-        if part.exists():
-            if not part.is_dir():
-                what = 'is a file' if part == folder else f'lies under {part}, which is a file'
-                raise ValueError(f"output folder {str(path)!r} {what}; name a folder (it is created when missing)")
-            return
 
 
 #: preset name -> (what it is for, its options). ``default`` is the README's main command.
