@@ -207,9 +207,11 @@ class StudyOptions:
 PRESETS: dict[str, tuple[str, dict]] = {
     'default': ('a real result in minutes on a 2-core CPU: the small family, all 60k training images, one seed',
                 dict()),
-    'cpu': ('at most an hour on 2 CPU cores: the small family, 3 seeds (2 when the measured estimate says 3 do not '
-            'fit in the hour), trained to a plateau',
-            dict(seeds=[0, 1, 2], epochs=5, max_seconds=3600.0)),
+    'cpu': ('at most 2.5 hours on 2 CPU cores: the small family, 3 seeds (fewer when the measured estimate says 3 '
+            'do not fit), trained to a plateau, and the whole conversion arm (ASAP and FLC; 1 and 2 epochs of '
+            'fine-tuning, without and with distillation)',
+            dict(seeds=[0, 1, 2], epochs=5, max_seconds=9000.0, convert_pools=['asap', 'flc'],
+                 convert_epochs=[1, 2], convert_distill=[False, True])),
     'gpu': ('minutes on one H100-class GPU: resnet18_cifar (baseline, FLC, ASAP) x 3 seeds, full evaluation',
             dict(families=['resnet18_cifar'], seeds=[0, 1, 2], epochs=6, batch_size=512, val_subset=None,
                  corruption_count=2000, attack_count=1000, shift_count=10000, shift_trials=5, workers=8,

@@ -15,9 +15,11 @@ STATUS_FAILED = 1       # the work started and could not finish (training diverg
 STATUS_BAD_INPUT = 2    # arguments, config, files or data that cannot be used; nothing long was started
 STATUS_UNREACHABLE = 3  # a server (the Hugging Face Hub) could not be reached
 
-#: exception types that mean "bad input" for every CLI (ConfigError, DataError, IntegrityError are ValueErrors)
+#: exception types that mean "bad input" for every CLI (ConfigError, DataError, IntegrityError, FolderError are
+#: ValueErrors; ImportError: a missing optional package, named with its extra). A TypeError is a bug and keeps its
+#: traceback unless a command lists it (one that passes user options on as keyword arguments).
 BAD_INPUT: tuple[type[BaseException], ...] = (
-    ValueError, TypeError, ImportError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
+    ValueError, ImportError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
     PermissionError,
 )
 

@@ -16,7 +16,7 @@ __all__ = ['LoadedModel', 'load_classifier', 'converted_copy', 'read_images', 'y
 
 _logger = logging.getLogger(__name__)
 
-_POOL_KEYS = ('pool_mode', 'pool_args', 'patchify')
+_POOL_KEYS = ('pool_mode', 'pool_args', 'patchify', 'pool_position')
 
 
 @dataclass
@@ -130,7 +130,7 @@ def load_classifier(spec: str, model_args: dict | None = None, mean=None, std=No
             args = {**config.get('model_args', {}), 'num_classes': config.get('num_classes'), **args}
         return LoadedModel(wrap_model(inner, mean, std), _architecture(inner, name), args, spec_weights(spec))
     if ckpt:
-        if not Path(ckpt).is_file():
+        if not Path(ckpt).exists():  # a weights file, or a run or Hub folder (as timm-asap evaluate takes them)
             raise FileNotFoundError(f"model {spec!r}: checkpoint {ckpt} not found")
         args = {**_run_config_args(name, ckpt), **args}
         model = create_eval_model(name, checkpoint_path=ckpt, mean=mean, std=std, **args)

@@ -217,7 +217,8 @@ def hub_statuses() -> list:
 
     from ._errors import STATUS_BAD_INPUT, STATUS_UNREACHABLE
     return [((HubDownloadError, LocalEntryNotFoundError, OfflineModeIsEnabled), STATUS_UNREACHABLE),
-            (WeightsNotAvailableError, STATUS_BAD_INPUT)]
+            (WeightsNotAvailableError, STATUS_BAD_INPUT),
+            (TypeError, STATUS_BAD_INPUT)]  # --pool-args / --model-args the pooling or the model does not take
 
 
 if __name__ == '__main__':

@@ -29,7 +29,7 @@ from timm_asap.evaluation.runner import EvalOptions
 from timm_asap.hub.errors import HubDownloadError
 from timm_asap.runtime import AMP_CHOICES
 
-from ._errors import STATUS_UNREACHABLE, run_cli
+from ._errors import STATUS_BAD_INPUT, STATUS_UNREACHABLE, run_cli
 from ._yaml_defaults import read_yaml_defaults
 
 __all__ = ['main', 'build_parser', 'parse_model_spec']
@@ -315,7 +315,9 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format='%(message)s')
     logging.getLogger('art').setLevel(logging.WARNING)  # ART logs every attack call at INFO
     parser = build_parser()
-    return run_cli('timm-asap-evaluate', lambda: _evaluate(parser, argv), [(HubDownloadError, STATUS_UNREACHABLE)])
+    from timm_asap.models import WeightsNotAvailableError  # a tag without published weights: bad input, one line
+    return run_cli('timm-asap-evaluate', lambda: _evaluate(parser, argv),
+                   [(HubDownloadError, STATUS_UNREACHABLE), (WeightsNotAvailableError, STATUS_BAD_INPUT)])
 
 
 if __name__ == '__main__':

@@ -152,7 +152,8 @@ def _run(args) -> int:
     record = {'model': args.model, 'pool': args.pool, 'pool_args': pool_args, 'images': len(images),
               'source': images.name, 'seed': args.seed, 'batch_size': batch_size, 'model_args': loaded.model_args,
               'mean': mean, 'std': std}
-    metadata = {**weights_metadata(inner, loaded.architecture), REPAIR_KEY: json.dumps(record)}
+    # the header records the model arguments too, so the file loads on its own (evaluate, compare, model.base)
+    metadata = {**weights_metadata(inner, loaded.architecture, loaded.model_args), REPAIR_KEY: json.dumps(record)}
     save_safetensors(inner.state_dict(), args.output, metadata)
     print(f"re-estimated {len(running_stat_layers(inner))} BatchNorm layers of {loaded.architecture} on {len(images)} "
           f"images of {images.name}; wrote {args.output}")
