@@ -380,3 +380,21 @@ def test_a_file_system_without_locks_is_written_with_a_warning(tmp_path, monkeyp
         replace_dir(staged, target, writer='timm-asap publish', foreign=lambda folder: [])
     assert sorted(p.name for p in target.iterdir()) == ['a.txt']
     assert f"{target}: the file system does not support locks (No locks available)" in caplog.text
+
+
+# --- the study and the evaluation write their files only into an empty folder or one of their own -------------
+
+def test_study_and_evaluate_refuse_a_folder_holding_someone_elses_files(tmp_path, capsys):
+    from timm_asap.cli.evaluate import main as evaluate_main
+    from timm_asap.cli.study import main as study_main
+
+    folder = tmp_path / 'mine'
+    folder.mkdir()
+    (folder / 'summary.md').write_text('my notes\n')
+    assert study_main(['--output', str(folder), '--device', 'cpu', '--no-progress']) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"timm-asap study: error: {folder} holds 1 entries not written by timm-asap study (summary.md); "
+                   f"its files would be written among them: choose an empty or new folder"]
+    assert evaluate_main(['--model', 'resnet18', '--dataset', 'fashion_mnist', '--output', str(folder)]) == 2
+    assert 'not written by timm-asap evaluate (summary.md)' in capsys.readouterr().err
+    assert (folder / 'summary.md').read_text() == 'my notes\n' and sorted(p.name for p in folder.iterdir()) == ['summary.md']

@@ -30,7 +30,7 @@ except ImportError:  # not POSIX (Windows): folders are not locked, see folder_l
 
 __all__ = ['new_file_mode', 'set_new_file_mode', 'atomic_path', 'atomic_write_bytes', 'atomic_write_text',
            'staging_dir', 'replace_dir', 'check_replaceable', 'folder_lock', 'LOCK_NAME', 'FolderError',
-           'FolderInUseError', 'OutputFolderError', 'check_folder_path']
+           'FolderInUseError', 'OutputFolderError', 'check_folder_path', 'check_output_folder']
 
 _logger = logging.getLogger(__name__)
 
@@ -507,3 +507,34 @@ def check_folder_path(path: str | os.PathLike, what: str) -> Path:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise PermissionError(f"{what} {path}: {existing} is not writable by this user")
     return path
+
+
+def check_output_folder(folder: str | os.PathLike, *, writer: str, ours: Sequence[str]) -> Path:
+    """Refuse to write files into a folder that holds someone else's: ``writer``'s output folder must be missing,
+    empty (a lock file of :func:`folder_lock` aside) or one ``writer`` wrote before (it holds one of ``ours``).
+
+    Args:
+        folder: the output folder ``writer`` writes its files into (summaries, results, plots).
+        writer: the tool, named in the message (e.g. ``'timm-asap study'``).
+        ours: file names only ``writer`` writes there (e.g. ``['options.json']``); one of them marks the folder
+            as ``writer``'s (a re-run then resumes or rewrites its own files).
+
+    Returns:
+        ``folder`` as a Path.
+
+    Raises:
+        OutputFolderError: one line naming the folder and (some of) what is there.
+
+    Example:
+        >>> check_output_folder(tempfile.mkdtemp(), writer='timm-asap study', ours=['options.json']).is_dir()
+        True
+    """
+    folder = Path(folder)
+    if not folder.is_dir() or any((folder / name).is_file() for name in ours):
+        return folder
+    entries = sorted(p.name + ('/' if p.is_dir() else '') for p in folder.iterdir() if p.name != LOCK_NAME)
+    if entries:
+        shown = ', '.join(entries[:5]) + (f' and {len(entries) - 5} more' if len(entries) > 5 else '')
+        raise OutputFolderError(f"{folder} holds {len(entries)} entries not written by {writer} ({shown}); its files "
+                                f"would be written among them: choose an empty or new folder")
+    return folder

@@ -35,7 +35,7 @@ from typing import Any, Callable
 
 import torch
 
-from ._files import atomic_path, atomic_write_text, check_folder_path, folder_lock
+from ._files import atomic_path, atomic_write_text, check_folder_path, check_output_folder, folder_lock
 from .config import RunConfig, apply_overrides, load_config
 from .evaluation.summary import standard_error
 from .models.weight_tags import HUB_ORG
@@ -811,6 +811,7 @@ def _run_study(opts: StudyOptions, log: Callable[[str], None]) -> dict[str, Any]
         f"{HUB_ORG}/{arm.label(name)}_fmnist") for name in families for arm in arms if arm.epochs for seed in opts.seeds}
     for (label, seed), cfg in {**configs, **arm_configs}.items():  # before anything is written: one line naming what differs
         check_reusable(cfg, _run_dir(out, label, seed))
+    check_output_folder(out, writer='timm-asap study', ours=['options.json'])
     log(f"data: Fashion-MNIST from {source}")
     log(f"runs: {describe(opts, device)}")
     expected = estimate(opts, device)

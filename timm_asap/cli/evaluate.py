@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from timm_asap._files import atomic_write_text, check_folder_path
+from timm_asap._files import atomic_write_text, check_folder_path, check_output_folder
 from timm_asap.evaluation.runner import EvalOptions
 from timm_asap.hub.errors import HubDownloadError
 from timm_asap.runtime import AMP_CHOICES
@@ -280,6 +280,7 @@ def _evaluate(parser: argparse.ArgumentParser, argv) -> int:
         raise ValueError("give at least one --model (or --run-config)")
     opts, setup = _resolve(args)
     check_folder_path(args.output, '--output')
+    check_output_folder(args.output, writer='timm-asap evaluate', ours=['evaluate_config.yaml', 'results.json'])
     models = _build_models(args)
     from timm_asap.evaluation.data import create_eval_dataset
     from timm_asap.evaluation.wrapper import model_input_info
