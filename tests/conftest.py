@@ -22,3 +22,12 @@ def restore_backend():
     previous = backends._selected
     yield
     backends._selected = previous
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Nothing may reach a Hub: huggingface_hub's offline mode and an endpoint nobody listens on."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', True)
+    monkeypatch.setattr(constants, 'ENDPOINT', 'http://127.0.0.1:9')

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from huggingface_hub import ModelCard, constants
+from huggingface_hub import ModelCard
 
 import timm_asap.models  # noqa: F401  (registers the architectures)
 from timm_asap import hub as H
@@ -30,11 +30,7 @@ RGB_LABELS = ['cat', 'dog', 'bird']
 
 # ---- 9: the model card ------------------------------------------------------------------------------
 
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    """Nothing here may reach a Hub: offline mode and an endpoint nobody listens on."""
-    monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', True)
-    monkeypatch.setattr(constants, 'ENDPOINT', 'http://127.0.0.1:9')
+pytestmark = pytest.mark.usefixtures('no_network')  # nothing here may reach a Hub
 
 
 @pytest.fixture(scope='module')

@@ -28,11 +28,7 @@ REPO = 'timm-asap/resnet18_cifar_asap.fmnist'
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    """Nothing here may reach a Hub: offline mode and an endpoint nobody listens on."""
-    monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', True)
-    monkeypatch.setattr(constants, 'ENDPOINT', 'http://127.0.0.1:9')
+pytestmark = pytest.mark.usefixtures('no_network')  # nothing here may reach a Hub
 
 
 @pytest.fixture(scope='module')
