@@ -208,10 +208,10 @@ PRESETS: dict[str, tuple[str, dict]] = {
     'default': ('a real result in minutes on a 2-core CPU: the small family, all 60k training images, one seed',
                 dict()),
     'cpu': ('at most 2.5 hours on 2 CPU cores: the small family, 3 seeds (fewer when the measured estimate says 3 '
-            'do not fit), trained to a plateau, and the whole conversion arm (ASAP and FLC; 1 and 2 epochs of '
-            'fine-tuning, without and with distillation)',
+            'do not fit), trained to a plateau, and the conversion arm (ASAP and FLC pooling after the strided '
+            'convolutions; 1 and 2 epochs of fine-tuning, without and with distillation)',
             dict(seeds=[0, 1, 2], epochs=5, max_seconds=9000.0, convert_pools=['asap', 'flc'],
-                 convert_epochs=[1, 2], convert_distill=[False, True])),
+                 convert_positions=['after'], convert_epochs=[1, 2], convert_distill=[False, True])),
     'gpu': ('minutes on one H100-class GPU: resnet18_cifar (baseline, FLC, ASAP) x 3 seeds, full evaluation',
             dict(families=['resnet18_cifar'], seeds=[0, 1, 2], epochs=6, batch_size=512, val_subset=None,
                  corruption_count=2000, attack_count=1000, shift_count=10000, shift_trials=5, workers=8,
@@ -409,15 +409,16 @@ def _plot_summary(rows: list[dict], path: Path, title: str = 'Fashion-MNIST: bas
     width_in = max(6.0, 1.4 * len(metrics))
     fig, ax = plt.subplots(figsize=(width_in, 4.0))
     width = 0.8 / len(rows)
+    colours = plt.get_cmap('tab10' if len(rows) <= 10 else 'tab20')  # one colour per model, never repeated
     for i, row in enumerate(rows):
         xs = [j + i * width for j in range(len(metrics))]
-        ax.bar(xs, [row.get(m, math.nan) for m in metrics], width,
+        ax.bar(xs, [row.get(m, math.nan) for m in metrics], width, color=colours(i),
                yerr=[row.get(f'{m}{suffix}', math.nan) for m in metrics], label=row['model'], capsize=2)
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(metrics))])
     ax.set_xticklabels(metrics, rotation=25, ha='right', fontsize=8)
     ax.set_ylabel('accuracy / agreement (%)')
     ax.set_ylim(0, 100)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc='upper left', bbox_to_anchor=(1.0, 1.0))  # beside the bars, never over them
     ax.set_title(title + '\n' + textwrap.fill(caption, int(12 * width_in)), fontsize=9)
     fig.tight_layout()
     with atomic_path(path) as tmp:
