@@ -21,7 +21,8 @@ def fashion_mnist_dir(tmp_path):
 
 
 def test_options_validation():
-    assert default_options().families == ['preactresnet18_w8'] and default_options().train_subset is None
+    assert default_options().families == ['preactresnet18_w8'] and default_options().train_subset == 30000
+    assert preset_options('cpu').train_subset is None and preset_options('cpu').corruption_count == 1000
     full = full_options()
     assert full.families == ['resnet18_cifar', 'preactresnet18', 'wide_resnet28_10'] and full.seeds == [0, 1, 2]
     assert full.train_subset is None and full.epochs is None and full.full
