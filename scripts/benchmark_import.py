@@ -3,7 +3,7 @@
 Each import runs in a fresh interpreter (``--repeat`` times, alternating, median reported), so both
 pay the same cold start and share the machine's state. ``import timm_asap`` includes ``import timm``:
 the ratio is what the plugin adds on top of the library it extends. It is the median of the per-pair
-ratios (one pair per repeat), shown with their lowest and highest (:mod:`timm_asap.timing`).
+ratios (one pair per repeat), shown with their lowest and highest (:mod:`timm_asap_lab.tools.timing`).
 
 Example:
     python scripts/benchmark_import.py --repeat 7
@@ -41,7 +41,7 @@ def main(argv=None) -> int:
     rows = {m: (statistics.median(s for s, _ in r), statistics.median(n for _, n in r)) for m, r in runs.items()}
     for module, (seconds, modules) in rows.items():
         print(f"import {module:<10} {seconds:7.3f} s  {modules:5.0f} modules  (median of {args.repeat})")
-    from timm_asap.timing import paired_ratio
+    from timm_asap_lab.tools.timing import paired_ratio
     seconds = paired_ratio([s for s, _ in runs['timm_asap']], [s for s, _ in runs['timm']])
     modules = paired_ratio([n for _, n in runs['timm_asap']], [n for _, n in runs['timm']])
     print(f"ratio timm_asap / timm: time {seconds.describe()}, modules {modules.median:.3f}")

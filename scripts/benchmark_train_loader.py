@@ -1,11 +1,11 @@
 """Training throughput of the in-memory path against the DataLoader path: same model, same run, a ratio.
 
-Both paths run the real fine-tuning loop (``timm_asap.train.finetune``) on Fashion-MNIST at 32 px with
+Both paths run the real fine-tuning loop (``timm_asap_lab.train.finetune``) on Fashion-MNIST at 32 px with
 the shipped ``resnet18_cifar.fmnist`` recipe, one after the other and repeated (alternating), and the
 images/s of the last epoch of each run are compared (the first epoch also warms up the allocator and,
 with workers, starts them). Validation is off, so only training steps are timed. The ratio is the median
 of the per-repeat ratios (each repeat runs both paths in turn), with their lowest and highest
-(:mod:`timm_asap.timing`).
+(:mod:`timm_asap_lab.tools.timing`).
 
 Examples::
 
@@ -30,7 +30,7 @@ MODELS = {
 
 
 def _config(arch_args: dict, loader: str, args: argparse.Namespace, images: int):
-    from timm_asap.config import apply_overrides, load_config
+    from timm_asap_lab.config import apply_overrides, load_config
     cfg = apply_overrides(load_config('resnet18_cifar.fmnist'), [
         f'data.loader={loader}', f'data.workers={args.workers}', "data.val_split=''", f'data.train_subset={images}',
         f'train.epochs={args.epochs}', f'train.batch_size={args.batch_size}', 'train.tensorboard=false',
@@ -42,7 +42,7 @@ def _config(arch_args: dict, loader: str, args: argparse.Namespace, images: int)
 
 
 def _run(cfg, device: str) -> float:
-    from timm_asap.train import finetune
+    from timm_asap_lab.train import finetune
     with tempfile.TemporaryDirectory() as out:
         metrics = finetune(cfg, Path(out) / 'run', device=device, progress=False, handle_signals=False)
     return metrics['history'][-1]['train_images_per_sec']
@@ -53,7 +53,7 @@ def _data_rate(loader: str, args: argparse.Namespace, images: int) -> float:
     import time
 
     import timm
-    from timm_asap.data import create_run_data
+    from timm_asap_lab.data import create_run_data
     cfg = _config({}, loader, args, images)
     data = create_run_data(cfg, timm.create_model('resnet18_cifar', num_classes=10, in_chans=1),
                            device=args.device)
@@ -78,7 +78,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     import torch
 
-    from timm_asap.timing import paired_ratio
+    from timm_asap_lab.tools.timing import paired_ratio
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, batch "
           f"{args.batch_size}, {args.workers} DataLoader workers, timing the last of {args.epochs} epochs")
     data_rates = {loader: _data_rate(loader, args, 2048) for loader in ('dataloader', 'memory')}

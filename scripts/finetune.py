@@ -1,3 +1,3 @@
-from timm_asap.cli.finetune import main
+from timm_asap_lab.cli.finetune import main
 
 raise SystemExit(main())

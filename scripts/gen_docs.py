@@ -9,7 +9,7 @@ A generated part sits between two marker comments; everything outside them is wr
 ``<!-- generated:benchmark docs/results/benchmarks/layers_cpu.json -->`` passes an argument (a result file).
 The parts and their sources:
 
-* ``config-reference``: the fine-tuning config schema, from the dataclasses of ``timm_asap.config``
+* ``config-reference``: the fine-tuning config schema, from the dataclasses of ``timm_asap_lab.config``
   (field names, types, defaults) and their docstrings' ``Attributes:`` sections (meanings).
 * ``architectures`` / ``architectures-short``: the registered architectures, from timm's registry after
   ``import timm_asap`` (public API only: ``timm.list_models``, ``timm.list_pretrained``,
@@ -152,10 +152,10 @@ def config_rows(cls, prefix: str = '') -> list[list[str]]:
 
 
 def gen_config_reference(arg: str | None) -> str:
-    from timm_asap.config import RunConfig
+    from timm_asap_lab.config import RunConfig
 
     rows = config_rows(RunConfig)
-    intro = (f"{len(rows)} keys, from `timm_asap.config.RunConfig` and the docstrings of its sections "
+    intro = (f"{len(rows)} keys, from `timm_asap_lab.config.RunConfig` and the docstrings of its sections "
              "(`ModelConfig`, `DataConfig`, `TrainConfig`, `HubConfig`).")
     return intro + '\n\n' + md_table(['Key', 'Type', 'Default', 'Meaning'], rows)
 
@@ -296,7 +296,7 @@ COVERAGE_COMMAND = 'timm-asap coverage --output-dir docs/results/coverage --no-p
 
 
 def gen_coverage(arg: str | None) -> str:
-    from timm_asap.models.coverage import CoverageRow, rows_to_markdown
+    from timm_asap_lab.tools.coverage import CoverageRow, rows_to_markdown
 
     data = _read_json(ROOT / arg if arg else COVERAGE_JSON)
     rows = [CoverageRow(**r) for r in data['rows']]
@@ -434,8 +434,8 @@ def make_figure(path: Path = FIGURE) -> Path:
     import torch
 
     import timm_asap  # noqa: F401
-    from timm_asap.evaluation import EvalImages, aliasing_view
-    from timm_asap.evaluation.report import plot_aliasing
+    from timm_asap_lab.evaluation import EvalImages, aliasing_view
+    from timm_asap_lab.evaluation.report import plot_aliasing
 
     crops = []
     for image in (skimage.data.astronaut(), skimage.data.chelsea(), skimage.data.coffee(), skimage.data.rocket()):

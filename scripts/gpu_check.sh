@@ -104,37 +104,37 @@ step() {
 
 if [ "$MODE" = cpu ]; then
   step gpu_tests 30 $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_evaluation.py
-  step layers 30 $PY -m timm_asap.cli.main benchmark-layers --device cpu --backends two_product,kronecker,triton --tiny \
+  step layers 30 $PY -m timm_asap_lab.cli.main benchmark-layers --device cpu --backends two_product,kronecker,triton --tiny \
     --json "$OUT/layers.json" --output "$WORK/layer_rows.json"
-  step models_resnet50 30 $PY -m timm_asap.cli.main benchmark-models --device cpu --models resnet50_asap \
+  step models_resnet50 30 $PY -m timm_asap_lab.cli.main benchmark-models --device cpu --models resnet50_asap \
     --batch-size 2 --img-size 32 --rounds 1 --warmup 0 --compile off --no-cpu-memory --no-progress \
     --output-dir "$WORK/models_resnet50"
-  step models_cifar 30 $PY -m timm_asap.cli.main benchmark-models --device cpu --family resnet18_cifar \
+  step models_cifar 30 $PY -m timm_asap_lab.cli.main benchmark-models --device cpu --family resnet18_cifar \
     --batch-size 4 --rounds 1 --warmup 0 --compile off --no-cpu-memory --no-progress --output-dir "$WORK/models_cifar"
-  step profile_cifar 30 $PY -m timm_asap.cli.main benchmark-models --device cpu --profile --family resnet18_cifar \
+  step profile_cifar 30 $PY -m timm_asap_lab.cli.main benchmark-models --device cpu --profile --family resnet18_cifar \
     --models resnet18_cifar_asap --batch-size 4 --rounds 1 --output-dir "$WORK/profile_cifar"
-  step study "$(left)" $PY -m timm_asap.cli.main study --preset gpu --device cpu --families preactresnet18_w8 \
+  step study "$(left)" $PY -m timm_asap_lab.cli.main study --preset gpu --device cpu --families preactresnet18_w8 \
     --seeds 0 --epochs 1 --batch-size 64 --train-subset 256 --val-subset 64 --eval-count 64 --corruption-count 8 --attack-count 8 \
     --shift-count 16 --severities 1 --max-seconds "$(( $(left) - 10 ))" --data-dir "$DATA" --workers 0 \
     --output "$WORK/study" --no-progress
 else
   step gpu_tests 75 $PY -m pytest -q -m gpu -p no:cacheprovider
   # layers.json is the winners table backend 'auto' reads: commit it as timm_asap/layers/backend_table.json
-  step layers 100 $PY -m timm_asap.cli.main benchmark-layers --device cuda --backends two_product,kronecker,triton \
+  step layers 100 $PY -m timm_asap_lab.cli.main benchmark-layers --device cuda --backends two_product,kronecker,triton \
     --cuda-dtypes bfloat16 --layouts channels_last contiguous --json "$OUT/layers.json" --output "$WORK/layer_rows.json"
-  step models_resnet50 50 $PY -m timm_asap.cli.main benchmark-models --device cuda --compile off --no-progress \
+  step models_resnet50 50 $PY -m timm_asap_lab.cli.main benchmark-models --device cuda --compile off --no-progress \
     --batch-size 32 --rounds 3 --output-dir "$WORK/models_resnet50"
-  step models_resnet50_b256 50 $PY -m timm_asap.cli.main benchmark-models --device cuda --compile off --no-progress \
+  step models_resnet50_b256 50 $PY -m timm_asap_lab.cli.main benchmark-models --device cuda --compile off --no-progress \
     --batch-size 256 --rounds 2 --output-dir "$WORK/models_resnet50_b256"
-  step models_cifar 60 $PY -m timm_asap.cli.main benchmark-models --device cuda --family resnet18_cifar \
+  step models_cifar 60 $PY -m timm_asap_lab.cli.main benchmark-models --device cuda --family resnet18_cifar \
     --compile both --batch-size 512 --rounds 2 --no-progress --output-dir "$WORK/models_cifar"
-  step models_resnet50_compiled 75 $PY -m timm_asap.cli.main benchmark-models --device cuda --compile on \
+  step models_resnet50_compiled 75 $PY -m timm_asap_lab.cli.main benchmark-models --device cuda --compile on \
     --models resnet50_asap --batch-size 256 --rounds 2 --no-progress --output-dir "$WORK/models_resnet50_compiled"
-  step profile_resnet50 30 $PY -m timm_asap.cli.main benchmark-models --device cuda --profile --models resnet50_asap \
+  step profile_resnet50 30 $PY -m timm_asap_lab.cli.main benchmark-models --device cuda --profile --models resnet50_asap \
     --batch-size 64 --rounds 3 --output-dir "$WORK/profile_resnet50"
-  step profile_cifar 30 $PY -m timm_asap.cli.main benchmark-models --device cuda --profile --family resnet18_cifar \
+  step profile_cifar 30 $PY -m timm_asap_lab.cli.main benchmark-models --device cuda --profile --family resnet18_cifar \
     --models resnet18_cifar_asap --batch-size 512 --rounds 3 --output-dir "$WORK/profile_cifar"
-  step study "$(left)" $PY -m timm_asap.cli.main study --preset gpu --max-seconds "$(( $(left) - 15 ))" \
+  step study "$(left)" $PY -m timm_asap_lab.cli.main study --preset gpu --max-seconds "$(( $(left) - 15 ))" \
     --data-dir "$DATA" --output "$WORK/study" --no-progress
 fi
 record --write "$LOG" "$OUT" "$MODE" "$BUDGET"

@@ -1,4 +1,4 @@
 """The Fashion-MNIST robustness study (see ``--help``)."""
-from timm_asap.cli.study import main
+from timm_asap_lab.cli.study import main
 
 raise SystemExit(main())

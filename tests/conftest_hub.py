@@ -95,8 +95,8 @@ def make_train_dir(path: Path, config: str = HUB_CONFIG, seed: int = 0, override
     import torch
 
     import timm_asap.models  # noqa: F401  (registers the architectures)
-    from timm_asap.config import apply_overrides, load_config, save_config
-    from timm_asap.hub.export import create_model_from_config
+    from timm_asap_lab.config import apply_overrides, load_config, save_config
+    from timm_asap_lab.publish.export import create_model_from_config
 
     cfg = load_config(config)
     if overrides:
@@ -121,7 +121,7 @@ def make_train_dir(path: Path, config: str = HUB_CONFIG, seed: int = 0, override
 def make_eval_dir(path: Path, models: dict[str, float], plots: bool = True) -> Path:
     """An evaluation output folder (results.json, results.md, plots) with made-up numbers per model:
     ``models`` maps model name -> clean top-1."""
-    from timm_asap.evaluation import write_artefacts
+    from timm_asap_lab.evaluation import write_artefacts
 
     rows = []
     for i, (name, top1) in enumerate(models.items()):

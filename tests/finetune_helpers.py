@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from timm_asap.config import RunConfig, config_from_dict
-from timm_asap.data import write_idx
+from timm_asap_lab.config import RunConfig, config_from_dict
+from timm_asap_lab.data import write_idx
 
 # a CIFAR-size ResNet-18 with ASAP, shrunk: one block per stage, narrow stages (82k parameters)
 TINY_ARGS = {'layers': [1, 1, 1, 1], 'channels': [8, 16, 32, 64]}

@@ -32,8 +32,8 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from timm_asap.config import load_config
-    from timm_asap.train import TrainingInterrupted, finetune
+    from timm_asap_lab.config import load_config
+    from timm_asap_lab.train import TrainingInterrupted, finetune
 
     models = []
 

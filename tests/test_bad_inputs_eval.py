@@ -8,8 +8,8 @@ import yaml
 from PIL import Image
 from torch import nn
 
-from timm_asap.evaluation import EvalOptions, create_eval_dataset, evaluate_models, load_images, wrap_model
-from timm_asap.study import PRESETS, StudyOptions, check_device, preset_options
+from timm_asap_lab.evaluation import EvalOptions, create_eval_dataset, evaluate_models, load_images, wrap_model
+from timm_asap_lab.study import PRESETS, StudyOptions, check_device, preset_options
 
 
 def _folder(root, bad_names=('b_bad.png',), good=4):
@@ -78,7 +78,7 @@ def test_gpu_preset_without_cuda_is_an_error_unless_cpu_is_asked_for(monkeypatch
         check_device(opts, torch.device('cpu'))
     check_device(preset_options('gpu', device='cpu'), torch.device('cpu'))  # asked for: runs, with a warning
     check_device(preset_options('default'), torch.device('cpu'))
-    from timm_asap.cli.study import main
+    from timm_asap_lab.cli.study import main
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
     assert main(['--preset', 'gpu', '--output', 'unused']) == 2
     assert "timm-asap study: error: preset 'gpu' is sized for a CUDA GPU" in capsys.readouterr().err
@@ -97,9 +97,9 @@ def test_study_options_errors():
 
 def test_checkpoint_of_another_architecture_with_the_same_tensors_is_an_error(tmp_path):
     import timm
-    from timm_asap.evaluation import create_eval_model
+    from timm_asap_lab.evaluation import create_eval_model
     from timm_asap.hub import IntegrityError, weights_metadata
-    from timm_asap.train.checkpoint import save_weights
+    from timm_asap_lab.train.checkpoint import save_weights
     asap = timm.create_model('resnet18_cifar_asap', num_classes=10, in_chans=1)
     path = save_weights(asap.state_dict(), tmp_path / 'model.safetensors',
                         metadata=weights_metadata(asap, 'resnet18_cifar_asap'))
@@ -112,7 +112,7 @@ def test_checkpoint_of_another_architecture_with_the_same_tensors_is_an_error(tm
 
 def test_pretrained_weights_unreachable_is_one_line_with_the_offline_hint(tmp_path, monkeypatch, capsys):
     import huggingface_hub.constants
-    from timm_asap.cli.evaluate import main
+    from timm_asap_lab.cli.evaluate import main
     monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', True)
     monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_CACHE', str(tmp_path / 'empty-cache'))
     rc = main(['--model', 'resnet18_asap.tv_in1k_base', '--pretrained', '--dataset', 'fashion_mnist',
@@ -135,7 +135,7 @@ def fmnist_run(tmp_path_factory):
     """A finished one-epoch fine-tuning run of preactresnet18_asap with model_args on synthetic Fashion-MNIST at
     28x28 (no resize anywhere): ``(data_dir, run folder)``."""
     from finetune_helpers import tiny_config, write_fake_fashion_mnist
-    from timm_asap.train import finetune
+    from timm_asap_lab.train import finetune
     root = tmp_path_factory.mktemp('eval-ckpt')
     data = write_fake_fashion_mnist(root / 'fmnist', n_train=48, n_test=24)
     cfg = tiny_config(data, model={'architecture': 'preactresnet18_asap', 'img_size': 28,
@@ -147,7 +147,7 @@ def fmnist_run(tmp_path_factory):
 
 def _evaluate(args, out, capsys):
     """The evaluate CLI's exit status and its stderr lines."""
-    from timm_asap.cli.evaluate import main
+    from timm_asap_lab.cli.evaluate import main
     capsys.readouterr()
     rc = main([*_QUICK, *args, '--output', str(out)])
     return rc, capsys.readouterr().err.strip().splitlines()
@@ -189,9 +189,9 @@ def test_finetuning_checkpoint_records_its_pooling(fmnist_run):
 
 
 def test_hub_folder_under_another_architecture_is_refused(fmnist_run, tmp_path):
-    from timm_asap.evaluation import create_eval_model
+    from timm_asap_lab.evaluation import create_eval_model
     from timm_asap.hub import IntegrityError
-    from timm_asap.hub.export import export_output_dir
+    from timm_asap_lab.publish.export import export_output_dir
     hub = export_output_dir(fmnist_run[1], tmp_path / 'hub', allow_no_eval=True, repo_id='org/preact',
                             overrides=['hub.license=apache-2.0', 'hub.datasets=[zalando-datasets/fashion_mnist]'])
     with pytest.raises(IntegrityError, match=r"'preactresnet18_asap' \(.*config\.json records it\).*'preactresnet18'"):
@@ -202,7 +202,7 @@ def test_hub_folder_under_another_architecture_is_refused(fmnist_run, tmp_path):
 
 def test_state_dict_that_records_nothing_loads_with_a_warning_and_its_own_counts(tmp_path, caplog):
     import timm
-    from timm_asap.evaluation import create_eval_model
+    from timm_asap_lab.evaluation import create_eval_model
     grey = timm.create_model('test_resnet', num_classes=10, in_chans=1)
     path = _plain_state_dict(grey, tmp_path / 'grey.pth.tar')
     with caplog.at_level('WARNING'):
@@ -230,9 +230,9 @@ def test_ten_class_checkpoint_on_two_class_folder_is_refused(tmp_path, capsys):
 def test_checkpoint_whose_label_names_disagree_with_the_data_is_refused(tmp_path, capsys):
     import timm
     from finetune_helpers import TINY_ARGS, tiny_config
-    from timm_asap.config import save_config
+    from timm_asap_lab.config import save_config
     from timm_asap.hub import weights_metadata
-    from timm_asap.train.checkpoint import save_weights
+    from timm_asap_lab.train.checkpoint import save_weights
     _folder(tmp_path / 'data', bad_names=())  # classes cat (label 0), dog (label 1)
     cfg = tiny_config(tmp_path / 'data', model={'num_classes': 2},
                       data={'dataset': 'folder', 'label_names': ['dog', 'cat']})
@@ -267,7 +267,7 @@ def test_safetensors_of_a_run_is_built_with_its_recorded_model_args(fmnist_run, 
 
 def test_safetensors_outside_its_run_folder_brings_its_model_args(fmnist_run, tmp_path):
     import shutil
-    from timm_asap.evaluation import create_eval_model
+    from timm_asap_lab.evaluation import create_eval_model
     alone = shutil.copyfile(fmnist_run[1] / 'model.safetensors', tmp_path / 'model.safetensors')  # no config.yaml
     loaded = create_eval_model('preactresnet18_asap', checkpoint_path=str(alone))
     assert loaded.model.num_classes == 10 and loaded.model.stem.in_channels == 1
@@ -276,7 +276,7 @@ def test_safetensors_outside_its_run_folder_brings_its_model_args(fmnist_run, tm
 
 def test_run_config_applies_its_model_args(fmnist_run, tmp_path, capsys):
     import timm
-    from timm_asap.hub.export import load_checkpoint_state_dict
+    from timm_asap_lab.publish.export import load_checkpoint_state_dict
     data, run = fmnist_run
     model = timm.create_model('preactresnet18_asap', num_classes=10, in_chans=1, **PREACT_ARGS)
     model.load_state_dict(load_checkpoint_state_dict(run / 'model.safetensors'))
@@ -329,7 +329,7 @@ def test_tensors_that_do_not_fit_the_model_are_one_line(fmnist_run, tmp_path, ca
 
 def _no_pass(monkeypatch):
     """Make any evaluation pass fail the test: the inputs must be refused before the first one."""
-    import timm_asap.evaluation.runner as runner
+    import timm_asap_lab.evaluation.runner as runner
 
     def fail(*a, **k):
         raise AssertionError('an evaluation pass started before the inputs were checked')

@@ -17,13 +17,13 @@ import pytest
 import torch
 
 import timm_asap.models  # noqa: F401  (registers the architectures)
-from timm_asap._files import (LOCK_NAME, FolderInUseError, OutputFolderError, check_replaceable, folder_lock,
-                              staging_dir, replace_dir)
-from timm_asap.cli.publish import main as publish_main
-from timm_asap.config import save_config
-from timm_asap.evaluation import EvalImages
-from timm_asap.evaluation.cache import CorruptionCache, iter_corrupted_sets
-from timm_asap.train import finetune
+from timm_asap._files import LOCK_NAME
+from timm_asap_lab.files import FolderInUseError, OutputFolderError, check_replaceable, folder_lock, staging_dir, replace_dir
+from timm_asap_lab.cli.publish import main as publish_main
+from timm_asap_lab.config import save_config
+from timm_asap_lab.evaluation import EvalImages
+from timm_asap_lab.evaluation.cache import CorruptionCache, iter_corrupted_sets
+from timm_asap_lab.train import finetune
 
 from conftest_hub import HUB_CONFIG, hub, hub_env  # noqa: F401  (an in-process Hub)
 from finetune_helpers import tiny_config, write_fake_fashion_mnist
@@ -34,7 +34,7 @@ PUBLISH = [HUB_CONFIG, '--dry-run', '--allow-no-eval']
 RUN_FILES = {'best.pth', 'config.yaml', 'last.pth', 'metrics.json', 'model.safetensors', 'summary.csv', 'train.log'}
 
 HOLD = """import sys
-from timm_asap._files import folder_lock
+from timm_asap_lab.files import folder_lock
 with folder_lock(sys.argv[1], 'test holder'):
     print('locked', flush=True)
     sys.stdin.readline()
@@ -368,7 +368,7 @@ def test_a_lock_on_a_missing_folder_leaves_nothing_when_nothing_was_written(tmp_
 
 def test_a_file_system_without_locks_is_written_with_a_warning(tmp_path, monkeypatch, caplog):
     import errno
-    from timm_asap import _files
+    from timm_asap_lab import files as _files
 
     def no_locks(fd, operation):  # what flock answers on a mount without locks
         raise OSError(errno.ENOLCK, 'No locks available')
@@ -385,8 +385,8 @@ def test_a_file_system_without_locks_is_written_with_a_warning(tmp_path, monkeyp
 # --- the study and the evaluation write their files only into an empty folder or one of their own -------------
 
 def test_study_and_evaluate_refuse_a_folder_holding_someone_elses_files(tmp_path, capsys):
-    from timm_asap.cli.evaluate import main as evaluate_main
-    from timm_asap.cli.study import main as study_main
+    from timm_asap_lab.cli.evaluate import main as evaluate_main
+    from timm_asap_lab.cli.study import main as study_main
 
     folder = tmp_path / 'mine'
     folder.mkdir()

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from timm_asap.cli.finetune import main as finetune_main
-from timm_asap.cli.study import main as study_main
-from timm_asap.config import save_config
-from timm_asap.evaluation import read_results
-from timm_asap.study import StudyOptions, _plot_summary, run_study, study_table
-from timm_asap.train import NonFiniteLossError, finetune
+from timm_asap_lab.cli.finetune import main as finetune_main
+from timm_asap_lab.cli.study import main as study_main
+from timm_asap_lab.config import save_config
+from timm_asap_lab.evaluation import read_results
+from timm_asap_lab.study import StudyOptions, _plot_summary, run_study, study_table
+from timm_asap_lab.train import NonFiniteLossError, finetune
 
 from finetune_helpers import tiny_config, write_fake_fashion_mnist
 
@@ -65,13 +65,13 @@ def study_copy(finished_study, tmp_path):
 
 def _no_training(monkeypatch):
     """Fail the test instead of training (the cases below must stop before any training starts)."""
-    import timm_asap.train
-    import timm_asap.train.trainer
+    import timm_asap_lab.train
+    import timm_asap_lab.train.trainer
 
     def refuse(*args, **kwargs):
         pytest.fail('a training run was started')
-    monkeypatch.setattr(timm_asap.train, 'ensure_finetuned', refuse)
-    monkeypatch.setattr(timm_asap.train.trainer, 'finetune', refuse)
+    monkeypatch.setattr(timm_asap_lab.train, 'ensure_finetuned', refuse)
+    monkeypatch.setattr(timm_asap_lab.train.trainer, 'finetune', refuse)
 
 
 # --- 2: a re-run with other evaluation options evaluates again and says what ran -------------------------------

@@ -18,7 +18,7 @@ from huggingface_hub import ModelCard
 
 import timm_asap.models  # noqa: F401  (registers the architectures)
 from timm_asap import hub as H
-from timm_asap.config import config_from_dict, load_config
+from timm_asap_lab.config import config_from_dict, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 FENCE = re.compile(r'^```(\w*)\n(.*?)^```\n', re.S | re.M)
@@ -41,7 +41,7 @@ def grey_folder(tmp_path_factory):
     baseline does."""
     from conftest_hub import make_eval_dir
     from finetune_helpers import tiny_config, write_fake_fashion_mnist
-    from timm_asap.train import finetune
+    from timm_asap_lab.train import finetune
 
     root = tmp_path_factory.mktemp('grey')
     data = write_fake_fashion_mnist(root / 'data', n_train=32, n_test=16)
@@ -59,7 +59,7 @@ def grey_folder(tmp_path_factory):
 def rgb_folder(tmp_path_factory):
     """A three-channel baseline with three classes (fewer than the five a top-5 needs), built in memory and
     published without evaluation; its recipe's tags wrongly include 'asap'."""
-    from timm_asap.hub.export import create_model_from_config
+    from timm_asap_lab.publish.export import create_model_from_config
 
     cfg = config_from_dict({
         'model': {'architecture': 'preactresnet18', 'tag': 'tiny-rgb', 'pool': 'none', 'num_classes': 3,
@@ -191,7 +191,7 @@ def _model_rows(base_ms, asap_ms, device='cpu', dtype='float32', channels_last=F
 
 def test_benchmark_models_says_unreliable_for_rounds_that_disagree():
     """Was: resnet50 at 2518, 530 and 2954 ms in three rounds printed 'throughput 5.011x (target >= 0.9x): met'."""
-    from timm_asap.models.benchmark import target_checks
+    from timm_asap_lab.tools.benchmark_models import target_checks
     [line] = target_checks(_model_rows([2518, 530, 2954], [502.5, 528, 589.5]))
     assert 'resnet50_asap / resnet50 throughput 5.011x (min 1.004, max 5.011 over 3 rounds)' in line
     assert line.endswith('unreliable: 3 rounds, at least 5 are needed for a verdict') and ': met' not in line
@@ -210,7 +210,7 @@ def test_benchmark_models_says_unreliable_for_rounds_that_disagree():
 
 def test_benchmark_layers_says_unreliable_for_rounds_that_disagree():
     """Was: the layer ratios were ratios of medians, printed without their spread or a verdict's support."""
-    from timm_asap.benchmark import format_table, target_checks
+    from timm_asap_lab.tools.benchmark_layers import format_table, target_checks
     times = {'asap': [10, 10, 10, 10, 10], 'asap_fft': [70, 8, 65, 72, 60], 'avg_pool2d': [5, 5, 5, 5, 5],
              'blurpool': [30, 30, 30, 30, 30]}
     rows = []

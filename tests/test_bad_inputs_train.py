@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 
 import timm_asap.models  # noqa: F401  (registers the architectures)
-from timm_asap.cli.finetune import main as finetune_main
-from timm_asap.config import ConfigError, apply_overrides, config_from_dict
-from timm_asap.data import DataError, FashionMNIST, create_run_data
-from timm_asap.hub.config_model import create_model_from_config
+from timm_asap_lab.cli.finetune import main as finetune_main
+from timm_asap_lab.config import ConfigError, apply_overrides, config_from_dict
+from timm_asap_lab.data import DataError, FashionMNIST, create_run_data
+from timm_asap_lab.config_model import create_model_from_config
 from timm_asap.layers import ASAP2d
-from timm_asap.train import CheckpointError, finetune
+from timm_asap_lab.train import CheckpointError, finetune
 
 from conftest_hub import make_train_dir
 from finetune_helpers import tiny_config, write_fake_fashion_mnist, write_image_folder
@@ -91,7 +91,7 @@ def test_memory_loader_refuses_a_dataset_read_image_by_image(tmp_path):
 
 def test_memory_loader_refuses_a_dataset_over_its_size_cap(fmnist, monkeypatch):
     cfg = tiny_config(fmnist, data={'loader': 'memory', 'memory_max_mb': 1})
-    monkeypatch.setattr('timm_asap.data.pipeline.images_nbytes', lambda images, c, n=None: 3 * 2 ** 20)
+    monkeypatch.setattr('timm_asap_lab.data.pipeline.images_nbytes', lambda images, c, n=None: 3 * 2 ** 20)
     with pytest.raises(DataError, match=r"data.loader 'memory': 'fashion_mnist' needs 6.0 MiB as uint8 \(48 "
                                         r"training images of 1x28x28 plus validation\), more than "
                                         r"data.memory_max_mb=1; use data.loader=dataloader"):
@@ -123,7 +123,7 @@ def test_reference_mode_builds_in_training_and_export(fmnist):
 
 
 def test_fmnist_alias_works_in_evaluation(fmnist):
-    from timm_asap.evaluation.data import create_eval_dataset
+    from timm_asap_lab.evaluation.data import create_eval_dataset
     ds = create_eval_dataset('fmnist', str(fmnist), split='test', img_size=16, in_chans=1)
     assert isinstance(ds, FashionMNIST) and len(ds) == 16 and ds[0][0].shape == (1, 16, 16)
 
@@ -141,7 +141,7 @@ def test_publish_to_an_unreachable_hub_says_so_in_one_line(tmp_path):
                HF_HUB_DOWNLOAD_TIMEOUT='2', HF_HUB_DISABLE_TELEMETRY='1', OMP_NUM_THREADS='1',
                HF_HOME=str(tmp_path / 'hf_home'))
     env['PYTHONPATH'] = os.pathsep.join([str(REPO), env.get('PYTHONPATH', '')])
-    cmd = [sys.executable, '-m', 'timm_asap.cli.publish', 'resnet18_cifar_asap.fmnist', '--checkpoint', str(train),
+    cmd = [sys.executable, '-m', 'timm_asap_lab.cli.publish', 'resnet18_cifar_asap.fmnist', '--checkpoint', str(train),
            '--allow-no-eval', '--output', str(tmp_path / 'hub')]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 3, proc.stderr[-3000:]
@@ -154,11 +154,11 @@ def test_publish_to_an_unreachable_hub_says_so_in_one_line(tmp_path):
 
 def test_memory_loader_on_cuda_keeps_to_half_the_free_memory(fmnist, monkeypatch):
     import torch
-    from timm_asap.data import choose_loader, create_split_dataset
+    from timm_asap_lab.data import choose_loader, create_split_dataset
     cfg = tiny_config(fmnist, data={'loader': 'memory'})
     train = create_split_dataset(cfg.data, 'train', in_chans=1)
     monkeypatch.setattr(torch.cuda, 'mem_get_info', lambda device=None: (4 * 2 ** 20, 8 * 2 ** 20))
-    monkeypatch.setattr('timm_asap.data.pipeline.images_nbytes', lambda images, c, n=None: 3 * 2 ** 20)
+    monkeypatch.setattr('timm_asap_lab.data.pipeline.images_nbytes', lambda images, c, n=None: 3 * 2 ** 20)
     with pytest.raises(DataError, match=r"needs 3.0 MiB .* more than half the free memory of cuda \(2 MiB\); "
                                         r"use data.loader=dataloader"):
         choose_loader(cfg, train, device='cuda')

@@ -1,11 +1,11 @@
 """The timm-asap command dispatcher and list-models."""
 import pytest
 
-from timm_asap.cli.main import COMMANDS, main as dispatch
+from timm_asap_lab.cli.main import COMMANDS, main as dispatch
 
 
 def test_list_models_command(capsys):
-    from timm_asap.cli.list_models import main, model_rows
+    from timm_asap_lab.cli.list_models import main, model_rows
     rows = {r['architecture']: r for r in model_rows('resnet18_cifar')}
     assert set(rows) == {'resnet18_cifar', 'resnet18_cifar_asap', 'resnet18_cifar_flc'}
     assert [rows[n]['pool'] for n in sorted(rows)] == ['none', 'asap', 'flc']
@@ -45,7 +45,7 @@ def test_every_command_has_help(command, capsys):
 
 
 def test_benchmark_models_short_names(tmp_path):
-    from timm_asap.cli.benchmark_models import parse_args
+    from timm_asap_lab.cli.benchmark_models import parse_args
     assert parse_args(['--models', 'resnetaa50', 'resnet50_asap']).models == ['resnetaa50 (BlurPool)', 'resnet50_asap']
     config = tmp_path / 'bench.yaml'
     config.write_text('models: [resnetaa50]\n')
@@ -58,7 +58,7 @@ def test_benchmark_models_short_names(tmp_path):
 
 
 def test_benchmark_models_unknown_name_lists_short_names(capsys):
-    from timm_asap.cli.benchmark_models import parse_args
+    from timm_asap_lab.cli.benchmark_models import parse_args
     with pytest.raises(SystemExit):
         parse_args(['--models', 'resnet51'])
     err = capsys.readouterr().err

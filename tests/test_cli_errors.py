@@ -3,7 +3,7 @@ import signal
 
 import pytest
 
-from timm_asap.cli._errors import STATUS_BAD_INPUT, STATUS_FAILED, run_cli
+from timm_asap_lab.cli._errors import STATUS_BAD_INPUT, STATUS_FAILED, run_cli
 
 
 class _Stopped(RuntimeError):

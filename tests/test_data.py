@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 
 import timm_asap.models  # noqa: F401  (registers the architectures)
-from timm_asap.config import apply_overrides
-from timm_asap.data import (
+from timm_asap_lab.config import apply_overrides
+from timm_asap_lab.data import (
     DEFAULT_FASHION_MNIST_DIR, DataError, FashionMNIST, IdxError, ResumableSampler, SampleDataset, ShardSampler,
     create_val_dataset, create_run_data, create_split_dataset, create_transforms, dataset_classes,
     find_fashion_mnist, read_idx, run_data_config, subset_indices, write_idx)
@@ -249,7 +249,7 @@ def test_torchvision_dataset_through_timm(tmp_path):
 # ----------------------------------------------------------------------------------------- in-memory loader
 def test_memory_sample_order_is_the_distributed_samplers():
     from torch.utils.data import DistributedSampler
-    from timm_asap.data import sample_order
+    from timm_asap_lab.data import sample_order
     for n, world in ((10, 1), (10, 3), (7, 4)):
         for rank in range(world):
             ref = DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=True, seed=5)
@@ -262,7 +262,7 @@ def _uint8(n=4, c=1, size=12, seed=0):
 
 
 def test_memory_augment_identity_flip_and_shift():
-    from timm_asap.data import MemoryAugment, augment_batch
+    from timm_asap_lab.data import MemoryAugment, augment_batch
     x = _uint8(c=3)
     g = torch.Generator().manual_seed(0)
     same = augment_batch(x, MemoryAugment(12, (1, 1), (1, 1), hflip=0.0), g)
@@ -279,7 +279,7 @@ def test_memory_augment_identity_flip_and_shift():
 
 
 def test_memory_augment_crops_follow_scale_and_ratio():
-    from timm_asap.data.memory import MemoryAugment, _crop_boxes
+    from timm_asap_lab.data.memory import MemoryAugment, _crop_boxes
     g = torch.Generator().manual_seed(1)
     w, h = _crop_boxes(4000, MemoryAugment(32, (0.25, 0.5), (0.5, 2.0)), g, 'cpu')
     area, ratio = w * h, w / h
@@ -288,7 +288,7 @@ def test_memory_augment_crops_follow_scale_and_ratio():
 
 
 def test_memory_batches_resume_part_way_and_normalise(tmp_path):
-    from timm_asap.data import MemoryAugment, MemoryEvalBatches, MemoryTrainBatches
+    from timm_asap_lab.data import MemoryAugment, MemoryEvalBatches, MemoryTrainBatches
     x, y = _uint8(n=20, size=8), torch.arange(20) % 10
     batches = MemoryTrainBatches(x, y, 4, MemoryAugment(8, (0.5, 1.0)), [0.5], [0.25], seed=3)
     whole = list(batches.epoch(2))

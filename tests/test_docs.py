@@ -79,7 +79,7 @@ def test_render_replaces_stale_text_and_rejects_unknown_parts():
 
 
 def test_config_reference_follows_the_docstrings():
-    from timm_asap.config import DataConfig, RunConfig
+    from timm_asap_lab.config import DataConfig, RunConfig
 
     rows = {r[0]: r for r in gen_docs.config_rows(RunConfig)}
     meaning = gen_docs._docstring_attributes(DataConfig)['label_names']

@@ -9,13 +9,13 @@ import pytest
 import torch
 from torch import nn
 
-from timm_asap.evaluation import (
+from timm_asap_lab.evaluation import (
     ALEXNET_ERR, ALL_CORRUPTIONS, CORRUPTIONS, EXTRA_CORRUPTIONS, AttackSpec, EvalImages, EvalOptions, aliasing_view,
     build_attack_specs, check_corruptions, check_eps, check_severities, corrupt, corruption_summary, evaluate_attacks,
     evaluate_clean, evaluate_corruptions, evaluate_models, evaluate_shift_consistency, load_images, markdown_report,
     parse_eps, parse_markdown_tables, read_results, run_attack, wrap_model, write_results)
-from timm_asap.evaluation.corruptions import _motion_blur
-from timm_asap.evaluation.shift import shift_images
+from timm_asap_lab.evaluation.corruptions import _motion_blur
+from timm_asap_lab.evaluation.shift import shift_images
 
 pytest.importorskip('art')
 pytest.importorskip('cv2')
@@ -447,10 +447,10 @@ def test_importing_needs_no_heavy_dependencies():
         import sys
         for name in ('art', 'cv2', 'skimage', 'corrupt_tta'):
             sys.modules[name] = None  # make the import fail
-        import timm_asap, timm_asap.evaluation
+        import timm_asap, timm_asap_lab.evaluation
         import numpy as np
         try:
-            timm_asap.evaluation.corrupt(np.zeros((16, 16, 3), np.uint8), 'defocus_blur', 1)
+            timm_asap_lab.evaluation.corrupt(np.zeros((16, 16, 3), np.uint8), 'defocus_blur', 1)
         except ImportError as e:
             assert "timm-asap[eval]" in str(e), e
             print('ok')

@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from timm_asap.evaluation import EvalImages, evaluate_corruptions, wrap_model
-from timm_asap.evaluation import cache as cache_mod
-from timm_asap.evaluation.cache import CorruptionCache, corruption_key, generate_corrupted, iter_corrupted_sets
-from timm_asap.evaluation.corruptions import corrupt, image_rng
+from timm_asap_lab.evaluation import EvalImages, evaluate_corruptions, wrap_model
+from timm_asap_lab.evaluation import cache as cache_mod
+from timm_asap_lab.evaluation.cache import CorruptionCache, corruption_key, generate_corrupted, iter_corrupted_sets
+from timm_asap_lab.evaluation.corruptions import corrupt, image_rng
 
 pytest.importorskip('cv2')
 pytest.importorskip('skimage')
@@ -84,7 +84,7 @@ def test_cache_reused_and_damaged_entries_rebuilt(images, tmp_path, caplog):
     other = corruption_key(images, 'fog', 1, 0, 'cifar')  # a valid entry of other parameters under this name
     cache.save(other, first[2])
     cache.path(other).replace(foreign)
-    with caplog.at_level(logging.WARNING, logger='timm_asap.evaluation.cache'):
+    with caplog.at_level(logging.WARNING, logger='timm_asap_lab.evaluation.cache'):
         rebuilt = dict(iter_corrupted_sets(images, JOBS, 0, 'cifar', cache, workers=0, stats=stats))
     assert stats == {'cached': 0, 'generated': 3}
     messages = ' '.join(r.getMessage() for r in caplog.records)

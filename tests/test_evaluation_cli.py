@@ -7,7 +7,7 @@ import pytest
 import torch
 import yaml
 
-from timm_asap.cli.evaluate import main, parse_model_spec
+from timm_asap_lab.cli.evaluate import main, parse_model_spec
 
 pytest.importorskip('art')
 pytest.importorskip('cv2')
@@ -107,7 +107,7 @@ def test_parse_model_spec():
 
 @pytest.mark.skipif(not (FMNIST_DIR / 't10k-images-idx3-ubyte.gz').is_file(), reason='Fashion-MNIST IDX files absent')
 def test_cli_fashion_mnist_grey_model(tmp_path):
-    pytest.importorskip('timm_asap.data')
+    pytest.importorskip('timm_asap_lab.data')
     out = tmp_path / 'fm'
     args = ['--model', 'test_resnet', '--num-classes', '10', '--in-chans', '1', '--img-size', '32',
             '--dataset', 'fashion_mnist', '--split', 'test', '--count', '6', '--corruptions', 'frost',
@@ -121,11 +121,11 @@ def test_cli_fashion_mnist_grey_model(tmp_path):
 
 
 def test_cli_run_config_supplies_model_and_data(tmp_path):
-    from timm_asap.config import list_hub_configs
+    from timm_asap_lab.config import list_hub_configs
     name = 'resnet18_cifar.fmnist'
     if name not in list_hub_configs() or not (FMNIST_DIR / 't10k-images-idx3-ubyte.gz').is_file():
         pytest.skip('shipped Fashion-MNIST config or IDX files absent')
-    pytest.importorskip('timm_asap.data')
+    pytest.importorskip('timm_asap_lab.data')
     out = tmp_path / 'rc'
     args = ['--run-config', name, '--count', '4', '--corruptions', 'none', '--fgsm-eps', 'none', '--pgd-linf-eps',
             'none', '--shift-trials', '0', '--aliasing-count', '0', '--plots', 'false', '--workers', '0',
@@ -140,13 +140,13 @@ def test_cli_run_config_supplies_model_and_data(tmp_path):
 def test_checkpoint_of_a_finetuning_run_brings_its_normalisation(tmp_path):
     """A fine-tuned checkpoint is evaluated with the statistics it was trained with (its folder's config.yaml),
     not the architecture's pretrained_cfg; explicit values still win."""
-    pytest.importorskip('timm_asap.data')
+    pytest.importorskip('timm_asap_lab.data')
     import timm
     from safetensors.torch import save_file
 
     import timm_asap.models  # noqa: F401
-    from timm_asap.config import load_config, save_config
-    from timm_asap.evaluation import create_eval_model
+    from timm_asap_lab.config import load_config, save_config
+    from timm_asap_lab.evaluation import create_eval_model
     run = tmp_path / 'run'
     cfg = load_config('resnet18_cifar_asap.fmnist')  # trained with mean 0.2860, std 0.3530
     save_config(cfg, run / 'config.yaml')
@@ -160,7 +160,7 @@ def test_checkpoint_of_a_finetuning_run_brings_its_normalisation(tmp_path):
                                  mean=[0.5], std=[0.25], **kwargs)
     assert explicit.mean.flatten().tolist() == [0.5] and explicit.std.flatten().tolist() == [0.25]
     # a config without data.mean/std: the model's pretrained_cfg, as training resolved it (not ImageNet's)
-    from timm_asap.config import apply_overrides
+    from timm_asap_lab.config import apply_overrides
     save_config(apply_overrides(cfg, ['data.mean=null', 'data.std=null']), run / 'config.yaml')
     unset = create_eval_model('resnet18_cifar_asap', checkpoint_path=str(run / 'model.safetensors'), **kwargs)
     cifar_mean = sum(model.pretrained_cfg['mean']) / 3  # 1 channel: the average of the RGB statistics

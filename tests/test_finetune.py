@@ -16,9 +16,9 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 import timm_asap.models  # noqa: F401  (registers the architectures)
-from timm_asap.config import ConfigError, apply_overrides
-from timm_asap.data import DataError
-from timm_asap.train import (
+from timm_asap_lab.config import ConfigError, apply_overrides
+from timm_asap_lab.data import DataError
+from timm_asap_lab.train import (
     CheckpointError, NonFiniteLossError, RunExistsError, TrainingInterrupted, config_differences, ensure_finetuned,
     finetune, load_run_checkpoint)
 
@@ -88,7 +88,7 @@ def test_outputs_of_a_run(tmp_path, fmnist):
 
 def test_zero_shot_conversion_loads_the_base_weights(tmp_path, fmnist):
     """A fresh run's model holds exactly the base resnet18_cifar's weights before training."""
-    from timm_asap.train import convert_from_base, create_model_from_config, load_base_model
+    from timm_asap_lab.train import convert_from_base, create_model_from_config, load_base_model
     path, base = _base_file(tmp_path)
     cfg = tiny_config(fmnist, model={'base': 'resnet18_cifar', 'base_file': str(path)}, train={'epochs': 1})
     model = create_model_from_config(cfg)
@@ -208,7 +208,7 @@ def test_ensure_finetuned_returns_a_finished_run_without_training(tmp_path, fmni
     out = tmp_path / 'run'
     first = ensure_finetuned(cfg, out, device='cpu', progress=False)
     stamp = (out / 'model.safetensors').stat().st_mtime_ns
-    import timm_asap.train.trainer as ft
+    import timm_asap_lab.train.trainer as ft
     monkeypatch.setattr(ft, 'finetune', lambda *a, **k: pytest.fail('trained again'))
     second = ensure_finetuned(apply_overrides(cfg, ['data.workers=1', 'train.log_interval=7']), out)
     assert second == first and (out / 'model.safetensors').stat().st_mtime_ns == stamp
@@ -285,7 +285,7 @@ class _Stream(torch.utils.data.IterableDataset):
 
 
 def test_streaming_dataset_trains_and_resumes(tmp_path, fmnist, monkeypatch):
-    import timm_asap.data.pipeline as pipeline
+    import timm_asap_lab.data.pipeline as pipeline
     monkeypatch.setattr(pipeline, 'create_split_dataset',
                         lambda cfg, split, **kw: _Stream(32 if split == 'train' else 8))
     cfg = tiny_config(fmnist, data={'no_aug': True}, train={'epochs': 2, 'export': 'last'})
@@ -307,7 +307,7 @@ def test_streaming_dataset_trains_and_resumes(tmp_path, fmnist, monkeypatch):
 def test_a_stop_request_checks_the_loss_before_writing_on_cuda():
     """On CUDA the loss is read every log_interval updates; a signal between two reads must not save NaN weights."""
     from types import SimpleNamespace
-    from timm_asap.train.loop import EpochLoop
+    from timm_asap_lab.train.loop import EpochLoop
     loop = SimpleNamespace(
         cfg=SimpleNamespace(train=SimpleNamespace(log_interval=50, lr=0.1), data=SimpleNamespace(max_unreadable=0.0)),
         env=SimpleNamespace(distributed=False), signals=SimpleNamespace(signum=signal.SIGTERM), cuda=True,
@@ -322,8 +322,8 @@ def test_a_stop_request_checks_the_loss_before_writing_on_cuda():
 
 def test_validation_gives_the_teacher_its_own_normalisation(tmp_path, fmnist, monkeypatch):
     """A teacher with other mean/std sees the same re-normalised input in training and in validation."""
-    import timm_asap.train.build as build_module
-    from timm_asap.train.model import BaseModel
+    import timm_asap_lab.train.build as build_module
+    from timm_asap_lab.train.model import BaseModel
     seen: list[float] = []  # the smallest input value of each call
 
     class Teacher(torch.nn.Module):
@@ -349,7 +349,7 @@ def test_validation_gives_the_teacher_its_own_normalisation(tmp_path, fmnist, mo
 
 
 def test_imagenet_folder_names_are_not_taken_as_label_names():
-    from timm_asap.train.build import _imagenet_synsets
+    from timm_asap_lab.train.build import _imagenet_synsets
     synsets = [f"n{i:08d}" for i in range(1000)]
     assert _imagenet_synsets(synsets)
     assert not _imagenet_synsets(synsets[:10])  # another class count: the folder names are the names

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from timm_asap.cli.finetune import main
-from timm_asap.config import list_hub_configs, save_config
+from timm_asap_lab.cli.finetune import main
+from timm_asap_lab.config import list_hub_configs, save_config
 
 from finetune_helpers import tiny_config, write_fake_fashion_mnist
 

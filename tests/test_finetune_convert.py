@@ -19,10 +19,10 @@ from safetensors.torch import load_file
 
 import timm_asap.models  # noqa: F401  (registers the architectures)
 from timm_asap import hub as H
-from timm_asap.cli.finetune import main
-from timm_asap.config import ConfigError, apply_overrides, config_from_dict, load_config
+from timm_asap_lab.cli.finetune import main
+from timm_asap_lab.config import ConfigError, apply_overrides, config_from_dict, load_config
 from timm_asap.hub.integrity import MODEL_ARGS_KEY, read_safetensors_header
-from timm_asap.train import (create_model_from_config, create_teacher, convert_from_base, finetune, load_base_model,
+from timm_asap_lab.train import (create_model_from_config, create_teacher, convert_from_base, finetune, load_base_model,
                              resolve_base, resolve_run_config_base)
 
 from finetune_helpers import write_fake_fashion_mnist
@@ -222,16 +222,16 @@ def test_a_damaged_base_file_is_refused_naming_it(base, tmp_path):
 def test_other_normalisation_than_the_base_is_reported(base, caplog):
     _, run, _, data = base
     cfg = apply_overrides(load_config(RECIPE), _tiny(data) + [f'model.base={run}'])
-    with caplog.at_level('WARNING', logger='timm_asap.train.model'):
+    with caplog.at_level('WARNING', logger='timm_asap_lab.train.model'):
         resolve_run_config_base(cfg)
     assert not caplog.records  # the recipe normalises as the base was trained
-    with caplog.at_level('WARNING', logger='timm_asap.train.model'):
+    with caplog.at_level('WARNING', logger='timm_asap_lab.train.model'):
         resolve_run_config_base(apply_overrides(cfg, ['data.mean=[0.5]']))
     assert 'was trained with mean [0.286] / std [0.353], this run normalises with [0.5]' in caplog.text
 
 
 def test_card_names_a_hub_base_and_publishing_accepts_a_local_one(base, tmp_path):
-    from timm_asap.hub.card import base_model_repo
+    from timm_asap_lab.publish.card import base_model_repo
     _, run, hub_folder, _ = base
     assert base_model_repo('hf-hub:org/name@v1') == 'org/name'
     assert base_model_repo('resnet50.tv_in1k') == 'timm/resnet50.tv_in1k'

@@ -12,8 +12,8 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
 
-from timm_asap.config import save_config
-from timm_asap.train import finetune, load_run_checkpoint
+from timm_asap_lab.config import save_config
+from timm_asap_lab.train import finetune, load_run_checkpoint
 
 from finetune_helpers import tiny_config, write_fake_fashion_mnist
 

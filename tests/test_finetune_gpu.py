@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from timm_asap.train import finetune, load_run_checkpoint
+from timm_asap_lab.train import finetune, load_run_checkpoint
 
 from finetune_helpers import tiny_config, write_fake_fashion_mnist
 
@@ -47,7 +47,7 @@ def test_compile(tmp_path, fmnist):
 
 
 def test_memory_batches_stay_on_the_gpu_and_resume_part_way(fmnist):
-    from timm_asap.data import create_run_data
+    from timm_asap_lab.data import create_run_data
     data = create_run_data(tiny_config(fmnist, model={'img_size': 32}, data={'loader': 'memory', 'crop_padding': 2}),
                            device='cuda')
     whole = list(data.train_batches.epoch(1))

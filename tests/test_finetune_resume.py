@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from timm_asap.config import save_config
-from timm_asap.train import TrainingInterrupted, finetune, load_run_checkpoint
+from timm_asap_lab.config import save_config
+from timm_asap_lab.train import TrainingInterrupted, finetune, load_run_checkpoint
 
 from finetune_helpers import TINY_ARGS, tiny_config, write_fake_fashion_mnist
 
@@ -75,7 +75,7 @@ def test_sigterm_mid_epoch_then_resume_matches_uninterrupted(tmp_path, loader):
 
 def _record_lrs(monkeypatch) -> list[float]:
     """The learning rate of every optimizer step of the runs that follow (wraps timm's optimizer factory)."""
-    import timm_asap.train.build as build_module
+    import timm_asap_lab.train.build as build_module
     lrs: list[float] = []
     create = build_module.create_optimizer_v2
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from timm_asap.data import DEFAULT_FASHION_MNIST_DIR, find_fashion_mnist
+from timm_asap_lab.data import DEFAULT_FASHION_MNIST_DIR, find_fashion_mnist
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = ['gpu_tests', 'layers', 'models_resnet50', 'models_cifar', 'profile_cifar', 'study']

@@ -16,9 +16,10 @@ from huggingface_hub import ModelCard, constants
 
 import timm_asap.models  # noqa: F401  (registers the architectures)
 from timm_asap import hub as H
-from timm_asap.cli.publish import main as publish_main
-from timm_asap.config import ConfigError, apply_overrides, list_hub_configs, load_config
-from timm_asap.hub import (HubPublishError, IntegrityError, MissingEvaluationError, UnregisteredArchitectureError)
+from timm_asap_lab.cli.publish import main as publish_main
+from timm_asap_lab.config import ConfigError, apply_overrides, list_hub_configs, load_config
+from timm_asap.hub import IntegrityError, UnregisteredArchitectureError
+from timm_asap_lab.publish.errors import HubPublishError, MissingEvaluationError
 
 from conftest_hub import HUB_CONFIG, make_eval_dir, make_train_dir
 
@@ -114,7 +115,7 @@ def test_model_card_metadata_and_sections(folder):
 
 
 def test_card_base_model_for_imagenet_configs():
-    from timm_asap.hub.card import card_metadata
+    from timm_asap_lab.publish.card import card_metadata
     meta = card_metadata(load_config('resnet50_asap.ft_in1k'), None)
     assert meta.base_model == 'timm/resnet50.tv_in1k' and meta.license == 'bsd-3-clause'
     assert meta.eval_results is None
@@ -186,7 +187,7 @@ def test_placement_travels_in_config_json_and_weights(tmp_path):
 
 
 def test_run_config_placement_must_match_the_model():
-    from timm_asap.hub.config_model import check_pooling, create_model_from_config
+    from timm_asap_lab.config_model import check_pooling, create_model_from_config
     cfg = apply_overrides(load_config(HUB_CONFIG), ['model.pool_position=after'])
     model = create_model_from_config(cfg)
     assert timm_asap.models.pool_position_of(model) == 'after'
@@ -233,7 +234,7 @@ def test_failed_build_keeps_the_previous_folder(folder, run_dirs, tmp_path, monk
 
     def broken(*args, **kwargs):
         raise RuntimeError('card failure')
-    monkeypatch.setattr('timm_asap.hub.export.build_model_card', broken)
+    monkeypatch.setattr('timm_asap_lab.publish.export.build_model_card', broken)
     with pytest.raises(RuntimeError, match='card failure'):
         H.export_output_dir(train, out, eval_dir=ev)
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
@@ -242,7 +243,7 @@ def test_failed_build_keeps_the_previous_folder(folder, run_dirs, tmp_path, monk
 
 @pytest.mark.parametrize('exchange', [True, False], ids=['exchange', 'rename-aside'])
 def test_replace_dir_swaps_in_the_new_folder(tmp_path, monkeypatch, exchange):
-    from timm_asap import _files as _io
+    from timm_asap_lab import files as _io
     if not exchange:
         monkeypatch.setattr(_io, '_exchange', lambda a, b: False)
     elif not _io._exchange(Path(tempfile.mkdtemp(dir=tmp_path)), Path(tempfile.mkdtemp(dir=tmp_path))):
@@ -493,7 +494,7 @@ def test_finetune_output_publishes_and_reloads(tmp_path):
     from transformers import AutoModelForImageClassification
 
     from finetune_helpers import tiny_config, write_fake_fashion_mnist
-    from timm_asap.train import finetune
+    from timm_asap_lab.train import finetune
 
     data = write_fake_fashion_mnist(tmp_path / 'data', n_train=32, n_test=16)
     cfg = tiny_config(data, train={'epochs': 1})
@@ -515,7 +516,7 @@ def test_written_files_and_folders_follow_the_umask(run_dirs, tmp_path):
     """Temp files are made 0600 and temp folders 0700; what lands gets an ordinary file's mode."""
     import os
     from timm_asap._files import atomic_write_text
-    from timm_asap.train.checkpoint import save_weights
+    from timm_asap_lab.train.checkpoint import save_weights
     train, ev = run_dirs
     old = os.umask(0o022)
     try:
@@ -540,8 +541,8 @@ def test_deprecated_integration_names_still_work():
 
 
 def test_training_record_gives_the_card_what_the_run_used(tmp_path):
-    from timm_asap.hub.card import training_text
-    from timm_asap.hub.export import read_training_record
+    from timm_asap_lab.publish.card import training_text
+    from timm_asap_lab.publish.export import read_training_record
     assert training_text({'amp': 'bfloat16', 'device': 'cuda:0 (NVIDIA H100)', 'world_size': 4}) == \
         'bfloat16 autocast, on cuda:0 (NVIDIA H100), 4 processes'
     assert training_text({'amp': 'float16', 'device': 'cuda:0', 'world_size': 1}) == \

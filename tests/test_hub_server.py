@@ -18,9 +18,10 @@ from PIL import Image
 
 import timm_asap.models  # noqa: F401  (registers the architectures)
 from timm_asap import hub as H
-from timm_asap.cli.publish import main as publish_main
-from timm_asap.config import load_config
-from timm_asap.hub import HubAuthError, HubDownloadError, HubPublishError, IntegrityError
+from timm_asap_lab.cli.publish import main as publish_main
+from timm_asap_lab.config import load_config
+from timm_asap.hub import HubDownloadError, IntegrityError
+from timm_asap_lab.publish.errors import HubAuthError, HubPublishError
 
 from conftest_hub import (GOOD_TOKEN, HUB_CONFIG, ORG, OTHER_TOKEN, SMALL_ARGS, hub, hub_env,  # noqa: F401
                           make_eval_dir, make_train_dir)

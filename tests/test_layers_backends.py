@@ -335,8 +335,8 @@ def test_cuda_backends_match_oracle(restore_backend, backend, dtype):
 # ---- the GPU check's CLI, in its tiny CPU mode ----
 
 def test_benchmark_layers_backends_tiny_writes_the_table_auto_reads(tmp_path, capsys, restore_backend):
-    from timm_asap.benchmark import RESNET18_CIFAR_SHAPES
-    from timm_asap.cli.benchmark_layers import main
+    from timm_asap_lab.tools.benchmark_layers import RESNET18_CIFAR_SHAPES
+    from timm_asap_lab.cli.benchmark_layers import main
     table, markdown, rows_path = tmp_path / 'table.json', tmp_path / 'table.md', tmp_path / 'rows.json'
     assert main(['--backends', 'two_product,kronecker,triton', '--tiny', '--device', 'cpu',
                  '--layouts', 'contiguous', 'channels_last', '--json', str(table), '--markdown', str(markdown),
@@ -359,7 +359,7 @@ def test_benchmark_layers_backends_tiny_writes_the_table_auto_reads(tmp_path, ca
     (['--backends', 'kronecker', '--shapes', '64x0'], 'must be >= 1'),
 ])
 def test_benchmark_layers_bad_flags(argv, match):
-    from timm_asap.cli.benchmark_layers import main
+    from timm_asap_lab.cli.benchmark_layers import main
     with pytest.raises(SystemExit, match=match):
         main(argv)
 
@@ -367,7 +367,7 @@ def test_benchmark_layers_bad_flags(argv, match):
 def test_benchmark_shapes_are_the_networks_downsampling_inputs():
     import timm
     import timm_asap  # noqa: F401
-    from timm_asap.benchmark import NETWORK_SHAPES
+    from timm_asap_lab.tools.benchmark_layers import NETWORK_SHAPES
     for family, (shapes, _) in NETWORK_SHAPES.items():
         found = set()
         with torch.device('meta'):

@@ -330,7 +330,7 @@ def test_hub_config_tags_carry_input_config_and_labels():
 def _shipped_configs() -> tuple[dict, dict]:
     """The shipped configs split into weight-tag recipes (file ``<architecture>.<tag>.yaml``, named as the
     tag they train) and templates for users' own runs (any other file name, e.g. ``convert_asap.fmnist``)."""
-    from timm_asap.config import list_hub_configs, load_config
+    from timm_asap_lab.config import list_hub_configs, load_config
     configs = {name: load_config(path) for name, path in list_hub_configs().items()}
     recipes = {name: cfg for name, cfg in configs.items() if cfg.name == name}
     return recipes, {name: cfg for name, cfg in configs.items() if name not in recipes}
@@ -338,7 +338,7 @@ def _shipped_configs() -> tuple[dict, dict]:
 
 def test_weight_tag_table_agrees_with_the_recipes():
     """The registry's table (WEIGHT_TAGS) and the training recipes (hub_configs/*.yaml) describe the same tags."""
-    from timm_asap.config import list_hub_configs
+    from timm_asap_lab.config import list_hub_configs
     shipped = list_hub_configs()
     recipes, _ = _shipped_configs()
     assert set(recipes) == {t.name for t in M.WEIGHT_TAGS}
@@ -372,7 +372,7 @@ def test_template_configs_are_not_weight_tags():
 
 
 def test_fashion_mnist_labels_are_the_datasets():
-    from timm_asap.data.fashion_mnist import FASHION_MNIST_CLASSES
+    from timm_asap_lab.data.fashion_mnist import FASHION_MNIST_CLASSES
     assert tuple(FASHION_MNIST_CLASSES) == M.weight_tags.FASHION_MNIST_LABELS
 
 
@@ -383,7 +383,7 @@ def test_broken_or_missing_recipe_never_breaks_import_or_creation(tmp_path):
     import subprocess
     import sys
     import timm_asap
-    from timm_asap.config import ConfigError, hub_config_dir, load_config
+    from timm_asap_lab.config import ConfigError, hub_config_dir, load_config
     pkg = tmp_path / 'timm_asap'
     shutil.copytree(Path(timm_asap.__file__).parent, pkg, ignore=shutil.ignore_patterns('__pycache__'))
     shutil.copytree(hub_config_dir(), pkg / 'hub_configs', dirs_exist_ok=True)
@@ -418,26 +418,18 @@ def test_unknown_names_say_import_timm_asap():
     assert issubclass(M.UnknownModelError, ImportError) and issubclass(M.UnknownModelError, RuntimeError)
 
 
-def test_deprecated_names_still_work():
-    with pytest.warns(DeprecationWarning, match='timm.create_model'):
-        create = M.create_model
-    with pytest.raises(M.UnknownModelError, match=r"tv_in1k_base"):
-        create('resnet50_asap.tv_in1k')
-    assert create('resnet18_cifar', device='meta').num_classes == 10
-    with pytest.warns(DeprecationWarning, match='list_variants') as caught:
-        variants = M.VARIANTS
-    assert caught[0].filename == __file__  # the warning names the caller's line, so Python's filters show it
-    assert set(variants) == set(M.list_variants()) and variants['resnet50_asap'].base == 'resnet50'
-    with pytest.warns(DeprecationWarning):
-        info = M.TAG_INFO
-    assert info['resnet50_asap.ft_in1k'].kind == 'hub' and not info['resnet50_asap.ft_in1k'].published
-    assert info['resnet50_asap.tv_in1k_base'].source == 'resnet50.tv_in1k' and info['resnet18_cifar'].kind == 'none'
+def test_no_deprecation_layer():
+    """The earlier names are gone (never released): no module-level __getattr__ hides a name, and the
+    only one left, ``timm_asap.__getattr__``, defers importing the Hub loaders."""
     import importlib
-    import sys
-    sys.modules.pop('timm_asap.models.factory', None)
-    with pytest.warns(DeprecationWarning, match='factory'):
-        factory = importlib.import_module('timm_asap.models.factory')
-    assert factory.check_model_name is M.check_model_name
+    import timm_asap
+    for module, name in ((M, 'create_model'), (M, 'VARIANTS'), (M, 'TAG_INFO'), (timm_asap, 'integration')):
+        with pytest.raises(AttributeError):
+            getattr(module, name)
+    for gone in ('timm_asap.models.factory', 'timm_asap._deprecation', 'timm_asap.hub.integration'):
+        with pytest.raises(ModuleNotFoundError):
+            importlib.import_module(gone)
+    assert not hasattr(M, '__getattr__') and timm_asap.hub is importlib.import_module('timm_asap.hub')
 
 
 def test_local_dir_config_naming_unregistered_architecture(tmp_path):

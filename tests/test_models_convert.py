@@ -332,7 +332,7 @@ def test_one_element_pool_sizes_convert_like_ints():
 
 @pytest.mark.parametrize('pool', ['asap', 'flc', 'asap_fft', 'flc_fft'])
 def test_profiled_pool_modules_cover_every_pool_layer(pool):
-    from timm_asap.models.benchmark import _pool_modules
+    from timm_asap_lab.tools.benchmark_models import _pool_modules
 
     model = M.asapify(timm.create_model('resnet18', num_classes=10), pool=pool)
     assert _pool_modules(model) and all(type(m).__name__ != 'MaxPool2d' for m in _pool_modules(model))

@@ -7,10 +7,10 @@ import pytest
 import torch
 import yaml
 
-from timm_asap.cli import benchmark_models as bench_cli
-from timm_asap.cli import coverage as coverage_cli
+from timm_asap_lab.cli import benchmark_models as bench_cli
+from timm_asap_lab.cli import coverage as coverage_cli
 from timm_asap.models import coverage as cov
-from timm_asap.models.benchmark import benchmark_models, format_table, target_checks
+from timm_asap_lab.tools.benchmark_models import benchmark_models, format_table, target_checks
 
 
 pytestmark = pytest.mark.usefixtures('one_thread')
@@ -79,7 +79,7 @@ def test_benchmark_models_rows_and_ratios():
 
 
 def test_paired_ratio_interval_and_rule():
-    from timm_asap.timing import MIN_ROUNDS, median_interval, paired_ratio
+    from timm_asap_lab.tools.timing import MIN_ROUNDS, median_interval, paired_ratio
     assert MIN_ROUNDS == 5
     # the order-statistic interval of the median: [min, max] for 5 to 7 values, then it moves inwards
     assert median_interval([3, 1, 2, 5, 4]) == (1, 5) and median_interval([1, 2, 3, 4]) is None
@@ -112,7 +112,7 @@ def test_benchmark_models_times_both_placements_in_one_run():
 
 
 def test_placed_labels_and_families():
-    from timm_asap.models.benchmark import MODELS, build_model, family_of, placed_labels
+    from timm_asap_lab.tools.benchmark_models import MODELS, build_model, family_of, placed_labels
     from timm_asap.models import pool_position_of
     labels = placed_labels(['resnet50', 'resnet50_asap', 'resnetaa50 (BlurPool)'], ('before', 'after'))
     assert labels == ['resnet50', 'resnet50_asap', 'resnet50_asap (pool after)', 'resnetaa50 (BlurPool)']

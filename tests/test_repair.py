@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from timm_asap import asapify, recalibrate_norm
-from timm_asap.evaluation import EvalImages, compare_models
+from timm_asap_lab.evaluation import EvalImages, compare_models
 
 pytestmark = pytest.mark.usefixtures('one_thread')
 
@@ -277,7 +277,7 @@ needs_fmnist = pytest.mark.skipif(not FMNIST_DIR.is_dir(), reason=f'Fashion-MNIS
 @pytest.fixture(scope='module')
 def base_run(tmp_path_factory):
     """A fine-tuning run folder of a tiny base model: model.safetensors (with its header) and config.yaml."""
-    from timm_asap.config import config_from_dict, save_config
+    from timm_asap_lab.config import config_from_dict, save_config
     from timm_asap.hub.integrity import save_safetensors, weights_metadata
     folder = tmp_path_factory.mktemp('base_run')
     model = _w8(3)
@@ -310,7 +310,7 @@ def _one_line_error(err: str, prog: str, words: str) -> None:
 def test_compare_and_repair_clis_agree_on_the_repaired_model(base_run, tmp_path, capsys):
     from safetensors.torch import load_file
 
-    from timm_asap.cli import compare, repair
+    from timm_asap_lab.cli import compare, repair
     from timm_asap.hub.integrity import ARCHITECTURE_KEY, POOLING_KEY, read_safetensors_header
     ckpt = base_run / 'model.safetensors'
     report = tmp_path / 'compare.json'
@@ -355,7 +355,7 @@ def test_compare_and_repair_clis_agree_on_the_repaired_model(base_run, tmp_path,
 
 
 def test_repair_cli_reads_an_image_folder(base_run, tmp_path, capsys):
-    from timm_asap.cli import repair
+    from timm_asap_lab.cli import repair
     folder = _png_folder(tmp_path / 'images', 5, size=40)
     out_file = tmp_path / 'from_folder.safetensors'
     status, out, _ = _cli(repair, ['--model', f"preactresnet18@{base_run / 'model.safetensors'}", '--pool', 'asap',
@@ -372,7 +372,7 @@ def test_repair_cli_reads_an_image_folder(base_run, tmp_path, capsys):
     (['--pool-args', '{padding: large}', '--output', '{tmp}/new.safetensors'], '--pool-args apply with --pool'),
 ])
 def test_repair_cli_refuses_bad_outputs_and_models(base_run, tmp_path, capsys, argv, words):
-    from timm_asap.cli import repair
+    from timm_asap_lab.cli import repair
     foreign = tmp_path / 'foreign.safetensors'
     foreign.write_bytes(b'not ours')
     before = (base_run / 'model.safetensors').read_bytes()
@@ -396,7 +396,7 @@ def test_repair_cli_refuses_bad_outputs_and_models(base_run, tmp_path, capsys, a
     (['--model', 'preactresnet18@{run}/model.safetensors', '--model-args', '[1, 2]'], 'expected a mapping'),
 ])
 def test_compare_cli_bad_input_is_one_line(base_run, tmp_path, capsys, argv, words):
-    from timm_asap.cli import compare
+    from timm_asap_lab.cli import compare
     (tmp_path / 'foreign.json').write_text('{"mine": true}')
     argv = [a.replace('{run}', str(base_run)).replace('{tmp}', str(tmp_path)) for a in argv]
     status, out, err = _cli(compare, [*argv, '--count', 4], capsys)
@@ -408,7 +408,7 @@ def test_compare_cli_bad_input_is_one_line(base_run, tmp_path, capsys, argv, wor
 def test_repair_cli_refuses_a_model_without_batchnorm(tmp_path, capsys):
     from safetensors.torch import save_file
 
-    from timm_asap.cli import repair
+    from timm_asap_lab.cli import repair
     ckpt = tmp_path / 'convnext.safetensors'
     save_file(timm.create_model('convnext_atto_asap', num_classes=3).state_dict(), ckpt)
     status, _, err = _cli(repair, ['--model', f'convnext_atto_asap@{ckpt}', '--model-args', '{num_classes: 3}',
@@ -419,7 +419,7 @@ def test_repair_cli_refuses_a_model_without_batchnorm(tmp_path, capsys):
 
 
 def test_the_commands_are_listed(capsys):
-    from timm_asap.cli.main import main
+    from timm_asap_lab.cli.main import main
     assert main([]) == 0
     usage = capsys.readouterr().out
     assert '  compare ' in usage and '  repair ' in usage

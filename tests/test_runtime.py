@@ -1,9 +1,9 @@
-"""Device resolution and the autocast-precision rule of timm_asap.runtime."""
+"""Device resolution and the autocast-precision rule of timm_asap_lab.runtime."""
 import pytest
 import torch
 
 from timm_asap import runtime
-from timm_asap.runtime import AMP_CHOICES, amp_context, cpu_has_native_bf16, resolve_amp, resolve_device
+from timm_asap_lab.runtime import AMP_CHOICES, amp_context, cpu_has_native_bf16, resolve_amp, resolve_device
 
 
 def test_resolve_device_auto_and_explicit():

@@ -3,10 +3,10 @@ import json
 
 import pytest
 
-from timm_asap.data import DEFAULT_FASHION_MNIST_DIR, find_fashion_mnist
+from timm_asap_lab.data import DEFAULT_FASHION_MNIST_DIR, find_fashion_mnist
 import torch
 
-from timm_asap.study import (
+from timm_asap_lab.study import (
     FAMILIES, StudyOptions, _fit_seeds, convergence, default_options, estimate, full_options, preset_options,
     run_study, standard_error, study_config, study_table)
 

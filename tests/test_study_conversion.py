@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from timm_asap.study import FAMILIES, StudyOptions, default_options, preset_options, run_study, study_config
-from timm_asap.study_conversion import (
+from timm_asap_lab.study import FAMILIES, StudyOptions, default_options, preset_options, run_study, study_config
+from timm_asap_lab.study_conversion import (
     Arm, arm_config, conversion_arms, converted_model, cost_rows, goal_check, repaired_model)
 
 from finetune_helpers import write_fake_fashion_mnist
@@ -59,7 +59,7 @@ def test_arm_config_starts_from_the_baseline_weights():
 
 @pytest.mark.parametrize('position', ['before', 'after'])
 def test_converted_and_repaired_models(position):
-    from timm_asap.hub.config_model import create_model_from_config
+    from timm_asap_lab.config_model import create_model_from_config
 
     torch.manual_seed(0)
     base_cfg = _base_cfg()

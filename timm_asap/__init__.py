@@ -12,10 +12,10 @@ statistics re-estimated from unlabeled images), the registry lookups (:func:`lis
 """
 import importlib
 
-from . import models  # noqa: F401  (registers the architectures with timm)
-from .layers import ASAP2d, FLC2d, asap_pool2d, create_pool, flc_pool2d
-from .models import UnknownModelError, WeightsNotAvailableError, asapify, list_variants, recalibrate_norm
-from .version import __version__
+from timm_asap import models  # noqa: F401  (registers the architectures with timm)
+from timm_asap.layers import ASAP2d, FLC2d, asap_pool2d, create_pool, flc_pool2d
+from timm_asap.models import UnknownModelError, WeightsNotAvailableError, asapify, list_variants, recalibrate_norm
+from timm_asap.version import __version__
 
 __all__ = ['ASAP2d', 'FLC2d', 'asap_pool2d', 'flc_pool2d', 'create_pool', 'asapify', 'recalibrate_norm', 'list_variants',
            'UnknownModelError', 'WeightsNotAvailableError', '__version__']

@@ -1,22 +1,9 @@
-"""Errors raised by the Hub publishing and loading helpers."""
+"""Errors raised by the Hub loaders and integrity checks."""
 from __future__ import annotations
 
-from ..models.registry import UnknownModelError
+from timm_asap.models.registry import UnknownModelError
 
-__all__ = ['HubPublishError', 'HubAuthError', 'MissingEvaluationError', 'IntegrityError', 'HubDownloadError',
-           'UnregisteredArchitectureError']
-
-
-class HubPublishError(RuntimeError):
-    """Publishing cannot go ahead (bad input, refused upload, repository in an unexpected state)."""
-
-
-class HubAuthError(HubPublishError):
-    """No Hugging Face token was found, or the Hub rejected it. The message never contains the token."""
-
-
-class MissingEvaluationError(HubPublishError):
-    """Publishing was asked for without evaluation results (pass ``allow_no_eval`` to publish anyway)."""
+__all__ = ['IntegrityError', 'HubDownloadError', 'UnregisteredArchitectureError']
 
 
 class IntegrityError(ValueError):

@@ -32,9 +32,9 @@ from pathlib import Path
 
 import torch
 
-from .kronecker import KRONECKER_MAX_PLANE, kronecker_pool
-from .spectral_matrix import compute_dtype, is_channels_last, static_size, two_product_pool
-from .triton_pool import triton_available, triton_pool, triton_supports
+from timm_asap.layers.kronecker import KRONECKER_MAX_PLANE, kronecker_pool
+from timm_asap.layers.spectral_matrix import compute_dtype, is_channels_last, static_size, two_product_pool
+from timm_asap.layers.triton_pool import triton_available, triton_pool, triton_supports
 
 __all__ = [
     'BACKENDS', 'BACKEND_ENV', 'TABLE_PATH', 'set_backend', 'get_backend', 'resolve_backend', 'device_kind',

@@ -28,7 +28,7 @@ import torch
 from torch._subclasses.fake_tensor import unset_fake_temporarily
 from torch.fx.experimental.proxy_tensor import disable_proxy_modes_tracing
 
-from .band import BandSpec, band_spec
+from timm_asap.layers.band import BandSpec, band_spec
 
 __all__ = [
     'PoolPlan', 'axis_matrix', 'axis_operator', 'pool_plan', 'check_pool_input', 'clear_cache', 'register_cache',

@@ -27,7 +27,7 @@ import os
 
 import torch
 
-from .spectral_matrix import axis_operator, build_outside_graphs, is_channels_last, register_cache
+from timm_asap.layers.spectral_matrix import axis_operator, build_outside_graphs, is_channels_last, register_cache
 
 __all__ = ['TRITON_MAX_SIDE', 'TRITON_CACHE_SIZE', 'triton_available', 'triton_interpreting', 'triton_pool']
 
@@ -68,7 +68,7 @@ def _kernel():
     cleared, so a ``TRITON_INTERPRET`` set since takes effect (Triton reads it when a kernel is defined)."""
     import triton
 
-    from . import triton_kernel
+    from timm_asap.layers import triton_kernel
     if _kernel_imported:
         importlib.reload(triton_kernel)
     _kernel_imported.append(True)

@@ -7,23 +7,21 @@ Their weight tags are declared in :mod:`timm_asap.models.weight_tags`; every loo
 (:func:`list_variants`, :func:`is_loadable`, ...) reads timm's registry. :func:`recalibrate_norm`
 (:mod:`timm_asap.models.repair`) re-estimates a converted model's BatchNorm statistics from unlabeled images.
 """
-from . import asap_cifar, asap_timm  # noqa: F401  (register the architectures with timm)
-from .._deprecation import deprecated_getattr
-from ._deprecated import REPLACEMENTS as _DEPRECATED
-from .asap_cifar import CIFAR_ARCHITECTURES, CifarResNet, PreActBlock, PreActResNet
-from .asap_timm import BASE_ARCHITECTURES
-from .convert import (
+from timm_asap.models import asap_cifar, asap_timm  # noqa: F401  (register the architectures with timm)
+from timm_asap.models.asap_cifar import CIFAR_ARCHITECTURES, CifarResNet, PreActBlock, PreActResNet
+from timm_asap.models.asap_timm import BASE_ARCHITECTURES
+from timm_asap.models.convert import (
     POOL_POSITIONS, ConversionError, PooledConvMixin, SpectralDownsample, StridedOp, asapify, is_converted,
     plan_conversion, pool_kwarg_names, pool_position_of, pooling_signature, spectral_pool_modules,
 )
-from .creation import WeightsNotAvailableError
-from .repair import recalibrate_norm, running_stat_layers
-from .registry import (
+from timm_asap.models.creation import WeightsNotAvailableError
+from timm_asap.models.repair import recalibrate_norm, running_stat_layers
+from timm_asap.models.registry import (
     UnknownModelError, Variant, base_architecture, check_architecture, check_model_name, get_variant, is_loadable,
     is_variant,
     list_variants, loadable_tags, unpublished_tags,
 )
-from .weight_tags import HUB_ORG, PAPER_IDS, WEIGHT_TAGS, WeightTag
+from timm_asap.models.weight_tags import HUB_ORG, PAPER_IDS, WEIGHT_TAGS, WeightTag
 
 __all__ = [
     'asapify', 'plan_conversion', 'StridedOp', 'ConversionError', 'PooledConvMixin', 'SpectralDownsample',
@@ -34,7 +32,3 @@ __all__ = [
     'check_model_name', 'check_architecture', 'list_variants', 'get_variant', 'is_variant', 'base_architecture', 'is_loadable',
     'loadable_tags', 'unpublished_tags',
 ]
-
-
-def __getattr__(name: str):
-    return deprecated_getattr(__name__, name, _DEPRECATED)

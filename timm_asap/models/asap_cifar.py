@@ -26,10 +26,10 @@ from timm.models._features import feature_take_indices  # not re-exported by tim
 from timm.models.resnet import BasicBlock, ResNet
 from torch import nn
 
-from .convert import NotScriptableMixin, register_shared_pool_block
-from .creation import create_variant
-from .registry import make_entrypoint, variant_cfgs
-from .weight_tags import paper_ids
+from timm_asap.models.convert import NotScriptableMixin, register_shared_pool_block
+from timm_asap.models.creation import create_variant
+from timm_asap.models.registry import make_entrypoint, variant_cfgs
+from timm_asap.models.weight_tags import paper_ids
 
 __all__ = ['variant_pretrained_cfgs', 'CifarResNet', 'PreActBlock', 'SharedPoolPreActBlock', 'PreActResNet', 'CIFAR_ARCHITECTURES', 'CIFAR10_MEAN', 'CIFAR10_STD']
 

@@ -20,9 +20,9 @@ import functools
 
 from timm.models import generate_default_cfgs, model_entrypoint, register_model
 
-from ..layers.band import POOLS
-from .creation import create_variant
-from .registry import base_tag_cfgs, make_entrypoint, variant_cfgs
+from timm_asap.layers.band import POOLS
+from timm_asap.models.creation import create_variant
+from timm_asap.models.registry import base_tag_cfgs, make_entrypoint, variant_cfgs
 
 __all__ = ['BASE_ARCHITECTURES', 'POOLS', 'variant_pretrained_cfgs']
 

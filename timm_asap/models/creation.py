@@ -14,9 +14,9 @@ from typing import Callable
 from timm.models import FeatureGraphNet, PretrainedCfg, resolve_pretrained_cfg
 from torch import nn
 
-from .convert import asapify, check_placement, check_pool_kwargs
-from .registry import loadable_tags, unpublished_tags
-from .weight_tags import weight_tag
+from timm_asap.models.convert import asapify, check_placement, check_pool_kwargs
+from timm_asap.models.registry import loadable_tags, unpublished_tags
+from timm_asap.models.weight_tags import weight_tag
 
 __all__ = ['WeightsNotAvailableError', 'create_variant', 'check_model_kwargs']
 

@@ -29,10 +29,10 @@ from timm.models import (PretrainedCfg, get_arch_pretrained_cfgs, is_model, is_m
                          split_model_name_tag)
 from torch import nn
 
-from ..layers.band import POOLS
-from ..version import __version__
-from . import weight_tags
-from .weight_tags import HUB_ORG, PAPER_IDS, WeightTag, paper_ids
+from timm_asap.layers.band import POOLS
+from timm_asap.version import __version__
+from timm_asap.models import weight_tags
+from timm_asap.models.weight_tags import HUB_ORG, PAPER_IDS, WeightTag, paper_ids
 
 __all__ = [
     'MODULES', 'UnknownModelError', 'Variant', 'list_variants', 'get_variant', 'base_architecture', 'is_variant',

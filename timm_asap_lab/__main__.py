@@ -1,0 +1,3 @@
+from timm_asap_lab.cli.main import main
+
+raise SystemExit(main())
