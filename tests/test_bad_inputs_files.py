@@ -197,10 +197,11 @@ def test_a_replaced_folder_stays_locked_until_its_writer_is_done(tmp_path):
 
 def test_a_lock_file_left_in_a_hub_folder_is_not_uploaded(run, tmp_path, hub_env):
     from timm_asap import hub as H
-    folder = H.export_output_dir(run, tmp_path / 'hub', config=HUB_CONFIG, allow_no_eval=True)
+    from timm_asap_lab import publish as P
+    folder = P.export_output_dir(run, tmp_path / 'hub', config=HUB_CONFIG, allow_no_eval=True)
     (folder / LOCK_NAME).write_text('{"pid": 1}\n')  # left by a publish killed after moving its folder in
     repo = f'{hub_env.org}/left-lock'
-    result = H.upload_hub_folder(folder, repo)
+    result = P.upload_hub_folder(folder, repo)
     assert LOCK_NAME not in hub_env.server.files(repo) and LOCK_NAME not in result.files
     assert {p.name for p in folder.iterdir() if p.name != LOCK_NAME} <= set(hub_env.server.files(repo))
     snapshot_dir = H.seed_hub_cache(folder, repo, tmp_path / 'cache')

@@ -18,6 +18,7 @@ from huggingface_hub import ModelCard
 
 import timm_asap.models  # noqa: F401  (registers the architectures)
 from timm_asap import hub as H
+from timm_asap_lab import publish as P
 from timm_asap_lab.config import config_from_dict, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,7 +53,7 @@ def grey_folder(tmp_path_factory):
     cfg.hub.tags = ['image-classification', 'timm', 'baseline', 'fashion-mnist']
     finetune(cfg, root / 'train', device='cpu', progress=False, handle_signals=False)
     evaluation = make_eval_dir(root / 'eval', {cfg.name: 50.0}, plots=False)
-    return H.export_output_dir(root / 'train', root / 'hub', eval_dir=evaluation)
+    return P.export_output_dir(root / 'train', root / 'hub', eval_dir=evaluation)
 
 
 @pytest.fixture(scope='module')
@@ -69,7 +70,7 @@ def rgb_folder(tmp_path_factory):
         'hub': {'repo_id': RGB_REPO, 'license': 'mit', 'datasets': ['example/pets'], 'tags': ['asap', 'pets']},
     })
     model = create_model_from_config(cfg).eval()
-    return H.build_hub_folder(model, cfg, tmp_path_factory.mktemp('rgb') / 'hub', allow_no_eval=True)
+    return P.build_hub_folder(model, cfg, tmp_path_factory.mktemp('rgb') / 'hub', allow_no_eval=True)
 
 
 def _card(folder: Path) -> ModelCard:

@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 
 import timm_asap.models  # noqa: F401  (registers the architectures)
 from timm_asap import hub as H
+from timm_asap_lab import publish as P
 from timm_asap_lab.cli.finetune import main
 from timm_asap_lab.config import ConfigError, apply_overrides, config_from_dict, load_config
 from timm_asap.hub.integrity import MODEL_ARGS_KEY, read_safetensors_header
@@ -57,7 +58,7 @@ def base(tmp_path_factory):
     })
     run = root / 'runs' / 'preactresnet18_w8' / 'seed0'
     finetune(cfg, run, device='cpu', progress=False)
-    hub_folder = H.export_output_dir(run, root / 'hub', allow_no_eval=True)
+    hub_folder = P.export_output_dir(run, root / 'hub', allow_no_eval=True)
     return root, run, hub_folder, data
 
 
@@ -238,6 +239,6 @@ def test_card_names_a_hub_base_and_publishing_accepts_a_local_one(base, tmp_path
     for local in (str(run), str(run / 'model.safetensors'), f'local-dir:{hub_folder}', 'runs/missing'):
         assert base_model_repo(local) is None, local
     cfg = apply_overrides(load_config(RECIPE), [f'model.base={run}'])
-    H.check_publishable(cfg)  # a local base is named in the card text, not as card metadata
+    P.check_publishable(cfg)  # a local base is named in the card text, not as card metadata
     with pytest.raises(ConfigError, match="model.base: 'preactresnet18' is not a timm checkpoint with a Hub id"):
-        H.check_publishable(apply_overrides(cfg, ['model.base=preactresnet18']))
+        P.check_publishable(apply_overrides(cfg, ['model.base=preactresnet18']))

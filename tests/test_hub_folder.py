@@ -16,6 +16,7 @@ from huggingface_hub import ModelCard, constants
 
 import timm_asap.models  # noqa: F401  (registers the architectures)
 from timm_asap import hub as H
+from timm_asap_lab import publish as P
 from timm_asap_lab.cli.publish import main as publish_main
 from timm_asap_lab.config import ConfigError, apply_overrides, list_hub_configs, load_config
 from timm_asap.hub import IntegrityError, UnregisteredArchitectureError
@@ -41,13 +42,13 @@ def run_dirs(tmp_path_factory):
 @pytest.fixture(scope='module')
 def folder(run_dirs, tmp_path_factory):
     train, ev = run_dirs
-    return H.export_output_dir(train, tmp_path_factory.mktemp('out') / 'hub', eval_dir=ev)
+    return P.export_output_dir(train, tmp_path_factory.mktemp('out') / 'hub', eval_dir=ev)
 
 
 @pytest.fixture(scope='module')
 def reference(run_dirs):
     train, _ = run_dirs
-    return H.load_trained_model(load_config(train / 'config.yaml'), train / 'model.safetensors')
+    return P.load_trained_model(load_config(train / 'config.yaml'), train / 'model.safetensors')
 
 
 def images(n: int = 3, chans: int = 1) -> torch.Tensor:
@@ -123,14 +124,14 @@ def test_card_base_model_for_imagenet_configs():
 
 @pytest.mark.parametrize('name', sorted(list_hub_configs()))
 def test_shipped_hub_configs_carry_what_publishing_needs(name):
-    H.check_publishable(load_config(name))
+    P.check_publishable(load_config(name))
 
 
 def test_publishable_check_lists_problems():
     cfg = load_config(HUB_CONFIG)
     cfg.hub.repo_id, cfg.hub.license, cfg.data.label_names, cfg.data.dataset = 'noslash', '', None, 'folder'
     with pytest.raises(ConfigError) as e:
-        H.check_publishable(cfg)
+        P.check_publishable(cfg)
     for key in ('hub.repo_id', 'hub.license', 'data.label_names'):
         assert key in str(e.value)
 
@@ -146,9 +147,9 @@ def test_local_dir_round_trip_gives_the_same_logits(folder, reference):
 def test_band_mode_travels_in_config_json(tmp_path):
     """'reference' differs from 'centered' only in the pooling band (14 -> 8 at 28 px), not in the weights."""
     train = make_train_dir(tmp_path / 'train', overrides=['model.mode=reference', 'model.img_size=28'])
-    folder = H.export_output_dir(train, tmp_path / 'hub', allow_no_eval=True)
+    folder = P.export_output_dir(train, tmp_path / 'hub', allow_no_eval=True)
     assert json.loads((folder / 'config.json').read_text())['model_args']['pool_mode'] == 'reference'
-    trained = H.load_trained_model(load_config(train / 'config.yaml'), train / 'model.safetensors')
+    trained = P.load_trained_model(load_config(train / 'config.yaml'), train / 'model.safetensors')
     centered = timm.create_model('resnet18_cifar_asap', num_classes=10, in_chans=1, pool_mode='centered')
     centered.load_state_dict(trained.state_dict())
     x = images(2)[..., :28, :28]
@@ -161,14 +162,14 @@ def test_placement_travels_in_config_json_and_weights(tmp_path):
     """pool_position='after' computes another function with the same tensors: config.json's model_args and the
     weights' header record it, the folder rebuilds it exactly, and the weights refuse the other placement."""
     train = make_train_dir(tmp_path / 'train', overrides=['model.pool_position=after'])
-    folder = H.export_output_dir(train, tmp_path / 'hub', allow_no_eval=True)
+    folder = P.export_output_dir(train, tmp_path / 'hub', allow_no_eval=True)
     config = json.loads((folder / 'config.json').read_text())
     assert config['model_args']['pool_position'] == 'after' and config['timm_asap']['pool_position'] == 'after'
     assert 'pool_position=after' in config['pretrained_cfg']['notes'][0]
     _, metadata, _ = H.read_safetensors_header(folder / 'model.safetensors')
     assert json.loads(metadata['timm_asap.pooling']) == ["ASAP2d(padding='one', mode='centered')", "pool_position='after'"]
     assert "placed `after` the strided convolutions" in (folder / 'README.md').read_text()
-    trained = H.load_trained_model(load_config(train / 'config.yaml'), train / 'model.safetensors')
+    trained = P.load_trained_model(load_config(train / 'config.yaml'), train / 'model.safetensors')
     before = timm.create_model('resnet18_cifar_asap', num_classes=10, in_chans=1)
     before.load_state_dict(trained.state_dict())
     x = images(2)
@@ -209,9 +210,9 @@ def test_run_config_placement_must_match_the_model():
 def test_refuses_without_evaluation_unless_allowed(run_dirs, tmp_path):
     train, _ = run_dirs
     with pytest.raises(MissingEvaluationError, match='allow-no-eval'):
-        H.export_output_dir(train, tmp_path / 'hub')
+        P.export_output_dir(train, tmp_path / 'hub')
     assert not (tmp_path / 'hub').exists() and not leftovers(tmp_path)
-    out = H.export_output_dir(train, tmp_path / 'hub', allow_no_eval=True)
+    out = P.export_output_dir(train, tmp_path / 'hub', allow_no_eval=True)
     card = ModelCard.load(out / 'README.md')
     assert card.data.eval_results is None and 'without evaluation results' in card.text
     assert not (out / 'results.json').exists()
@@ -221,8 +222,8 @@ def test_results_must_name_this_model(run_dirs, tmp_path):
     train, _ = run_dirs
     ev = make_eval_dir(tmp_path / 'eval', {'asap': 91.0, 'baseline': 90.0}, plots=False)
     with pytest.raises(HubPublishError, match="evaluated: \\['asap', 'baseline'\\]"):
-        H.export_output_dir(train, tmp_path / 'hub', eval_dir=ev)
-    out = H.export_output_dir(train, tmp_path / 'hub', eval_dir=ev, eval_model='asap')
+        P.export_output_dir(train, tmp_path / 'hub', eval_dir=ev)
+    out = P.export_output_dir(train, tmp_path / 'hub', eval_dir=ev, eval_model='asap')
     values = {r.metric_name: r.metric_value for r in ModelCard.load(out / 'README.md').data.eval_results}
     assert values['Clean top-1 accuracy'] == 91.0
 
@@ -236,7 +237,7 @@ def test_failed_build_keeps_the_previous_folder(folder, run_dirs, tmp_path, monk
         raise RuntimeError('card failure')
     monkeypatch.setattr('timm_asap_lab.publish.export.build_model_card', broken)
     with pytest.raises(RuntimeError, match='card failure'):
-        H.export_output_dir(train, out, eval_dir=ev)
+        P.export_output_dir(train, out, eval_dir=ev)
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
     assert not leftovers(tmp_path)
 
@@ -268,7 +269,7 @@ def test_truncated_checkpoint_is_refused_and_nothing_written(run_dirs, tmp_path)
     data = (bad / 'model.safetensors').read_bytes()
     (bad / 'model.safetensors').write_bytes(data[:len(data) // 2])
     with pytest.raises(IntegrityError, match='truncated') as e:
-        H.export_output_dir(bad, tmp_path / 'hub', eval_dir=ev)
+        P.export_output_dir(bad, tmp_path / 'hub', eval_dir=ev)
     assert e.value.path == str(bad / 'model.safetensors') and str(bad / 'model.safetensors') in str(e.value)
     assert not (tmp_path / 'hub').exists() and not leftovers(tmp_path)
 
@@ -434,14 +435,14 @@ def test_cli_set_changes_the_trained_runs_config(run_dirs, tmp_path):
     assert json.loads((out / 'config.json').read_text())['label_names'] == names
     assert 'license: mit' in (out / 'README.md').read_text()
     with pytest.raises(ConfigError, match='unknown key'):
-        H.resolve_run_config(HUB_CONFIG, train, ['data.no_such_key=1'])
+        P.resolve_run_config(HUB_CONFIG, train, ['data.no_such_key=1'])
 
 
 def test_given_config_names_the_published_tag(run_dirs, tmp_path):
     train, _ = run_dirs
     given = apply_overrides(load_config(HUB_CONFIG), ['model.tag=other_tag'])
-    assert H.resolve_run_config(given, train).model.tag == 'other_tag'
-    assert H.resolve_run_config(None, train).model.tag == load_config(train / 'config.yaml').model.tag
+    assert P.resolve_run_config(given, train).model.tag == 'other_tag'
+    assert P.resolve_run_config(None, train).model.tag == load_config(train / 'config.yaml').model.tag
 
 
 def test_cli_refuses_without_evaluation(run_dirs, tmp_path, capsys):
@@ -501,10 +502,10 @@ def test_finetune_output_publishes_and_reloads(tmp_path):
     cfg.hub.repo_id, cfg.hub.datasets = 'timm-asap/tiny', ['zalando-datasets/fashion_mnist']
     out = tmp_path / 'train'
     finetune(cfg, out, device='cpu', progress=False, handle_signals=False)
-    folder = H.export_output_dir(out, tmp_path / 'hub', allow_no_eval=True)
+    folder = P.export_output_dir(out, tmp_path / 'hub', allow_no_eval=True)
     config = json.loads((folder / 'config.json').read_text())
     assert config['model_args']['layers'] == [1, 1, 1, 1] and config['model_args']['channels'] == [8, 16, 32, 64]
-    trained = H.load_trained_model(load_config(out / 'config.yaml'), out / 'model.safetensors')
+    trained = P.load_trained_model(load_config(out / 'config.yaml'), out / 'model.safetensors')
     x = torch.rand(4, 1, 16, 16, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         ref = trained(x)
@@ -520,7 +521,7 @@ def test_written_files_and_folders_follow_the_umask(run_dirs, tmp_path):
     train, ev = run_dirs
     old = os.umask(0o022)
     try:
-        out = H.export_output_dir(train, tmp_path / 'hub', eval_dir=ev)
+        out = P.export_output_dir(train, tmp_path / 'hub', eval_dir=ev)
         weights = save_weights({'w': torch.zeros(2)}, tmp_path / 'w.safetensors')
         text = atomic_write_text(tmp_path / 'r.md', 'x')
     finally:

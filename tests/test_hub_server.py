@@ -18,6 +18,7 @@ from PIL import Image
 
 import timm_asap.models  # noqa: F401  (registers the architectures)
 from timm_asap import hub as H
+from timm_asap_lab import publish as P
 from timm_asap_lab.cli.publish import main as publish_main
 from timm_asap_lab.config import load_config
 from timm_asap.hub import HubDownloadError, IntegrityError
@@ -39,8 +40,8 @@ def run(tmp_path_factory):
     root = tmp_path_factory.mktemp('run')
     train = make_train_dir(root / 'train', small=True)
     ev = make_eval_dir(root / 'eval', {ASAP: 91.25, BASELINE: 90.5})
-    folder = H.export_output_dir(train, root / 'hub', eval_dir=ev)
-    model = H.load_trained_model(load_config(train / 'config.yaml'), train / 'model.safetensors')
+    folder = P.export_output_dir(train, root / 'hub', eval_dir=ev)
+    model = P.load_trained_model(load_config(train / 'config.yaml'), train / 'model.safetensors')
     return dataclasses.make_dataclass('Run', ['root', 'train', 'eval', 'folder', 'model'])(
         root, train, ev, folder, model)
 
@@ -90,7 +91,7 @@ def publish_small_tag(request) -> None:
 
 
 def publish(env, folder: Path, repo_id: str, **kwargs):
-    return H.upload_hub_folder(folder, repo_id, **kwargs)
+    return P.upload_hub_folder(folder, repo_id, **kwargs)
 
 
 def snapshot_files(env, repo_id: str) -> list[Path]:
@@ -185,7 +186,7 @@ def test_republishing_updates_the_card_and_drops_stale_files(hub_env, run):
     publish(hub_env, run.folder, repo)
     commits = hub_env.server.commit_count(repo)
     ev2 = make_eval_dir(run.root / 'eval2', {ASAP: 93.5}, plots=False)
-    folder2 = H.export_output_dir(run.train, run.root / 'hub2', eval_dir=ev2)
+    folder2 = P.export_output_dir(run.train, run.root / 'hub2', eval_dir=ev2)
     publish(hub_env, folder2, repo, commit_message='New evaluation')
     files = hub_env.server.files(repo)
     assert files['README.md'] == (folder2 / 'README.md').read_bytes()
