@@ -9,7 +9,7 @@ import yaml
 
 from timm_asap_lab.cli import benchmark_models as bench_cli
 from timm_asap_lab.cli import coverage as coverage_cli
-from timm_asap.models import coverage as cov
+from timm_asap_lab.tools import coverage as cov
 from timm_asap_lab.tools.benchmark_models import benchmark_models, format_table, target_checks
 
 

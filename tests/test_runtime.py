@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from timm_asap import runtime
+from timm_asap_lab import runtime
 from timm_asap_lab.runtime import AMP_CHOICES, amp_context, cpu_has_native_bf16, resolve_amp, resolve_device
 
 
