@@ -55,7 +55,7 @@ if ! command -v ${PY%% *} >/dev/null 2>&1; then
   echo "gpu_check.sh: the interpreter '$PY' was not found; set PYTHON to the project's python (e.g. PYTHON=.venv/bin/python)" >&2
   exit 2
 fi
-if ! PY_ERROR=$($PY -c 'import torch, timm, pytest, timm_asap' 2>&1); then
+if ! PY_ERROR=$($PY -c 'import torch, timm, pytest, timm_asap, timm_asap_lab.cli' 2>&1); then
   echo "gpu_check.sh: the interpreter '$PY' ($(command -v ${PY%% *})) cannot run the check ($(printf '%s\n' "$PY_ERROR" | tail -n 1)); set PYTHON to a python with torch, timm and pytest installed (e.g. PYTHON=.venv/bin/python)" >&2
   exit 2
 fi

@@ -240,7 +240,7 @@ def _worker(config: Path, out: Path, *extra: str) -> subprocess.Popen:
 
 
 def _finetune_cli(config: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, '-m', 'timm_asap', 'finetune', '--config', str(config), '--output',
+    return subprocess.run([sys.executable, '-m', 'timm_asap_lab', 'finetune', '--config', str(config), '--output',
                            str(out), '--device', 'cpu', '--no-progress', '--log-level', 'WARNING', *extra],
                           capture_output=True, text=True, env=_env(), cwd=REPO, timeout=600)
 
@@ -310,7 +310,7 @@ def test_study_folder_in_use_is_refused(tmp_path):
     out.mkdir()
     (out / 'options.json').write_text('{"mine": true}\n')
     with held_elsewhere(out) as pid:
-        proc = subprocess.run([sys.executable, '-m', 'timm_asap', 'study', '--output', str(out), '--device', 'cpu',
+        proc = subprocess.run([sys.executable, '-m', 'timm_asap_lab', 'study', '--output', str(out), '--device', 'cpu',
                                '--no-progress'], capture_output=True, text=True, env=_env(), cwd=REPO, timeout=600)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode != 0 and len(lines) == 1, proc.stderr

@@ -532,15 +532,6 @@ def test_written_files_and_folders_follow_the_umask(run_dirs, tmp_path):
             assert p.stat().st_mode & 0o777 == 0o644, p
 
 
-def test_deprecated_integration_names_still_work():
-    with pytest.warns(DeprecationWarning, match='registered_plugin_models is deprecated'):
-        names = H.registered_plugin_models()
-    assert 'resnet18_cifar_asap' in names and 'resnet18_cifar' not in names
-    for _ in range(2):  # every use warns, not only the first import
-        with pytest.warns(DeprecationWarning, match='install_transformers_integration is deprecated'):
-            H.install_transformers_integration()
-
-
 def test_training_record_gives_the_card_what_the_run_used(tmp_path):
     from timm_asap_lab.publish.card import training_text
     from timm_asap_lab.publish.export import read_training_record
