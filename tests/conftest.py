@@ -3,6 +3,14 @@ import pytest
 import torch
 
 
+@pytest.fixture(params=['cpu', pytest.param('cuda', marks=[
+    pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA (no GPU found)')])])
+def device(request):
+    """The device a test runs on: 'cpu', and 'cuda' (marked ``gpu``, skipped without a GPU). A test that takes
+    this fixture runs once per device; ``pytest -m gpu`` selects the CUDA runs."""
+    return request.param
+
+
 @pytest.fixture
 def one_thread():
     """Run torch on one intra-op thread: the tests' tiny models gain nothing from more, and CI's cores are shared."""

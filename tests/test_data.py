@@ -287,13 +287,14 @@ def test_memory_augment_crops_follow_scale_and_ratio():
     assert float(ratio.min()) >= 0.5 - 1e-6 and float(ratio.max()) <= 2.0 + 1e-6 and float((w <= 1).all()) == 1
 
 
-def test_memory_batches_resume_part_way_and_normalise(tmp_path):
+def test_memory_batches_resume_part_way_and_normalise(tmp_path, device):
     from timm_asap_lab.data import MemoryAugment, MemoryEvalBatches, MemoryTrainBatches
-    x, y = _uint8(n=20, size=8), torch.arange(20) % 10
-    batches = MemoryTrainBatches(x, y, 4, MemoryAugment(8, (0.5, 1.0)), [0.5], [0.25], seed=3)
+    x, y = _uint8(n=20, size=8).to(device), (torch.arange(20) % 10).to(device)
+    batches = MemoryTrainBatches(x, y, 4, MemoryAugment(8, (0.5, 1.0), padding=2), [0.5], [0.25], seed=3)
     whole = list(batches.epoch(2))
     tail = list(batches.epoch(2, start=3))
     assert len(batches) == 5 and len(tail) == 2
+    assert whole[0][0].device.type == device and whole[0][0].shape == (4, 1, 8, 8)
     for (xa, ya), (xb, yb) in zip(whole[3:], tail):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
     assert not torch.equal(whole[0][0], next(iter(batches.epoch(3)))[0])  # another epoch, other draws
@@ -304,16 +305,19 @@ def test_memory_batches_resume_part_way_and_normalise(tmp_path):
     torch.testing.assert_close(torch.cat(xs), (ref.round() / 255 - 0.5) / 0.25)
 
 
-def test_auto_loader_takes_memory_for_fashion_mnist(tmp_path):
+def test_auto_loader_takes_memory_for_fashion_mnist(tmp_path, device):
     data = write_fake_fashion_mnist(tmp_path / 'f', n_train=40, n_test=12)
     cfg = tiny_config(data, data={'train_subset': 32})
-    rd = create_run_data(cfg)
+    rd = create_run_data(cfg, device=device)
     assert rd.loader == 'memory' and rd.train_size == 32 and rd.val_size == 12 and len(rd.train_batches) == 4
     x, y = next(rd.train_batches.epoch(0))
     assert x.shape == (8, 1, 16, 16) and x.dtype == torch.float32 and y.dtype == torch.int64
+    assert x.device.type == y.device.type == device
     ref = create_run_data(apply_overrides(cfg, ['data.loader=dataloader']))
     assert ref.loader == 'dataloader' and ref.train_size == 32 and len(ref.train_batches) == 4
     # the same validation images, resized the same way up to interpolation details
     xm = torch.cat([b[0] for b in rd.val_loader])
     xd = torch.cat([b[0] for b in ref.val_loader])
+    assert xm.device.type == device
+    xm = xm.cpu()
     assert xm.shape == xd.shape and float((xm - xd).abs().mean()) < 0.05

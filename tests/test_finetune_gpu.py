@@ -1,4 +1,6 @@
-"""CUDA paths: bf16 autocast, fp16 with the grad scaler, channels_last, torch.compile (skipped without a GPU)."""
+"""Training paths only CUDA takes: bf16 autocast, fp16 with the grad scaler, channels_last (on other devices
+training runs in float32 and ignores channels_last); and torch.compile, too slow on the CPU for the default run.
+Skipped without a GPU; tests that run on both devices take the ``device`` fixture (tests/conftest.py)."""
 from __future__ import annotations
 
 import pytest
@@ -44,15 +46,3 @@ def test_compile(tmp_path, fmnist):
     assert m['status'] == 'finished'
     # the exported keys are the plain model's (no _orig_mod. prefix from the compiled wrapper)
     assert not any(k.startswith('_orig_mod') for k in load_file(tmp_path / 'run' / 'model.safetensors'))
-
-
-def test_memory_batches_stay_on_the_gpu_and_resume_part_way(fmnist):
-    from timm_asap_lab.data import create_run_data
-    data = create_run_data(tiny_config(fmnist, model={'img_size': 32}, data={'loader': 'memory', 'crop_padding': 2}),
-                           device='cuda')
-    whole = list(data.train_batches.epoch(1))
-    tail = list(data.train_batches.epoch(1, start=2))
-    assert whole[0][0].device.type == 'cuda' and whole[0][0].shape == (8, 1, 32, 32)
-    for (xa, ya), (xb, yb) in zip(whole[2:], tail):
-        assert torch.equal(xa, xb) and torch.equal(ya, yb)
-    assert next(iter(data.val_loader))[0].device.type == 'cuda'

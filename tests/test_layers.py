@@ -66,6 +66,15 @@ def test_fast_form_equals_fft_formulation_float64_all_sizes(name, fast, fft, kwa
     assert worst < 1e-10
 
 
+@pytest.mark.parametrize('name,fast,fft,kwargs', VARIANTS[:4], ids=[v[0] for v in VARIANTS[:4]])
+def test_fast_form_equals_fft_formulation_on_device(name, fast, fft, kwargs, device):
+    """One batch on ``device``: float64 to 1e-10, and float32 channels_last within float32 rounding."""
+    x = torch.randn(4, 8, 56, 45, dtype=torch.float64, device=device)
+    torch.testing.assert_close(fast(x, **kwargs), fft(x, **kwargs), rtol=0, atol=1e-10)
+    x32 = x.float().contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(fast(x32, **kwargs), fft(x, **kwargs).float(), rtol=1e-4, atol=1e-4)
+
+
 def _public_crop_reference(x, pool):
     """The public code's band rule written out from the spec text: ``[int(M/4), int(M/4*3))``."""
     if pool == 'asap':
@@ -131,13 +140,15 @@ def test_low_precision_dtypes(fn, dtype):
     assert err < DTYPE_TOL[dtype]
 
 
-def test_autocast_cpu_bfloat16():
-    x = torch.randn(2, 3, 16, 16)
-    with torch.autocast('cpu', dtype=torch.bfloat16):
-        y = asap_pool2d(x)
-    assert y.dtype == torch.bfloat16
-    ref = asap_pool2d(x.double())
-    assert ((y.double() - ref).abs().max() / ref.abs().max()) < DTYPE_TOL[torch.bfloat16]
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16], ids=str)
+def test_autocast(device, dtype):
+    for shape in ((2, 3, 16, 16), (4, 8, 56, 56)):
+        x = torch.randn(*shape, device=device)
+        with torch.autocast(device, dtype=dtype):
+            y = ASAP2d()(x)
+        assert y.dtype == dtype
+        ref = asap_pool2d(x.double())
+        assert ((y.double() - ref).abs().max() / ref.abs().max()) < DTYPE_TOL[dtype], shape
 
 
 @pytest.mark.parametrize('fn', [asap_pool2d, flc_pool2d])
@@ -348,31 +359,6 @@ def test_onnx_export_matches_onnxruntime(module_cls, dynamo, opset, tmp_path):
     with torch.no_grad():
         ref = model(x)
     torch.testing.assert_close(torch.from_numpy(y), ref, rtol=1e-4, atol=1e-5)
-
-
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
-
-
-@pytest.mark.gpu
-@cuda
-@pytest.mark.parametrize('name,fast,fft,kwargs', VARIANTS[:4], ids=[v[0] for v in VARIANTS[:4]])
-def test_cuda_matches_fft(name, fast, fft, kwargs):
-    x = torch.randn(4, 8, 56, 45, dtype=torch.float64, device='cuda')
-    torch.testing.assert_close(fast(x, **kwargs), fft(x, **kwargs), rtol=0, atol=1e-10)
-    x32 = x.float().contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(fast(x32, **kwargs), fft(x, **kwargs).float(), rtol=1e-4, atol=1e-4)
-
-
-@pytest.mark.gpu
-@cuda
-@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16], ids=str)
-def test_cuda_autocast(dtype):
-    x = torch.randn(4, 8, 56, 56, device='cuda')
-    with torch.autocast('cuda', dtype=dtype):
-        y = ASAP2d()(x)
-    assert y.dtype == dtype
-    ref = asap_pool2d(x.double())
-    assert ((y.double() - ref).abs().max() / ref.abs().max()) < DTYPE_TOL[dtype]
 
 
 def test_plan_cache_follows_the_cpu_tuning_constants(monkeypatch):

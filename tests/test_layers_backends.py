@@ -2,9 +2,11 @@
 gradient; selection, the winners table, fallbacks, compile/export, and a process without triton.
 
 The Triton kernel runs on CPU tensors through Triton's interpreter (``TRITON_INTERPRET=1``, switched on by
-the ``interpreter`` fixture before the kernel is first defined). The interpreter is slow, so the default
-run takes a few sizes; ``-m slow`` takes every plane size of the registered networks at their default
-input size and the odd sizes 1..17, 27, 55, 111, 113, in both band modes and both layouts.
+the ``interpreter`` and ``triton_kernel`` fixtures before the kernel is first defined) and compiled on CUDA
+tensors: the default run's backend tests take the ``device`` fixture and run on both (the CUDA runs are
+marked ``gpu``). The interpreter is slow, so the default run takes a few sizes; ``-m slow`` takes every
+plane size of the registered networks at their default input size and the odd sizes 1..17, 27, 55, 111,
+113, in both band modes and both layouts.
 """
 import json
 import os
@@ -38,22 +40,36 @@ VARIANTS = {
 }
 
 
-@pytest.fixture
-def interpreter(monkeypatch):
-    """Triton's CPU interpreter on for this test; the kernel is redefined under it and again after."""
+def _triton_kernel(monkeypatch, interpret):
     pytest.importorskip('triton', reason='the Triton kernel tests need the triton package')
-    monkeypatch.setenv('TRITON_INTERPRET', '1')
+    if interpret:
+        monkeypatch.setenv('TRITON_INTERPRET', '1')
+    else:
+        monkeypatch.delenv('TRITON_INTERPRET', raising=False)
     triton_pool._kernel.cache_clear()
     yield
     triton_pool._kernel.cache_clear()
+
+
+@pytest.fixture
+def interpreter(monkeypatch):
+    """Triton's CPU interpreter on for this test; the kernel is redefined under it and again after."""
+    yield from _triton_kernel(monkeypatch, interpret=True)
+
+
+@pytest.fixture
+def triton_kernel(monkeypatch, device):
+    """The Triton kernel for ``device``: run by the interpreter on the CPU, compiled for the GPU on CUDA."""
+    yield from _triton_kernel(monkeypatch, interpret=device == 'cpu')
 
 
 def _pool(name):
     return 'flc' if name.startswith('flc') else 'asap'
 
 
-def _check_backend(backend, variant, size, mode, layout, dtype, width=None):
-    """Forward and input gradient of ``backend`` against the float64 FFT oracle and the two-product form."""
+def _check_backend(backend, variant, size, mode, layout, dtype, width=None, device='cpu'):
+    """Forward and input gradient of ``backend`` on ``device`` against the float64 FFT oracle and the
+    two-product form."""
     fast, fft, kwargs = VARIANTS[variant]
     height, width = size, width or size
     try:
@@ -62,8 +78,8 @@ def _check_backend(backend, variant, size, mode, layout, dtype, width=None):
     except ValueError:
         return  # no output at this size in this mode (tested in test_layers.py)
     gen = torch.Generator().manual_seed(size * 1000 + width)
-    x64 = torch.randn(2, 3, height, width, generator=gen, dtype=torch.float64)
-    g64 = torch.randn(2, 3, *out, generator=gen, dtype=torch.float64)
+    x64 = torch.randn(2, 3, height, width, generator=gen, dtype=torch.float64).to(device)
+    g64 = torch.randn(2, 3, *out, generator=gen, dtype=torch.float64).to(device)
     oracle_x = x64.to(dtype).double().requires_grad_()
     oracle = fft(oracle_x, mode=mode, **kwargs)
     oracle.backward(g64)
@@ -102,32 +118,32 @@ MODES = ('centered', 'reference')
 @pytest.mark.parametrize('layout', LAYOUTS)
 @pytest.mark.parametrize('mode', MODES)
 @pytest.mark.parametrize('variant', ['asap-one', 'flc-real'])
-def test_triton_exact_fast(interpreter, restore_backend, variant, mode, layout):
+def test_triton_exact_fast(triton_kernel, restore_backend, device, variant, mode, layout):
     for size in FAST_PLANES:
-        _check_backend('triton', variant, size, mode, layout, torch.float32)
-    _check_backend('triton', variant, 13, mode, layout, torch.float32, width=6)   # non-square
+        _check_backend('triton', variant, size, mode, layout, torch.float32, device=device)
+    _check_backend('triton', variant, 13, mode, layout, torch.float32, width=6, device=device)   # non-square
 
 
 @pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16], ids=str)
-def test_triton_half_dtypes_fast(interpreter, restore_backend, dtype):
+def test_triton_half_dtypes_fast(triton_kernel, restore_backend, device, dtype):
     for layout in LAYOUTS:
         for size in (5, 14):  # with and without the low-rank term
-            _check_backend('triton', 'asap-one', size, 'centered', layout, dtype)
+            _check_backend('triton', 'asap-one', size, 'centered', layout, dtype, device=device)
 
 
 @pytest.mark.parametrize('layout', LAYOUTS)
 @pytest.mark.parametrize('mode', MODES)
 @pytest.mark.parametrize('variant', list(VARIANTS))
-def test_kronecker_exact_all_small_planes(restore_backend, variant, mode, layout):
+def test_kronecker_exact_all_small_planes(restore_backend, device, variant, mode, layout):
     for size in [s for s in ALL_PLANES if s * s <= kronecker.KRONECKER_MAX_PLANE]:
-        _check_backend('kronecker', variant, size, mode, layout, torch.float32)
-    _check_backend('kronecker', variant, 17, mode, layout, torch.float32, width=9)
+        _check_backend('kronecker', variant, size, mode, layout, torch.float32, device=device)
+    _check_backend('kronecker', variant, 17, mode, layout, torch.float32, width=9, device=device)
 
 
 @pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16], ids=str)
-def test_kronecker_half_dtypes(restore_backend, dtype):
+def test_kronecker_half_dtypes(restore_backend, device, dtype):
     for layout in LAYOUTS:
-        _check_backend('kronecker', 'asap-one', 28, 'centered', layout, dtype)
+        _check_backend('kronecker', 'asap-one', 28, 'centered', layout, dtype, device=device)
 
 
 # ---- every plane size (slow) ----
@@ -309,14 +325,15 @@ def test_import_does_not_import_the_kernel():
     assert out.returncode == 0, out.stderr
 
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
-
-
 @pytest.mark.gpu
-@cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
 @pytest.mark.parametrize('backend', ['kronecker', 'triton'])
 @pytest.mark.parametrize('dtype', list(DTYPE_TOL), ids=str)
-def test_cuda_backends_match_oracle(restore_backend, backend, dtype):
+def test_backends_match_oracle_at_network_shapes_on_cuda(restore_backend, backend, dtype):
+    """The networks' pooling inputs at their channel counts (3 to 1024 channels, batch 4, planes up to 224;
+    above 64x64 Kronecker falls back to the two-product form) in both layouts, against the FFT oracle, with
+    finite input gradients. The backend tests above take both devices at small shapes; these are too large for
+    Triton's CPU interpreter (on the CPU ``-m slow`` takes their planes at 3 channels)."""
     set_backend(backend)
     for c, s in ((3, 224), (64, 112), (256, 56), (1024, 14), (256, 8), (8, 113)):
         for layout in LAYOUTS:
