@@ -36,7 +36,7 @@ from timm_asap_lab.cli._yaml_defaults import read_yaml_defaults
 
 __all__ = ['main', 'build_parser', 'parse_model_spec']
 
-_logger = logging.getLogger('timm_asap.evaluate')
+_logger = logging.getLogger(__name__)
 
 # CLI-only keys (the rest are EvalOptions fields)
 _MODEL_DATA_KEYS = ('model', 'pretrained', 'num_classes', 'in_chans', 'img_size', 'mean', 'std', 'dataset', 'data_dir',

@@ -105,26 +105,31 @@ class TensorBoardLogger:
 
 
 class RunLogFile:
-    """Copies ``timm_asap`` log records of level INFO and above to a file for the duration of a run.
+    """Copies the log records of the plugin (``timm_asap``) and the lab (``timm_asap_lab``) of level INFO and
+    above to a file for the duration of a run.
 
-    Raises the ``timm_asap`` logger to INFO while open (restored on close) so the file gets the
-    per-epoch lines even when the application configured no logging.
+    Raises both loggers to INFO while open (restored on close) so the file gets the per-epoch lines even
+    when the application configured no logging.
     """
 
+    LOGGERS = ('timm_asap', 'timm_asap_lab')
+
     def __init__(self, path: str | os.PathLike):
-        self.logger = logging.getLogger('timm_asap')
         self.handler = logging.FileHandler(path, mode='a')
         self.handler.setLevel(logging.INFO)
         self.handler.setFormatter(logging.Formatter('%(asctime)s %(levelname)s %(name)s: %(message)s'))
-        self.old_level = self.logger.level
-        if self.logger.getEffectiveLevel() > logging.INFO:
-            self.logger.setLevel(logging.INFO)
-        self.logger.addHandler(self.handler)
+        self.loggers = [logging.getLogger(name) for name in self.LOGGERS]
+        self.old_levels = [logger.level for logger in self.loggers]
+        for logger in self.loggers:
+            if logger.getEffectiveLevel() > logging.INFO:
+                logger.setLevel(logging.INFO)
+            logger.addHandler(self.handler)
 
     def close(self) -> None:
-        self.logger.removeHandler(self.handler)
+        for logger, level in zip(self.loggers, self.old_levels):
+            logger.removeHandler(self.handler)
+            logger.setLevel(level)
         self.handler.close()
-        self.logger.setLevel(self.old_level)
 
 
 _LAST_KEYS = ('val_top1', 'val_top5', 'val_loss', 'val_ema_top1', 'val_teacher_agree', 'train_loss')
