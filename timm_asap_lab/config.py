@@ -22,7 +22,7 @@ from typing import Any, Union
 import yaml
 
 from timm_asap._files import atomic_write_text
-from timm_asap.layers.band import MODES, POOLS
+from timm_asap.layers.band import MODES, POOLS, check_choice
 from timm_asap.models.convert import POOL_POSITIONS
 
 __all__ = [
@@ -311,17 +311,18 @@ class RunConfig:
 
     def validate(self) -> RunConfig:
         """Check value ranges and choices (types are checked on load)."""
-        _choice('model.pool', self.model.pool, (*POOLS, 'none'))
-        _choice('model.mode', self.model.mode, MODES)
-        _choice('model.pool_position', self.model.pool_position, POOL_POSITIONS)
+        for key, value, allowed in (
+                ('model.pool', self.model.pool, (*POOLS, 'none')), ('model.mode', self.model.mode, MODES),
+                ('model.pool_position', self.model.pool_position, POOL_POSITIONS),
+                ('train.amp_dtype', self.train.amp_dtype, ('bfloat16', 'float16', 'float32')),
+                ('train.export', self.train.export, ('best', 'last', 'ema')),
+                ('train.dist_bn', self.train.dist_bn, ('reduce', 'broadcast', 'none')),
+                ('train.lr_base_scale', self.train.lr_base_scale, ('linear', 'sqrt')),
+                ('data.loader', self.data.loader, ('auto', 'memory', 'dataloader'))):
+            check_choice(f"{key}:", value, allowed, error=ConfigError)
         if self.model.pool == 'none' and self.model.pool_position != 'before':
             raise ConfigError(f"model.pool_position: {self.model.pool_position!r} places spectral pooling, but "
                               f"model.pool is 'none' (no pooling to place); leave pool_position at 'before'")
-        _choice('train.amp_dtype', self.train.amp_dtype, ('bfloat16', 'float16', 'float32'))
-        _choice('train.export', self.train.export, ('best', 'last', 'ema'))
-        _choice('train.dist_bn', self.train.dist_bn, ('reduce', 'broadcast', 'none'))
-        _choice('train.lr_base_scale', self.train.lr_base_scale, ('linear', 'sqrt'))
-        _choice('data.loader', self.data.loader, ('auto', 'memory', 'dataloader'))
         if self.train.export == 'ema' and not self.train.model_ema:
             raise ConfigError("train.export: 'ema' needs train.model_ema: true")
         for key, value, low in (
@@ -369,11 +370,6 @@ class RunConfig:
         if self.hub.repo_id and self.hub.repo_id.count('/') != 1:
             raise ConfigError(f"hub.repo_id: must look like '<org>/<name>', got {self.hub.repo_id!r}")
         return self
-
-
-def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{key}: must be one of {list(allowed)}, got {value!r}")
 
 
 def _type_name(tp) -> str:

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from timm_asap.layers.band import check_choice
 from timm_asap.layers.kronecker import KRONECKER_MAX_PLANE, kronecker_pool
 from timm_asap.layers.spectral_matrix import compute_dtype, is_channels_last, static_size, two_product_pool
 from timm_asap.layers.triton_pool import triton_available, triton_pool, triton_supports
@@ -46,12 +47,6 @@ BACKEND_ENV = 'TIMM_ASAP_POOL_BACKEND'
 TABLE_PATH = Path(__file__).with_name('backend_table.json')
 TABLE_FORMAT = 1
 _selected: str | None = None
-
-
-def _check_backend(name, source: str, allowed: tuple[str, ...] = BACKENDS) -> str:
-    if not isinstance(name, str) or name not in allowed:
-        raise ValueError(f"{source} must be one of {list(allowed)}, got {name!r}")
-    return name
 
 
 def set_backend(name: str) -> str:
@@ -71,7 +66,7 @@ def set_backend(name: str) -> str:
         >>> _ = set_backend(previous)
     """
     global _selected
-    _check_backend(name, 'pooling backend')
+    check_choice('pooling backend', name, BACKENDS)
     if name == 'triton' and not triton_available():
         raise ImportError("pooling backend 'triton' needs the triton package (it ships with torch's CUDA "
                           "wheels); choose one of 'auto', 'two_product', 'kronecker'")
@@ -88,7 +83,7 @@ def get_backend() -> str:
     """
     if _selected is not None:
         return _selected
-    return _check_backend(os.environ.get(BACKEND_ENV, 'auto') or 'auto', f"${BACKEND_ENV}")
+    return check_choice(f"${BACKEND_ENV}", os.environ.get(BACKEND_ENV, 'auto') or 'auto', BACKENDS)
 
 
 def layout_name(x: torch.Tensor) -> str:
@@ -120,7 +115,7 @@ def load_table(path: str | Path | None = None) -> dict[tuple, str]:
         table = {}
         for row in data['winners']:
             key = (row['device'], row['dtype'], int(row['height']), int(row['width']), row['layout'])
-            table[key] = _check_backend(row['backend'], 'backend', BACKENDS[1:])
+            table[key] = check_choice('backend', row['backend'], BACKENDS[1:])
         return table
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"pooling backend table {path}: {exc}") from None

@@ -10,10 +10,14 @@ Two band rules are implemented (see ``asap-spec.md`` / arXiv:2307.09804):
   has the size a stride-2 convolution with ``padding=k // 2`` gives.
 * ``'reference'``: indices ``[int(M / 4), int(3 * M / 4))`` of the centred spectrum of length
   ``M``, as in the authors' public code (e.g. 14 -> 8 for ASAP).
+
+It also holds the argument checks the layers, the models and the lab share: :func:`check_choice` (the one
+check of a value against a set of choices) and :func:`reject_unknown_args`.
 """
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 __all__ = ['POOLS', 'MODES', 'ASAP_PADDINGS', 'FLC_NORMS', 'FLC_VARIANTS', 'BandSpec', 'band_spec', 'output_size']
@@ -54,10 +58,33 @@ class BandSpec:
         return self.size + self.pad_before + self.pad_after
 
 
-def check_choice(name: str, value: str, allowed: tuple[str, ...], owner: str) -> str:
-    """Raise a ValueError naming ``value`` and the allowed choices unless ``value in allowed``."""
-    if value not in allowed:
-        raise ValueError(f"{owner} {name} must be one of {list(allowed)}, got {value!r}")
+def check_choice(name: str, value, allowed: Iterable, owner: str = '', error: type[ValueError] = ValueError):
+    """Return ``value`` if it is one of ``allowed``, else raise ``error`` naming it and the choices.
+
+    The one check of a value against a fixed set of choices, for the layers, the models and the lab.
+
+    Args:
+        name: what is chosen, as the message names it (e.g. ``'padding'``, ``'$TIMM_ASAP_POOL_BACKEND'``).
+        value: the value received (any object: an unhashable one is simply not a choice).
+        allowed: the choices, in the order the message lists them.
+        owner: who checks, put before ``name`` in the message (e.g. ``'ASAP2d'``); empty: ``name`` alone.
+        error: the exception class raised (a ValueError subclass, e.g. the lab's ConfigError).
+
+    Raises:
+        ValueError: (or ``error``) e.g. ``ASAP2d padding must be one of ['one', 'none', 'large'], got 'two'``.
+
+    Example:
+        >>> check_choice('mode', 'centered', MODES, 'ASAP2d')
+        'centered'
+    """
+    choices = list(allowed)
+    try:
+        known = value in choices
+    except (TypeError, ValueError, RuntimeError):  # e.g. an array, whose comparison has no single truth value
+        known = False
+    if not known:
+        subject = f"{owner} {name}" if owner else name
+        raise error(f"{subject} must be one of {choices}, got {value!r}")
     return value
 
 

@@ -5,7 +5,7 @@ from torch import nn
 
 from timm_asap.layers.asap import ASAP2d
 from timm_asap.layers.fft_pool import ASAP2dFFT, FLC2dFFT
-from timm_asap.layers.band import init_arguments
+from timm_asap.layers.band import check_choice, init_arguments
 from timm_asap.layers.flc import FLC2d
 
 __all__ = ['POOL_LAYERS', 'create_pool', 'pool_arguments']
@@ -19,9 +19,7 @@ POOL_LAYERS: dict[str, type[nn.Module]] = {
 
 
 def _pool_class(name) -> type[nn.Module]:
-    if not isinstance(name, str) or name not in POOL_LAYERS:
-        raise ValueError(f"unknown pool {name!r}; allowed: {sorted(POOL_LAYERS)}")
-    return POOL_LAYERS[name]
+    return POOL_LAYERS[check_choice('pool name', name, sorted(POOL_LAYERS))]
 
 
 def pool_arguments(name: str) -> tuple[str, ...]:

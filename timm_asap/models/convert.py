@@ -63,6 +63,7 @@ from timm.models.resnet import BasicBlock
 from torch import nn
 
 from timm_asap.layers import MODES, create_pool, output_size
+from timm_asap.layers.band import check_choice
 from timm_asap.layers.create import POOL_LAYERS, pool_arguments
 
 __all__ = [
@@ -528,19 +529,14 @@ def _classify(name: str, m: nn.Module, patchify: str, pool_position: str = 'befo
     return StridedOp(name, kind, tname, stride, kernel, 'replace')
 
 
-def _check_choice(name: str, value, allowed) -> None:
-    if value not in allowed:
-        raise ValueError(f"asapify {name} must be one of {list(allowed)}, got {value!r}")
-
-
 def check_placement(patchify: str, pool_position: str) -> None:
     """Validate :func:`asapify`'s ``patchify`` and ``pool_position`` and that they do not contradict each other.
 
     Raises:
         ValueError: an unknown value, or ``pool_position='after'`` with ``patchify='before'``.
     """
-    _check_choice('patchify', patchify, PATCHIFY_CHOICES)
-    _check_choice('pool_position', pool_position, POOL_POSITIONS)
+    check_choice('patchify', patchify, PATCHIFY_CHOICES, 'asapify')
+    check_choice('pool_position', pool_position, POOL_POSITIONS, 'asapify')
     if pool_position == 'after' and patchify == 'before':
         raise ValueError("asapify pool_position='after' pools after every strided convolution, kernel == stride "
                          "ones included; patchify='before' contradicts it (got both): drop patchify, or use "
@@ -744,9 +740,8 @@ def asapify(
         >>> model = asapify(timm.create_model('resnet50', pretrained=True))
         >>> model = asapify(timm.create_model('resnet50', pretrained=True), pool_position='after')
     """
-    if pool not in POOL_LAYERS:
-        raise ValueError(f"asapify pool must be one of {sorted(POOL_LAYERS)}, got {pool!r}")
-    _check_choice('mode', mode, MODES)
+    check_choice('pool', pool, sorted(POOL_LAYERS), 'asapify')
+    check_choice('mode', mode, MODES, 'asapify')
     check_placement(patchify, pool_position)
     traced = [n or '<model>' for n, m in model.named_modules() if isinstance(m, torch.fx.GraphModule)]
     if traced:

@@ -18,6 +18,7 @@ from timm_asap_lab.evaluation.attacks import AttackSpec, check_eps, parse_eps
 from timm_asap_lab.evaluation.corruptions import SEVERITIES, check_corruptions, check_severities
 from timm_asap_lab.evaluation.data import EvalImages, load_images
 from timm_asap._files import atomic_write_text
+from timm_asap.layers.band import check_choice
 from timm_asap_lab.files import check_folder_path
 from timm_asap_lab.runtime import resolve_amp
 from timm_asap_lab.evaluation.provenance import evaluation_record
@@ -162,13 +163,11 @@ class EvalOptions:
             raise ValueError(f"max_unreadable must be a fraction in [0, 1], got {self.max_unreadable}")
         resolve_amp('cpu', self.amp)  # raises naming the allowed precisions
         resolve_device(self.device)  # raises naming what this machine has
-        if self.corruption_source not in CORRUPTION_SOURCES:
-            raise ValueError(f"corruption_source must be one of {list(CORRUPTION_SOURCES)}, got {self.corruption_source!r}")
+        check_choice('corruption_source', self.corruption_source, CORRUPTION_SOURCES)
         if self.corruptions:
             check_corruptions(self.corruptions)
             check_severities(self.severities)
-        if self.shift_mode not in SHIFT_MODES:
-            raise ValueError(f"shift_mode must be one of {list(SHIFT_MODES)}, got {self.shift_mode!r}")
+        check_choice('shift_mode', self.shift_mode, SHIFT_MODES)
         if self.shift_trials < 0 or self.aliasing_count < 0:
             raise ValueError("shift_trials and aliasing_count must be >= 0")
         if self.autoattack_norm not in ('linf', 'l2'):
