@@ -336,14 +336,21 @@ def _shipped_configs() -> tuple[dict, dict]:
     return recipes, {name: cfg for name, cfg in configs.items() if name not in recipes}
 
 
-def test_weight_tag_table_agrees_with_the_recipes():
-    """The registry's table (WEIGHT_TAGS) and the training recipes (hub_configs/*.yaml) describe the same tags."""
-    from timm_asap_lab.config import list_hub_configs
+def test_recipes_read_the_weight_tag_table():
+    """Every weight tag of the registry's table (WEIGHT_TAGS) has its training recipe
+    (hub_configs/<architecture>.<tag>.yaml), which names the tag, sets none of the keys the table describes
+    (one source) and reads them from the table."""
+    import yaml
+    from timm_asap_lab.config import list_hub_configs, weight_tag_settings
     shipped = list_hub_configs()
     recipes, _ = _shipped_configs()
     assert set(recipes) == {t.name for t in M.WEIGHT_TAGS}
     for t in M.WEIGHT_TAGS:
-        cfg = recipes[t.name]
+        cfg, raw = recipes[t.name], yaml.safe_load(shipped[t.name].read_text())
+        assert t.recipe == shipped[t.name].name
+        for section, values in weight_tag_settings(t).items():
+            assert not set(raw.get(section) or {}) & set(values), f"{t.name}: {section} repeats the table"
+            assert {k: getattr(getattr(cfg, section), k) for k in values} == values, t.name
         m, d, h = cfg.model, cfg.data, cfg.hub
         assert (m.architecture, m.tag) == (t.architecture, t.tag)
         assert m.pool == M.get_variant(t.architecture).pool
@@ -354,9 +361,28 @@ def test_weight_tag_table_agrees_with_the_recipes():
         assert tuple(d.mean or ()) == (t.mean or ()) and tuple(d.std or ()) == (t.std or ())
         assert (d.interpolation, d.crop_pct) == (t.interpolation, t.crop_pct)
         assert tuple(d.label_names or ()) == (t.label_names or ())
-        assert t.recipe == shipped[t.name].name
         if m.base:
             assert M.check_model_name(m.base) == M.base_architecture(t.name)
+
+
+def test_recipe_follows_its_table_entry(monkeypatch):
+    """A changed table entry changes its recipe; a key a config sets itself wins; a bad entry is named."""
+    from timm_asap_lab.config import ConfigError, config_from_dict, load_config
+    name = 'resnet18_cifar_asap.fmnist'
+    _with_tag(monkeypatch, name, license='mit', published=True, input_size=(3, 28, 28), mean=(0.5,) * 3,
+              std=(0.25,) * 3, label_names=None, model_args=dict(pool_mode='reference', pool_position='after'))
+    cfg = load_config(name)
+    assert (cfg.hub.license, cfg.hub.published, cfg.model.in_chans, cfg.model.img_size) == ('mit', True, 3, 28)
+    assert cfg.data.mean == [0.5] * 3 and cfg.data.label_names is None
+    assert (cfg.model.mode, cfg.model.pool_position, cfg.model.model_args) == ('reference', 'after', {})
+    own = config_from_dict({'model': {'architecture': 'resnet18_cifar_asap', 'tag': 'fmnist', 'img_size': 16},
+                            'hub': {'license': 'cc-by-4.0'}})
+    assert (own.model.img_size, own.model.in_chans, own.hub.license) == (16, 3, 'cc-by-4.0')
+    untagged = config_from_dict({'model': {'architecture': 'resnet18_cifar_asap', 'tag': 'mine'}})
+    assert (untagged.model.in_chans, untagged.hub.license, untagged.data.mean) == (3, 'apache-2.0', None)
+    _with_tag(monkeypatch, name, input_size=(1, 32, 28))
+    with pytest.raises(ConfigError, match=r"weight tag resnet18_cifar_asap.fmnist: input_size \(1, 32, 28\) is not square"):
+        load_config(name)
 
 
 def test_template_configs_are_not_weight_tags():
@@ -372,8 +398,8 @@ def test_template_configs_are_not_weight_tags():
 
 
 def test_fashion_mnist_labels_are_the_datasets():
-    from timm_asap_lab.data.fashion_mnist import FASHION_MNIST_CLASSES
-    assert tuple(FASHION_MNIST_CLASSES) == M.weight_tags.FASHION_MNIST_LABELS
+    from timm_asap_lab.data.fashion_mnist import FashionMNIST
+    assert FashionMNIST.classes is M.weight_tags.FASHION_MNIST_LABELS
 
 
 def test_broken_or_missing_recipe_never_breaks_import_or_creation(tmp_path):

@@ -5,6 +5,13 @@ checkpoint it starts from (``model``), the data (``data``), the fine-tuning reci
 it is published (``hub``). The same structure drives fine-tuning, evaluation, publishing and the
 registry's pretrained configs, so the schema is defined once, here.
 
+A config whose ``<architecture>.<tag>`` is a weight tag of the registry's table
+(:data:`timm_asap.models.weight_tags.WEIGHT_TAGS`) takes what that table says about the tag for every key
+the file leaves out (:func:`weight_tag_settings`): the input size and class count, the base checkpoint, the
+pooling and its placement, the normalisation, resize and crop, the label names, the Hub repository, the
+licence and whether it is published. The shipped recipes set none of these keys: the table is their one
+source. A config naming no weight tag (e.g. the template ``convert_asap.fmnist``) sets them itself.
+
 Unknown keys and wrong types are errors naming the key, e.g.
 ``train.lr: expected float, got str 'fast'``.
 """
@@ -24,11 +31,13 @@ import yaml
 from timm_asap._files import atomic_write_text
 from timm_asap.layers.band import MODES, POOLS, check_choice
 from timm_asap.models.convert import POOL_POSITIONS
+from timm_asap.models.registry import get_variant
+from timm_asap.models.weight_tags import WeightTag, weight_tag
 
 __all__ = [
     'ConfigError', 'ModelConfig', 'DataConfig', 'DistillConfig', 'TrainConfig', 'HubConfig', 'RunConfig',
     'load_config', 'config_from_dict', 'apply_overrides', 'list_hub_configs', 'hub_config_dir', 'save_config',
-    'RUN_CONFIG_FILE', 'find_run_config', 'WEIGHT_FILE_SUFFIXES', 'base_source_kind',
+    'RUN_CONFIG_FILE', 'find_run_config', 'WEIGHT_FILE_SUFFIXES', 'base_source_kind', 'weight_tag_settings',
 ]
 
 # the resolved config the fine-tuning tool writes into its output folder, beside model.safetensors
@@ -48,7 +57,8 @@ class ModelConfig:
     Attributes:
         architecture: registered timm name, e.g. ``resnet50_asap`` (needs ``import timm_asap``).
         tag: the weight tag this recipe produces, e.g. ``ft_in1k``; ``<architecture>.<tag>`` is the
-            model's full name.
+            model's full name. Where that is a weight tag of the registry's table, the keys the table
+            describes default to its values (see :func:`weight_tag_settings`).
         base: the base checkpoint whose weights initialise the model (zero-shot conversion) and serve as
             distillation teacher; empty for random initialisation. One of: a timm name with tag
             (``resnet50.tv_in1k``: timm's pretrained weights); ``hf-hub:<org>/<name>`` or
@@ -428,13 +438,63 @@ def _from_dict(cls, data: dict, prefix: str = ''):
     return cls(**{k: _convert(prefix + k, v, hints[k]) for k, v in data.items()})
 
 
+def weight_tag_settings(entry: WeightTag) -> dict[str, dict[str, Any]]:
+    """The config keys a weight tag of the registry's table sets, by section (``model``, ``data``, ``hub``).
+
+    Args:
+        entry: the table entry (:func:`timm_asap.models.weight_tags.weight_tag`).
+
+    Raises:
+        ConfigError: the entry's input size is not square (``model.img_size`` is one side).
+
+    Example:
+        >>> weight_tag_settings(weight_tag('resnet18_cifar_asap.fmnist'))['model']['in_chans']
+        1
+    """
+    chans, height, width = entry.input_size
+    if height != width:
+        raise ConfigError(f"weight tag {entry.name}: input_size {entry.input_size} is not square; "
+                          f"model.img_size describes square inputs only")
+    args = dict(entry.model_args)
+    placement = {key: args.pop(arg) for key, arg in (('mode', 'pool_mode'), ('pool_position', 'pool_position'))
+                 if arg in args}
+    model = dict(base=entry.base, pool=get_variant(entry.architecture).pool, **placement,
+                 num_classes=entry.num_classes, in_chans=chans, img_size=height, model_args=args)
+    data = dict(mean=_list_or_none(entry.mean), std=_list_or_none(entry.std), interpolation=entry.interpolation,
+                crop_pct=entry.crop_pct, label_names=_list_or_none(entry.label_names))
+    hub = dict(repo_id=entry.hf_hub_id, license=entry.license, published=entry.published)
+    return {'model': model, 'data': data, 'hub': hub}
+
+
+def _list_or_none(values) -> list | None:
+    return None if values is None else list(values)
+
+
+def _with_weight_tag(data: dict) -> dict:
+    """``data`` with the keys its weight tag sets where ``data`` leaves them out (unchanged without a tag)."""
+    model = data.get('model')
+    if not isinstance(model, dict) or not all(isinstance(model.get(k), str) for k in ('architecture', 'tag')):
+        return data  # no tag named (a wrong type is reported by the type check)
+    entry = weight_tag(f"{model['architecture']}.{model['tag']}")
+    if entry is None:
+        return data
+    out = dict(data)
+    for section, values in weight_tag_settings(entry).items():
+        given = out.get(section, {})
+        if isinstance(given, dict):  # else the type check names the section
+            out[section] = {**values, **given}
+    return out
+
+
 def config_from_dict(data: dict | None) -> RunConfig:
-    """Build and validate a :class:`RunConfig` from a (YAML-loaded) mapping; missing keys take defaults."""
+    """Build and validate a :class:`RunConfig` from a (YAML-loaded) mapping. Keys it leaves out come from its
+    weight tag's table entry where ``<architecture>.<tag>`` is one (:func:`weight_tag_settings`), else take
+    the defaults."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"a config must be a mapping at the top level, got {type(data).__name__}")
-    return _from_dict(RunConfig, data).validate()
+    return _from_dict(RunConfig, _with_weight_tag(data)).validate()
 
 
 def hub_config_dir() -> Path:

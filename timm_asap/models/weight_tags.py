@@ -7,10 +7,11 @@ Only published tags get a weights source in their timm pretrained cfg, so ``timm
 and ``timm.is_model_pretrained()`` list exactly what can be downloaded; ``pretrained=True`` on an
 unpublished tag raises :class:`~timm_asap.models.WeightsNotAvailableError`.
 
-The training recipes that produce these weights are ``hub_configs/<architecture>.<tag>.yaml``
-(read by the fine-tuning tool only; a test checks that every recipe agrees with its entry here). A shipped
-config under any other file name (``convert_asap.fmnist.yaml``) is a template for users' own runs and
-claims no tag.
+This table is the one source of what it says about a tag. The training recipes that produce these weights,
+``hub_configs/<architecture>.<tag>.yaml`` of the lab (read by the fine-tuning tool only), name their tag and
+take its input size, classes, base, pooling, normalisation, label names, Hub repository, licence and
+published state from here. A shipped config under any other file name (``convert_asap.fmnist.yaml``) is a
+template for users' own runs and claims no tag.
 Publishing a tag means setting ``published=True`` here once its Hub repository exists.
 
 Example:
@@ -32,6 +33,9 @@ FLC_PAPER_IDS = 'arXiv:2204.00491'  # FLC pooling, ASAP's predecessor
 def paper_ids(pool: str) -> str:
     """The paper of a pooling kind: FLC's for ``'flc'``, ASAP's for ``'asap'`` and the baselines."""
     return FLC_PAPER_IDS if pool == 'flc' else PAPER_IDS
+
+
+#: the Fashion-MNIST class names in label order (the one copy: the lab's dataset reader uses it too)
 FASHION_MNIST_LABELS = ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt', 'Sneaker', 'Bag',
                         'Ankle boot')
 

@@ -3,7 +3,7 @@ from timm_asap_lab.data.classes import check_classes, check_label_names, check_l
 from timm_asap_lab.data.dataset import SampleDataset, create_split_dataset, dataset_classes, is_folder_dataset, subset_indices
 from timm_asap_lab.data.errors import DataError
 from timm_asap_lab.data.fashion_mnist import (
-    DEFAULT_FASHION_MNIST_DIR, FASHION_MNIST_CLASSES, FASHION_MNIST_NAMES, FashionMNIST, fashion_mnist_split,
+    DEFAULT_FASHION_MNIST_DIR, FASHION_MNIST_NAMES, FashionMNIST, fashion_mnist_split,
     find_fashion_mnist, is_fashion_mnist)
 from timm_asap_lab.data.idx import IdxError, read_idx, write_idx
 from timm_asap_lab.data.loader import LoaderBatches, ResumableSampler, ShardSampler, create_eval_loader, create_train_loader
@@ -13,7 +13,7 @@ from timm_asap_lab.data.transforms import create_transforms, run_data_config
 
 __all__ = [
     'DataError', 'IdxError', 'read_idx', 'write_idx', 'check_classes', 'check_labels', 'check_label_names',
-    'FashionMNIST', 'FASHION_MNIST_CLASSES', 'FASHION_MNIST_NAMES', 'DEFAULT_FASHION_MNIST_DIR', 'find_fashion_mnist', 'fashion_mnist_split',
+    'FashionMNIST', 'FASHION_MNIST_NAMES', 'DEFAULT_FASHION_MNIST_DIR', 'find_fashion_mnist', 'fashion_mnist_split',
     'SampleDataset', 'create_split_dataset', 'dataset_classes', 'is_folder_dataset', 'subset_indices',
     'ResumableSampler', 'ShardSampler', 'LoaderBatches', 'create_train_loader', 'create_eval_loader',
     'MemoryAugment', 'MemoryTrainBatches', 'MemoryEvalBatches', 'augment_batch', 'sample_order',

@@ -16,17 +16,16 @@ import numpy as np
 import torch.utils.data
 from PIL import Image
 
+from timm_asap.models.weight_tags import FASHION_MNIST_LABELS
 from timm_asap_lab.data.errors import DataError
 from timm_asap_lab.data.idx import read_idx
 
-__all__ = ['FashionMNIST', 'FASHION_MNIST_CLASSES', 'FASHION_MNIST_NAMES', 'DEFAULT_FASHION_MNIST_DIR',
-           'find_fashion_mnist', 'fashion_mnist_split', 'is_fashion_mnist']
+__all__ = ['FashionMNIST', 'FASHION_MNIST_NAMES', 'DEFAULT_FASHION_MNIST_DIR', 'find_fashion_mnist',
+           'fashion_mnist_split', 'is_fashion_mnist']
 
 _logger = logging.getLogger(__name__)
 
 DEFAULT_FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist'
-FASHION_MNIST_CLASSES = ['T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat',
-                         'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot']
 
 # the dataset names that select the built-in reader (fine-tuning's data.dataset, the evaluation tools' --dataset)
 FASHION_MNIST_NAMES = ('fashion_mnist', 'fashion-mnist', 'fashionmnist', 'fmnist')
@@ -106,7 +105,7 @@ class FashionMNIST(torch.utils.data.Dataset):
             labels disagree in count or hold labels outside 0..9.
     """
 
-    classes = FASHION_MNIST_CLASSES
+    classes = FASHION_MNIST_LABELS  # the registry's label names, in label order
 
     def __init__(self, root: str | os.PathLike | None = None, split: str = 'train', in_chans: int = 1,
                  transform=None, target_transform=None, download: bool = True):

@@ -35,7 +35,7 @@ from timm_asap_lab.publish.card import build_model_card
 from timm_asap_lab.config_model import check_pooling, create_model_from_config, model_kwargs
 from timm_asap.hub.errors import IntegrityError
 from timm_asap_lab.publish.errors import HubPublishError, MissingEvaluationError
-from timm_asap.models.weight_tags import paper_ids
+from timm_asap.models.weight_tags import FASHION_MNIST_LABELS, paper_ids
 from timm_asap.hub.image_processor import IMAGE_PROCESSOR_NAME
 from timm_asap.hub.integrity import (CONFIG_NAME, PICKLE_SUFFIXES, WEIGHTS_NAME, save_safetensors, verify_hub_folder,
                                      weights_metadata)
@@ -153,9 +153,9 @@ def resolve_label_names(cfg: RunConfig, num_classes: int) -> list[str] | None:
     """
     names = cfg.data.label_names
     if names is None:
-        from timm_asap_lab.data import FASHION_MNIST_CLASSES, is_fashion_mnist
-        if is_fashion_mnist(cfg.data.dataset) and num_classes == len(FASHION_MNIST_CLASSES):
-            names = FASHION_MNIST_CLASSES
+        from timm_asap_lab.data import is_fashion_mnist
+        if is_fashion_mnist(cfg.data.dataset) and num_classes == len(FASHION_MNIST_LABELS):
+            names = FASHION_MNIST_LABELS
     if names is not None:
         if len(names) != num_classes:
             raise ConfigError(f"data.label_names: expected {num_classes} names (model.num_classes), got {len(names)}")
