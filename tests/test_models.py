@@ -101,6 +101,22 @@ def test_registry_lists_every_supported_base():
     assert {f"{b}_{p}" for b in required for p in ('asap', 'flc')} <= set(VARIANTS)
 
 
+def test_entrypoints_are_module_level_definitions():
+    """Every registered name is one line of its module (``<name> = register_model(...)``, found by grep),
+    carries its name, module and docstring (``help()`` shows it) and is what timm's registry calls."""
+    import importlib
+    import inspect
+    from timm.models import model_entrypoint
+    sources = {}
+    for name in M.list_variants():
+        fn = model_entrypoint(name)
+        module = importlib.import_module(fn.__module__)
+        source = sources.setdefault(fn.__module__, inspect.getsource(module))
+        assert getattr(module, name) is fn and fn.__name__ == fn.__qualname__ == name and fn.__doc__, name
+        assert f"\n{name} = register_model(" in source, name
+    assert set(sources) == {f"timm_asap.models.{m}" for m in M.registry.MODULES}
+
+
 def test_registered_in_modules_timm_does_not_use():
     modules = {M.get_variant(n).module for n in M.list_variants()}
     assert modules == {'asap_timm', 'asap_cifar'}

@@ -17,7 +17,7 @@ Example:
 from __future__ import annotations
 
 import functools
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 import torch
 from timm.layers import BatchNormAct2d, DropPath, create_classifier, get_act_layer, get_device_dtype
@@ -383,18 +383,28 @@ def variant_pretrained_cfgs(name: str) -> dict:
     return variant_cfgs(name, defaults, [('', defaults)])  # _cfg names no weights: the untagged cfg is weightless
 
 
-default_cfgs = generate_default_cfgs({k: v for arch in CIFAR_ARCHITECTURES for name, _ in _names(arch)
-                                      for k, v in variant_pretrained_cfgs(name).items()})
+#: pretrained cfgs by registered name; :func:`_entrypoint` adds each model's before timm's ``register_model``
+#: reads them
+default_cfgs: dict = {}
 
 
-def _register_all() -> None:
-    for arch, (builder, _, _, desc) in CIFAR_ARCHITECTURES.items():
-        for name, pool in _names(arch):
-            create = functools.partial(create_variant, name, builder, pool)
-            doc = f"{desc}{_POOL_TEXT[pool]}; 10 classes and 32x32 inputs by default."
-            fn = make_entrypoint(name, __name__, create, doc)
-            globals()[name] = fn
-            register_model(fn)
+def _entrypoint(arch: str, pool: str) -> Callable[..., nn.Module]:
+    """The entrypoint of ``arch`` (``pool='none'``) or ``<arch>_<pool>`` of this module (name, module and
+    docstring set), with its pretrained cfgs added to :data:`default_cfgs`, ready for timm's ``register_model``."""
+    name = arch if pool == 'none' else f"{arch}_{pool}"
+    default_cfgs.update(generate_default_cfgs(variant_pretrained_cfgs(name)))
+    builder, _, _, desc = CIFAR_ARCHITECTURES[arch]
+    create = functools.partial(create_variant, name, builder, pool)
+    return make_entrypoint(name, __name__, create, f"{desc}{_POOL_TEXT[pool]}; 10 classes and 32x32 inputs by default.")
 
 
-_register_all()
+# One line per registered model: ``timm.create_model('<name>')`` calls the entrypoint of that name.
+resnet18_cifar = register_model(_entrypoint('resnet18_cifar', 'none'))
+resnet18_cifar_asap = register_model(_entrypoint('resnet18_cifar', 'asap'))
+resnet18_cifar_flc = register_model(_entrypoint('resnet18_cifar', 'flc'))
+preactresnet18 = register_model(_entrypoint('preactresnet18', 'none'))
+preactresnet18_asap = register_model(_entrypoint('preactresnet18', 'asap'))
+preactresnet18_flc = register_model(_entrypoint('preactresnet18', 'flc'))
+wide_resnet28_10 = register_model(_entrypoint('wide_resnet28_10', 'none'))
+wide_resnet28_10_asap = register_model(_entrypoint('wide_resnet28_10', 'asap'))
+wide_resnet28_10_flc = register_model(_entrypoint('wide_resnet28_10', 'flc'))

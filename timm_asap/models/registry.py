@@ -113,7 +113,8 @@ def _unknown_message(arch: str, source: str | None) -> str:
             f"(e.g. 'resnet50_asap') are registered by `import timm_asap`: run it before creating or loading the "
             f"model (with timm or transformers); timm-asap {__version__} registers {len(ours)} "
             f"(timm_asap.models.list_variants()). Close matches: {', '.join(close) if close else 'none'}. "
-            f"If the model was published with a newer timm-asap, upgrade it: `pip install -U timm-asap`.")
+            f"If the model was published with a newer timm-asap (its config.json's timm_asap.version names it), "
+            f"install that version from the timm-asap repository it was published with.")
 
 
 def _check_tag(arch: str, tag: str) -> None:
