@@ -58,7 +58,7 @@ class ModelConfig:
         architecture: registered timm name, e.g. ``resnet50_asap`` (needs ``import timm_asap``).
         tag: the weight tag this recipe produces, e.g. ``ft_in1k``; ``<architecture>.<tag>`` is the
             model's full name. Where that is a weight tag of the registry's table, the keys the table
-            describes default to its values (see :func:`weight_tag_settings`).
+            describes default to its values (``weight_tag_settings`` lists them).
         base: the base checkpoint whose weights initialise the model (zero-shot conversion) and serve as
             distillation teacher; empty for random initialisation. One of: a timm name with tag
             (``resnet50.tv_in1k``: timm's pretrained weights); ``hf-hub:<org>/<name>`` or
