@@ -2,8 +2,9 @@
 
 One YAML file describes one model we train and publish: which registered architecture and base
 checkpoint it starts from (``model``), the data (``data``), the fine-tuning recipe (``train``) and where
-it is published (``hub``). The same structure drives fine-tuning, evaluation, publishing and the
-registry's pretrained configs, so the schema is defined once, here.
+it is published (``hub``). The same structure drives fine-tuning, evaluation and publishing, so the schema
+is defined once, here; the registry's pretrained configs come from the plugin's weight-tag table, not from
+these files.
 
 A config whose ``<architecture>.<tag>`` is a weight tag of the registry's table
 (:data:`timm_asap.models.weight_tags.WEIGHT_TAGS`) takes what that table says about the tag for every key
