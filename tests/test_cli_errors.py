@@ -58,7 +58,7 @@ def test_a_command_without_the_lab_dependencies_names_the_extra(command):
             f"sys.argv = ['timm-asap', *{args!r}]; import runpy; runpy.run_module({module!r}, run_name='__main__')")
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2, r.stderr
-    assert 'missing: tqdm, matplotlib' in r.stderr and "pip install 'timm-asap[lab]'" in r.stderr
+    assert 'missing: tqdm, matplotlib' in r.stderr and "pip install -e '.[lab]'" in r.stderr
     assert 'Traceback' not in r.stderr
 
 

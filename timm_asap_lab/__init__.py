@@ -2,7 +2,7 @@
 
 It builds on the plugin (:mod:`timm_asap`: layers, registry, conversion, Hub loading) and is never
 imported by it. Its dependencies beyond the plugin's come with the ``[lab]`` extra
-(``pip install 'timm-asap[lab]'``; ``[eval]`` and ``[dev]`` include it); the command-line tools check them
+(from a checkout: ``pip install -e '.[lab]'``; ``[eval]`` and ``[dev]`` include it); the command-line tools check them
 first (:func:`missing_lab_dependencies`) and name the extra to install.
 """
 from __future__ import annotations

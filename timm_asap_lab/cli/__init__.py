@@ -9,6 +9,7 @@ from timm_asap_lab import missing_lab_dependencies
 
 _missing = missing_lab_dependencies()
 if _missing:
-    sys.stderr.write(f"timm-asap: the command-line tools need the lab's dependencies, missing: {', '.join(_missing)}; "
-                     f"install them with: pip install 'timm-asap[lab]' (or '[eval]' for evaluation and the study)\n")
+    sys.stderr.write(f"timm-asap: the command-line tools need the lab's dependencies, missing: "
+                     f"{', '.join(_missing)}; install the [lab] extra (from a checkout: pip install -e '.[lab]', "
+                     f"or '.[eval]' for evaluation and the study)\n")
     raise SystemExit(2)
