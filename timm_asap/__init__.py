@@ -3,7 +3,10 @@
 ``import timm_asap`` registers the ``<base>_asap`` / ``<base>_flc`` architectures (and the CIFAR-size
 families) in timm's model registry, so ``timm.create_model('resnet50_asap', pretrained=True)`` works;
 it imports nothing beyond torch and timm and changes nothing in other libraries. The checked Hub
-loaders are in :mod:`timm_asap.hub` (imported on first use of ``timm_asap.hub``).
+loaders are in :mod:`timm_asap.hub` (imported on first use of ``timm_asap.hub``: the module-level
+``__getattr__`` below only defers that import). Fine-tuning, evaluation, the study, publishing and the
+command-line tools are the lab's (:mod:`timm_asap_lab`), which builds on this package and is never
+imported by it.
 
 Public API: the layers (:class:`ASAP2d`, :class:`FLC2d`, :func:`asap_pool2d`, :func:`flc_pool2d`,
 :func:`create_pool`), the conversion (:func:`asapify`) and its repair (:func:`recalibrate_norm`: BatchNorm
