@@ -29,13 +29,13 @@ import timm
 import torch
 from torch import nn
 
-from timm_asap_lab.config import ConfigError, RUN_CONFIG_FILE, RunConfig, config_from_dict, find_run_config, load_config
-from timm_asap.models.registry import check_model_name
-from timm_asap_lab.config_model import create_model_from_config, model_kwargs
 from timm_asap.hub.errors import IntegrityError
 from timm_asap.hub.integrity import (ARCHITECTURE_KEY, CONFIG_NAME, POOLING_KEY, WEIGHTS_NAME, check_recorded_model,
-                        config_model_args, load_safetensors, read_safetensors_header, recorded_model_args,
+                                     config_model_args, load_safetensors, read_safetensors_header, recorded_model_args,
                                      state_shape_mismatch, verify_hub_folder)
+from timm_asap.models.registry import check_model_name
+from timm_asap_lab.config import RUN_CONFIG_FILE, ConfigError, RunConfig, config_from_dict, find_run_config, load_config
+from timm_asap_lab.config_model import create_model_from_config, model_kwargs
 
 __all__ = ['CheckpointRecord', 'read_checkpoint_record', 'check_record_identity', 'create_checkpoint_model',
            'load_checkpoint_state_dict', 'load_state_dict_checked', 'load_trained_model']
@@ -175,7 +175,8 @@ def _torch_load_record(path: Path) -> Any:
 
 
 def _torch_record(path: Path) -> CheckpointRecord:
-    from timm_asap_lab.train.checkpoint import CHECKPOINT_FORMAT  # the fine-tuning tool's format tag (train builds on hub)
+    from timm_asap_lab.train.checkpoint import \
+        CHECKPOINT_FORMAT  # the fine-tuning tool's format tag (train builds on hub)
     ckpt = _torch_load_record(path)
     record = CheckpointRecord(path, 'the checkpoint')
     if not isinstance(ckpt, dict) or ckpt.get('format') != CHECKPOINT_FORMAT:

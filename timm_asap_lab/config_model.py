@@ -8,10 +8,10 @@ from __future__ import annotations
 import timm
 from torch import nn
 
-from timm_asap_lab.config import ConfigError, RunConfig
-from timm_asap.layers import ASAP2d, ASAP2dFFT, FLC2d, FLC2dFFT
 from timm_asap.hub.errors import UnregisteredArchitectureError
+from timm_asap.layers import ASAP2d, ASAP2dFFT, FLC2d, FLC2dFFT
 from timm_asap.models import check_architecture, pool_position_of
+from timm_asap_lab.config import ConfigError, RunConfig
 
 __all__ = ['create_model_from_config', 'model_kwargs', 'check_pooling']
 

@@ -37,13 +37,13 @@ from typing import Any, Callable
 import torch
 
 from timm_asap._files import atomic_path, atomic_write_text
-
-from timm_asap_lab.files import check_folder_path, check_output_folder, folder_lock
+from timm_asap.models.weight_tags import HUB_ORG
 from timm_asap_lab.config import RunConfig, apply_overrides, load_config
 from timm_asap_lab.evaluation.summary import standard_error
-from timm_asap.models.weight_tags import HUB_ORG
+from timm_asap_lab.files import check_folder_path, check_output_folder, folder_lock
 from timm_asap_lab.runtime import amp_context, resolve_amp, resolve_device
-from timm_asap_lab.study_conversion import Arm, arm_config, conversion_arms, converted_model, cost_rows, cost_table, goal_check, repaired_model
+from timm_asap_lab.study_conversion import (Arm, arm_config, conversion_arms, converted_model, cost_rows, cost_table,
+                                            goal_check, repaired_model)
 
 __all__ = ['StudyOptions', 'Family', 'FAMILIES', 'VARIANT_SUFFIXES', 'PRESETS', 'preset_options', 'default_options',
            'full_options', 'run_study', 'study_table', 'estimate', 'convergence']
@@ -182,7 +182,8 @@ class StudyOptions:
             raise ValueError(f"eps must lie in [0, 1] (pixel units), got {self.eps}")
         check_folder_path(self.output_dir, 'output folder')
         self._validate_conversion()
-        from timm_asap_lab.evaluation import EvalOptions  # severities, counts, precision: as the evaluation will check them
+        from timm_asap_lab.evaluation import \
+            EvalOptions  # severities, counts, precision: as the evaluation will check them
         EvalOptions.from_dict(_eval_options(self, torch.device('cpu'), Path(self.output_dir) / 'eval_cache')).validate()
         return self
 
@@ -438,8 +439,8 @@ def _reload_check(arch: str, cfg: RunConfig, trained: torch.nn.Module, hub_dir: 
     import timm
     from huggingface_hub import constants as hf_constants
 
-    from timm_asap_lab.evaluation import wrap_model
     from timm_asap.hub import load_hub_folder, seed_hub_cache
+    from timm_asap_lab.evaluation import wrap_model
 
     repo_id = cfg.hub.repo_id
     seed_hub_cache(hub_dir, repo_id, cache_dir)  # the offline cache a download would leave
@@ -686,7 +687,8 @@ def _evaluate_family(what: str, eval_dir: Path, nets: list[tuple[str, torch.nn.M
     """The rows and record of the models ``nets`` ((label, model taking [0, 1] inputs), ``what`` in the log):
     the stored ``eval_dir/results.json`` when its record equals this evaluation's (options, weights, images,
     precision), else a new evaluation (saying why in one line)."""
-    from timm_asap_lab.evaluation import EvalOptions, evaluate_models, evaluation_record, read_results, record_differences
+    from timm_asap_lab.evaluation import (EvalOptions, evaluate_models, evaluation_record, read_results,
+                                          record_differences)
     from timm_asap_lab.evaluation.provenance import describe_differences
 
     stored = eval_dir / 'results.json'

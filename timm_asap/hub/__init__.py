@@ -8,13 +8,13 @@ torch, timm, safetensors and huggingface_hub, and changes nothing in timm or tra
 """
 from __future__ import annotations
 
-from timm_asap.models.registry import check_architecture
 from timm_asap.hub.errors import HubDownloadError, IntegrityError, UnregisteredArchitectureError
 from timm_asap.hub.image_processor import IMAGE_PROCESSOR_NAME, register_image_processor
 from timm_asap.hub.integrity import (check_weights_match_config, read_safetensors_header, save_safetensors,
                                      verify_hub_folder, verify_safetensors, weights_metadata)
 from timm_asap.hub.load import (download_hub_files, load_hub_folder, load_model, load_transformers_model,
                                 seed_hub_cache, transformers_pipeline)
+from timm_asap.models.registry import check_architecture
 
 __all__ = [
     'HubDownloadError', 'IntegrityError', 'UnregisteredArchitectureError', 'check_architecture',

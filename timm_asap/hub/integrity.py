@@ -17,9 +17,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from timm_asap._files import atomic_write_bytes
+from timm_asap.hub.errors import IntegrityError
 from timm_asap.models.convert import pooling_signature
 from timm_asap.models.registry import check_architecture
-from timm_asap.hub.errors import IntegrityError
 
 __all__ = ['WEIGHTS_NAME', 'CONFIG_NAME', 'DIGEST_KEY', 'ARCHITECTURE_KEY', 'POOLING_KEY', 'MODEL_ARGS_KEY',
            'PICKLE_SUFFIXES', 'recorded_model_args', 'config_model_args',

@@ -21,10 +21,11 @@ from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, Offl
 from torch import nn
 
 from timm_asap._files import LOCK_NAME, atomic_path, atomic_write_text
-from timm_asap.models.registry import check_architecture, check_model_name
 from timm_asap.hub.errors import HubDownloadError, IntegrityError
 from timm_asap.hub.image_processor import register_image_processor
-from timm_asap.hub.integrity import CONFIG_NAME, WEIGHTS_NAME, check_weights_match_config, read_config_json, verify_hub_folder
+from timm_asap.hub.integrity import (CONFIG_NAME, WEIGHTS_NAME, check_weights_match_config, read_config_json,
+                                     verify_hub_folder)
+from timm_asap.models.registry import check_architecture, check_model_name
 
 __all__ = ['download_hub_files', 'load_hub_folder', 'load_model', 'load_transformers_model',
            'transformers_pipeline', 'seed_hub_cache', 'hub_unreachable_error']

@@ -12,8 +12,8 @@ import torch.fx
 from timm.layers import to_2tuple
 from torch import nn
 
-from timm_asap.layers.band import ASAP_PADDINGS, MODES, check_choice, output_size, reject_unknown_args
 from timm_asap.layers.backends import spectral_pool
+from timm_asap.layers.band import ASAP_PADDINGS, MODES, check_choice, output_size, reject_unknown_args
 from timm_asap.layers.spectral_matrix import check_pool_input
 
 __all__ = ['asap_pool2d', 'ASAP2d', 'check_stride', 'check_channels']

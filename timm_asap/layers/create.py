@@ -4,8 +4,8 @@ from __future__ import annotations
 from torch import nn
 
 from timm_asap.layers.asap import ASAP2d
-from timm_asap.layers.fft_pool import ASAP2dFFT, FLC2dFFT
 from timm_asap.layers.band import check_choice, init_arguments
+from timm_asap.layers.fft_pool import ASAP2dFFT, FLC2dFFT
 from timm_asap.layers.flc import FLC2d
 
 __all__ = ['POOL_LAYERS', 'create_pool', 'pool_arguments']

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from timm_asap.layers.asap import check_channels, check_stride
-from timm_asap.layers.band import ASAP_PADDINGS, FLC_NORMS, FLC_VARIANTS, MODES, BandSpec, band_spec, check_choice, reject_unknown_args
+from timm_asap.layers.band import (ASAP_PADDINGS, FLC_NORMS, FLC_VARIANTS, MODES, BandSpec, band_spec, check_choice,
+                                   reject_unknown_args)
 from timm_asap.layers.spectral_matrix import check_pool_input
 
 __all__ = ['asap_pool2d_fft', 'flc_pool2d_fft', 'ASAP2dFFT', 'FLC2dFFT']

@@ -10,8 +10,8 @@ import torch.fx
 from torch import nn
 
 from timm_asap.layers.asap import check_channels, check_stride
-from timm_asap.layers.band import FLC_NORMS, FLC_VARIANTS, MODES, check_choice, output_size, reject_unknown_args
 from timm_asap.layers.backends import spectral_pool
+from timm_asap.layers.band import FLC_NORMS, FLC_VARIANTS, MODES, check_choice, output_size, reject_unknown_args
 from timm_asap.layers.spectral_matrix import check_pool_input
 
 __all__ = ['flc_pool2d', 'FLC2d']

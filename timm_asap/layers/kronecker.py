@@ -15,7 +15,7 @@ import functools
 import torch
 
 from timm_asap.layers.band import output_size
-from timm_asap.layers.spectral_matrix import build_outside_graphs, axis_operator, is_channels_last, register_cache
+from timm_asap.layers.spectral_matrix import axis_operator, build_outside_graphs, is_channels_last, register_cache
 
 __all__ = ['KRONECKER_MAX_PLANE', 'KRONECKER_CACHE_SIZE', 'kronecker_matrix', 'kronecker_pool']
 

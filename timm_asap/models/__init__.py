@@ -10,17 +10,14 @@ Their weight tags are declared in :mod:`timm_asap.models.weight_tags`; every loo
 from timm_asap.models import asap_cifar, asap_timm  # noqa: F401  (register the architectures with timm)
 from timm_asap.models.asap_cifar import CIFAR_ARCHITECTURES, CifarResNet, PreActBlock, PreActResNet
 from timm_asap.models.asap_timm import BASE_ARCHITECTURES
-from timm_asap.models.convert import (
-    POOL_POSITIONS, ConversionError, PooledConvMixin, SpectralDownsample, StridedOp, asapify, is_converted,
-    plan_conversion, pool_kwarg_names, pool_position_of, pooling_signature, spectral_pool_modules,
-)
+from timm_asap.models.convert import (POOL_POSITIONS, ConversionError, PooledConvMixin, SpectralDownsample, StridedOp,
+                                      asapify, is_converted, plan_conversion, pool_kwarg_names, pool_position_of,
+                                      pooling_signature, spectral_pool_modules)
 from timm_asap.models.creation import WeightsNotAvailableError
+from timm_asap.models.registry import (UnknownModelError, Variant, base_architecture, check_architecture,
+                                       check_model_name, get_variant, is_loadable, is_variant, list_variants,
+                                       loadable_tags, unpublished_tags)
 from timm_asap.models.repair import recalibrate_norm, running_stat_layers
-from timm_asap.models.registry import (
-    UnknownModelError, Variant, base_architecture, check_architecture, check_model_name, get_variant, is_loadable,
-    is_variant,
-    list_variants, loadable_tags, unpublished_tags,
-)
 from timm_asap.models.weight_tags import HUB_ORG, PAPER_IDS, WEIGHT_TAGS, WeightTag
 
 __all__ = [

@@ -53,10 +53,8 @@ from dataclasses import dataclass
 import torch
 import torch.fx
 import torch.nn.functional as F
-from timm.layers import (
-    BlurPool2d, CondConv2d, Conv2dSame, ScaledStdConv2d, ScaledStdConv2dSame, StdConv2d, StdConv2dSame,
-    register_notrace_module, to_2tuple,
-)
+from timm.layers import (BlurPool2d, CondConv2d, Conv2dSame, ScaledStdConv2d, ScaledStdConv2dSame, StdConv2d,
+                         StdConv2dSame, register_notrace_module, to_2tuple)
 from timm.layers.conv2d_same import Conv2dSameExport
 from timm.layers.pool2d_same import AvgPool2dSame, MaxPool2dSame
 from timm.models.resnet import BasicBlock

@@ -30,9 +30,9 @@ from timm.models import (PretrainedCfg, get_arch_pretrained_cfgs, is_model, is_m
 from torch import nn
 
 from timm_asap.layers.band import POOLS
-from timm_asap.version import __version__
 from timm_asap.models import weight_tags
 from timm_asap.models.weight_tags import HUB_ORG, PAPER_IDS, WeightTag, paper_ids
+from timm_asap.version import __version__
 
 __all__ = [
     'MODULES', 'UnknownModelError', 'Variant', 'list_variants', 'get_variant', 'base_architecture', 'is_variant',

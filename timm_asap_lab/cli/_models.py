@@ -87,7 +87,6 @@ def spec_weights(spec: str) -> str:
     """The local weights file a spec loads ('' when timm downloads or caches them): the checkpoint of
     ``NAME@CHECKPOINT``, the ``model.safetensors`` of ``local-dir:<folder>``."""
     from timm_asap.hub.integrity import WEIGHTS_NAME
-
     from timm_asap_lab.cli.evaluate import parse_model_spec
     _, name, ckpt = parse_model_spec(spec)
     source, ident = timm.models.parse_model_name(name)
@@ -113,10 +112,9 @@ def load_classifier(spec: str, model_args: dict | None = None, mean=None, std=No
         ValueError: an empty name, a checkpoint combined with a Hub name, a missing checkpoint file, or a
             name without pretrained weights.
     """
-    from timm_asap_lab.evaluation import create_eval_model, wrap_model
     from timm_asap.hub import load_model
-
     from timm_asap_lab.cli.evaluate import parse_model_spec
+    from timm_asap_lab.evaluation import create_eval_model, wrap_model
     _, name, ckpt = parse_model_spec(spec)
     args = dict(model_args or {})
     source, ident = timm.models.parse_model_name(name)

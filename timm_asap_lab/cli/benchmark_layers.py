@@ -11,11 +11,10 @@ from pathlib import Path
 import torch
 
 from timm_asap._files import atomic_write_text
-from timm_asap_lab.tools.benchmark_layers import (
-    DEFAULT_REPEATS, NETWORK_SHAPES, RESNET50_SHAPES, benchmark_backends, benchmark_layers, format_backend_table,
-    format_table, target_checks, winners_table,
-)
 from timm_asap.layers import BACKENDS
+from timm_asap_lab.tools.benchmark_layers import (DEFAULT_REPEATS, NETWORK_SHAPES, RESNET50_SHAPES, benchmark_backends,
+                                                  benchmark_layers, format_backend_table, format_table, target_checks,
+                                                  winners_table)
 
 DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16, 'float64': torch.float64}
 LAYOUTS = ('contiguous', 'channels_last')

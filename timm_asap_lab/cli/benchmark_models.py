@@ -13,14 +13,13 @@ from pathlib import Path
 import torch
 import yaml
 
-from timm_asap_lab.tools.benchmark_models import (
-    AFTER_SUFFIX, DEFAULT_ROUNDS, FAMILIES, MODELS, benchmark_models, cpu_peak_rss, format_profile, format_table,
-    placed_labels, profile_extra_time, target_checks)
-from timm_asap_lab.tools.timing import MIN_ROUNDS, SPREAD_LIMIT
-
+from timm_asap._files import atomic_write_text
 from timm_asap_lab.cli._errors import run_cli
 from timm_asap_lab.cli._yaml_defaults import parse_args_with_yaml_defaults
-from timm_asap._files import atomic_write_text
+from timm_asap_lab.tools.benchmark_models import (AFTER_SUFFIX, DEFAULT_ROUNDS, FAMILIES, MODELS, benchmark_models,
+                                                  cpu_peak_rss, format_profile, format_table, placed_labels,
+                                                  profile_extra_time, target_checks)
+from timm_asap_lab.tools.timing import MIN_ROUNDS, SPREAD_LIMIT
 
 PROG = 'timm-asap benchmark-models'
 DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}

@@ -23,9 +23,8 @@ import logging
 import sys
 from pathlib import Path
 
-from timm_asap_lab.runtime import AMP_CHOICES
-
 from timm_asap_lab.cli._errors import run_cli
+from timm_asap_lab.runtime import AMP_CHOICES
 
 __all__ = ['main', 'build_parser', 'compare_table']
 
@@ -141,14 +140,12 @@ def compare_table(rows: list[dict]) -> str:
 
 def _run(args) -> int:
     from timm_asap._files import atomic_write_text
+    from timm_asap.models import is_converted, recalibrate_norm
+    from timm_asap_lab.cli._models import (base_model_args, converted_copy, float_batches, load_classifier,
+                                           normalisation, read_images, yaml_dict)
     from timm_asap_lab.evaluation import compare_models
     from timm_asap_lab.evaluation._deps import library_versions
-    from timm_asap.models import is_converted, recalibrate_norm
     from timm_asap_lab.runtime import resolve_amp, resolve_device
-
-    from timm_asap_lab.cli._models import (
-        base_model_args, converted_copy, float_batches, load_classifier, normalisation, read_images, yaml_dict,
-    )
 
     _check_json_target(args.json)
     device = resolve_device(args.device)
@@ -214,7 +211,6 @@ def hub_statuses() -> list:
 
     from timm_asap.hub.errors import HubDownloadError
     from timm_asap.models import WeightsNotAvailableError
-
     from timm_asap_lab.cli._errors import STATUS_BAD_INPUT, STATUS_UNREACHABLE
     return [((HubDownloadError, LocalEntryNotFoundError, OfflineModeIsEnabled), STATUS_UNREACHABLE),
             (WeightsNotAvailableError, STATUS_BAD_INPUT),

@@ -9,10 +9,9 @@ import timm
 import torch
 import yaml
 
-from timm_asap_lab.tools.coverage import coverage_rows, rows_to_dicts, rows_to_markdown
-
-from timm_asap_lab.cli._yaml_defaults import parse_args_with_yaml_defaults
 from timm_asap._files import atomic_write_text
+from timm_asap_lab.cli._yaml_defaults import parse_args_with_yaml_defaults
+from timm_asap_lab.tools.coverage import coverage_rows, rows_to_dicts, rows_to_markdown
 
 
 def build_parser() -> argparse.ArgumentParser:

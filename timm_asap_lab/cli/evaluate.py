@@ -25,14 +25,12 @@ from pathlib import Path
 import yaml
 
 from timm_asap._files import atomic_write_text
-
-from timm_asap_lab.files import check_folder_path, check_output_folder
-from timm_asap_lab.evaluation.runner import EvalOptions
 from timm_asap.hub.errors import HubDownloadError
-from timm_asap_lab.runtime import AMP_CHOICES
-
 from timm_asap_lab.cli._errors import STATUS_BAD_INPUT, STATUS_UNREACHABLE, run_cli
 from timm_asap_lab.cli._yaml_defaults import read_yaml_defaults
+from timm_asap_lab.evaluation.runner import EvalOptions
+from timm_asap_lab.files import check_folder_path, check_output_folder
+from timm_asap_lab.runtime import AMP_CHOICES
 
 __all__ = ['main', 'build_parser', 'parse_model_spec']
 

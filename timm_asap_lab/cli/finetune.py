@@ -32,8 +32,8 @@ from pathlib import Path
 
 import yaml
 
-from timm_asap_lab.config import RUN_CONFIG_FILE, ConfigError, apply_overrides, load_config
 from timm_asap_lab.cli._errors import STATUS_BAD_INPUT, STATUS_FAILED, STATUS_UNREACHABLE, run_cli
+from timm_asap_lab.config import RUN_CONFIG_FILE, ConfigError, apply_overrides, load_config
 
 __all__ = ['main', 'build_parser']
 
@@ -130,8 +130,8 @@ def _resolve_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -
 
 
 def _training_statuses() -> list:
-    from timm_asap_lab.data import DataError
     from timm_asap.hub.errors import HubDownloadError
+    from timm_asap_lab.data import DataError
     from timm_asap_lab.train import RunExistsError, TrainingError
     return [(RunExistsError, STATUS_BAD_INPUT), (DataError, STATUS_FAILED), (HubDownloadError, STATUS_UNREACHABLE),
             (TrainingError, STATUS_FAILED)]

@@ -7,7 +7,6 @@ import timm
 
 from timm_asap.models import get_variant, unpublished_tags
 
-
 # the module registering the CIFAR-size families, whose strided baselines are ours too
 _CIFAR_MODULE = 'asap_cifar'
 

@@ -29,8 +29,8 @@ import argparse
 import logging
 from pathlib import Path
 
-from timm_asap_lab.config import ConfigError, apply_overrides, load_config
 from timm_asap_lab.cli._errors import BAD_INPUT, STATUS_BAD_INPUT, STATUS_FAILED, STATUS_UNREACHABLE, run_cli
+from timm_asap_lab.config import ConfigError, apply_overrides, load_config
 
 __all__ = ['build_parser', 'main']
 
@@ -70,6 +70,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format='%(levelname)s %(message)s')
     from timm_asap_lab.publish.errors import HubPublishError
     from timm_asap_lab.publish.upload import HubUnreachableError
+
     # bad input (ConfigError, IntegrityError, DataError, a refused --output: ValueErrors; missing files) -> 2
     return run_cli('timm-asap-publish', lambda: _publish(args),
                    [(HubUnreachableError, STATUS_UNREACHABLE), (HubPublishError, STATUS_FAILED),

@@ -117,11 +117,9 @@ def variant_kwargs(pool: str, asapify_args: dict) -> dict:
 def _run(args) -> int:
     from timm_asap.hub.integrity import save_safetensors, weights_metadata
     from timm_asap.models import check_architecture, is_converted, recalibrate_norm, running_stat_layers
+    from timm_asap_lab.cli._models import (converted_copy, float_batches, load_classifier, normalisation, read_images,
+                                           spec_weights, yaml_dict)
     from timm_asap_lab.runtime import resolve_device
-
-    from timm_asap_lab.cli._models import (
-        converted_copy, float_batches, load_classifier, normalisation, read_images, spec_weights, yaml_dict,
-    )
 
     check_output(args.output, [spec_weights(args.model)])  # before any work
     model_args = yaml_dict(args.model_args, '--model-args')

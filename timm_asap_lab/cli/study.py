@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+
+from timm_asap_lab.cli._errors import STATUS_BAD_INPUT, STATUS_FAILED, run_cli
 from timm_asap_lab.runtime import AMP_CHOICES
 from timm_asap_lab.study import FAMILIES, PRESETS, preset_options, run_study
 from timm_asap_lab.train.errors import RunExistsError, TrainingError, TrainingInterrupted
-from timm_asap_lab.cli._errors import STATUS_BAD_INPUT, STATUS_FAILED, run_cli
 
 #: a run of another configuration in --output is bad input (nothing was written); a run that failed (its loss
 #: diverged, a checkpoint cannot be read) is failed work; the rest as every CLI (docs/study.md, "Exit status")

@@ -1,12 +1,13 @@
 """Data for fine-tuning and evaluation: built-in Fashion-MNIST and timm.data datasets, transforms, loaders."""
 from timm_asap_lab.data.classes import check_classes, check_label_names, check_labels
-from timm_asap_lab.data.dataset import SampleDataset, create_split_dataset, dataset_classes, is_folder_dataset, subset_indices
+from timm_asap_lab.data.dataset import (SampleDataset, create_split_dataset, dataset_classes, is_folder_dataset,
+                                        subset_indices)
 from timm_asap_lab.data.errors import DataError
-from timm_asap_lab.data.fashion_mnist import (
-    DEFAULT_FASHION_MNIST_DIR, FASHION_MNIST_NAMES, FashionMNIST, fashion_mnist_split,
-    find_fashion_mnist, is_fashion_mnist)
+from timm_asap_lab.data.fashion_mnist import (DEFAULT_FASHION_MNIST_DIR, FASHION_MNIST_NAMES, FashionMNIST,
+                                              fashion_mnist_split, find_fashion_mnist, is_fashion_mnist)
 from timm_asap_lab.data.idx import IdxError, read_idx, write_idx
-from timm_asap_lab.data.loader import LoaderBatches, ResumableSampler, ShardSampler, create_eval_loader, create_train_loader
+from timm_asap_lab.data.loader import (LoaderBatches, ResumableSampler, ShardSampler, create_eval_loader,
+                                       create_train_loader)
 from timm_asap_lab.data.memory import MemoryAugment, MemoryEvalBatches, MemoryTrainBatches, augment_batch, sample_order
 from timm_asap_lab.data.pipeline import RunData, choose_loader, create_run_data, create_val_dataset
 from timm_asap_lab.data.transforms import create_transforms, run_data_config

@@ -14,7 +14,8 @@ from timm_asap_lab.data.classes import check_classes
 from timm_asap_lab.data.dataset import SampleDataset, create_split_dataset, dataset_classes, describe, subset_indices
 from timm_asap_lab.data.errors import DataError
 from timm_asap_lab.data.loader import LoaderBatches, create_eval_loader, create_train_loader
-from timm_asap_lab.data.memory import MemoryAugment, MemoryEvalBatches, MemoryTrainBatches, array_images, images_nbytes, to_device_images
+from timm_asap_lab.data.memory import (MemoryAugment, MemoryEvalBatches, MemoryTrainBatches, array_images,
+                                       images_nbytes, to_device_images)
 from timm_asap_lab.data.transforms import create_transforms, run_data_config
 
 __all__ = ['RunData', 'create_run_data', 'create_val_dataset', 'choose_loader']

@@ -4,12 +4,13 @@ Heavy optional dependencies (ART for attacks; OpenCV, scikit-image, SciPy and co
 textures for corruptions) are imported on first use; a missing one raises an ImportError naming
 ``pip install 'timm-asap[eval]'``.
 """
-from timm_asap_lab.evaluation.attacks import ATTACKS, AUTOATTACK_COMPONENTS, NORMS, AttackSpec, check_eps, evaluate_attacks, parse_eps, run_attack
+from timm_asap_lab.evaluation.attacks import (ATTACKS, AUTOATTACK_COMPONENTS, NORMS, AttackSpec, check_eps,
+                                              evaluate_attacks, parse_eps, run_attack)
 from timm_asap_lab.evaluation.compare import compare_models
-from timm_asap_lab.evaluation.corruptions import (
-    ALL_CORRUPTIONS, CORRUPTION_GROUPS, CORRUPTIONS, EXTRA_CORRUPTIONS, PROTOCOLS, SEVERITIES, check_corruptions,
-    check_severities, corrupt)
-from timm_asap_lab.evaluation.data import CifarCDataset, EvalImages, ImageNetCFolder, create_eval_dataset, load_images, to_uint8_chw
+from timm_asap_lab.evaluation.corruptions import (ALL_CORRUPTIONS, CORRUPTION_GROUPS, CORRUPTIONS, EXTRA_CORRUPTIONS,
+                                                  PROTOCOLS, SEVERITIES, check_corruptions, check_severities, corrupt)
+from timm_asap_lab.evaluation.data import (CifarCDataset, EvalImages, ImageNetCFolder, create_eval_dataset, load_images,
+                                           to_uint8_chw)
 from timm_asap_lab.evaluation.engine import evaluate_clean, evaluate_corruptions
 from timm_asap_lab.evaluation.provenance import evaluation_record, record_differences
 from timm_asap_lab.evaluation.report import markdown_report, parse_markdown_tables, read_results, write_results

@@ -5,11 +5,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from timm_asap_lab.runtime import resolve_device
 from timm_asap_lab.evaluation.data import EvalImages
 from timm_asap_lab.evaluation.engine import model_in_chans, predict_logits, topk_correct
 from timm_asap_lab.evaluation.summary import standard_error
 from timm_asap_lab.evaluation.wrapper import wrap_model
+from timm_asap_lab.runtime import resolve_device
 
 __all__ = ['compare_models']
 

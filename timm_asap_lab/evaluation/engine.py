@@ -12,12 +12,12 @@ from timm.utils import accuracy
 from torch import nn
 from tqdm.auto import tqdm
 
-from timm_asap_lab.runtime import amp_context, resolve_amp, resolve_device
 from timm_asap_lab.evaluation.cache import CorruptionCache, iter_corrupted_sets
 from timm_asap_lab.evaluation.corruptions import check_corruptions, check_severities, resolve_protocol
-from timm_asap_lab.evaluation.data import (CifarCDataset, EvalImages, ImageNetCFolder, _collate_uint8, eval_transform, find_imagenet_c_dir,
-                   select_indices)
+from timm_asap_lab.evaluation.data import (CifarCDataset, EvalImages, ImageNetCFolder, _collate_uint8, eval_transform,
+                                           find_imagenet_c_dir, select_indices)
 from timm_asap_lab.evaluation.wrapper import check_eval_mode
+from timm_asap_lab.runtime import amp_context, resolve_amp, resolve_device
 
 __all__ = [
     'resolve_device', 'autocast', 'adapt_channels', 'predict_logits', 'topk_correct', 'evaluate_clean',

@@ -13,22 +13,22 @@ import torch
 import torch.utils.data
 from torch import nn
 
+from timm_asap._files import atomic_write_text
+from timm_asap.layers.band import check_choice
 from timm_asap_lab.evaluation._deps import library_versions, require
 from timm_asap_lab.evaluation.attacks import AttackSpec, check_eps, parse_eps
 from timm_asap_lab.evaluation.corruptions import SEVERITIES, check_corruptions, check_severities
 from timm_asap_lab.evaluation.data import EvalImages, load_images
-from timm_asap._files import atomic_write_text
-from timm_asap.layers.band import check_choice
-from timm_asap_lab.files import check_folder_path
-from timm_asap_lab.runtime import resolve_amp
+from timm_asap_lab.evaluation.engine import (CORRUPTION_SOURCES, check_corruption_source, evaluate_clean,
+                                             evaluate_corruptions, model_in_chans, predict_logits, resolve_device)
 from timm_asap_lab.evaluation.provenance import evaluation_record
-from timm_asap_lab.evaluation.engine import (CORRUPTION_SOURCES, check_corruption_source, evaluate_clean, evaluate_corruptions, model_in_chans,
-                     predict_logits, resolve_device)
-from timm_asap_lab.evaluation.report import (markdown_report, plot_aliasing, plot_attacks, plot_corruptions, plot_shift, read_results,
-                     write_results)
+from timm_asap_lab.evaluation.report import (markdown_report, plot_aliasing, plot_attacks, plot_corruptions, plot_shift,
+                                             read_results, write_results)
 from timm_asap_lab.evaluation.shift import SHIFT_MODES, aliasing_view, evaluate_shift_consistency
 from timm_asap_lab.evaluation.summary import corruption_summary
 from timm_asap_lab.evaluation.wrapper import NormalizedModel, check_eval_mode
+from timm_asap_lab.files import check_folder_path
+from timm_asap_lab.runtime import resolve_amp
 
 __all__ = ['EvalOptions', 'evaluate_models', 'build_attack_specs', 'require_dependencies', 'check_mce_baseline',
            'check_model_classes']

@@ -30,7 +30,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from timm_asap_lab.evaluation.data import EvalImages
-from timm_asap_lab.evaluation.engine import _check_models, predict_logits, model_in_chans, resolve_device, adapt_channels
+from timm_asap_lab.evaluation.engine import (_check_models, adapt_channels, model_in_chans, predict_logits,
+                                             resolve_device)
 
 __all__ = ['SHIFT_MODES', 'shift_images', 'evaluate_shift_consistency', 'aliasing_view', 'lowpass']
 

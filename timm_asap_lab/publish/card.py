@@ -7,11 +7,11 @@ from typing import Any
 import timm
 from huggingface_hub import EvalResult, ModelCardData
 
-from timm_asap_lab.config import RunConfig, base_source_kind
-from timm_asap_lab.data.fashion_mnist import FASHION_MNIST_NAMES
-from timm_asap.version import __version__
 from timm_asap.models import is_variant
 from timm_asap.models.weight_tags import weight_tag
+from timm_asap.version import __version__
+from timm_asap_lab.config import RunConfig, base_source_kind
+from timm_asap_lab.data.fashion_mnist import FASHION_MNIST_NAMES
 from timm_asap_lab.publish.results import EvalResults
 
 __all__ = ['CITATIONS', 'DATASET_NAMES', 'POOLING_TAGS', 'dataset_label', 'base_model_repo', 'pooling_tags',

@@ -26,21 +26,21 @@ from typing import Any, Mapping, Sequence
 
 from torch import nn
 
-from timm_asap_lab.config import (RUN_CONFIG_FILE, ConfigError, RunConfig, apply_overrides, base_source_kind, find_run_config,
-                      load_config, save_config)
-from timm_asap.version import __version__
 from timm_asap._files import LOCK_NAME, atomic_write_text
-from timm_asap_lab.files import check_replaceable, folder_lock, replace_dir, staging_dir
-from timm_asap_lab.publish.card import build_model_card
-from timm_asap_lab.config_model import check_pooling, create_model_from_config, model_kwargs
 from timm_asap.hub.errors import IntegrityError
-from timm_asap_lab.publish.errors import HubPublishError, MissingEvaluationError
-from timm_asap.models.weight_tags import FASHION_MNIST_LABELS, paper_ids
 from timm_asap.hub.image_processor import IMAGE_PROCESSOR_NAME
 from timm_asap.hub.integrity import (CONFIG_NAME, PICKLE_SUFFIXES, WEIGHTS_NAME, save_safetensors, verify_hub_folder,
                                      weights_metadata)
-from timm_asap_lab.publish.results import EvalResults, find_eval_results, load_eval_results
+from timm_asap.models.weight_tags import FASHION_MNIST_LABELS, paper_ids
+from timm_asap.version import __version__
 from timm_asap_lab.checkpoints import load_checkpoint_state_dict, load_state_dict_checked, load_trained_model
+from timm_asap_lab.config import (RUN_CONFIG_FILE, ConfigError, RunConfig, apply_overrides, base_source_kind,
+                                  find_run_config, load_config, save_config)
+from timm_asap_lab.config_model import check_pooling, create_model_from_config, model_kwargs
+from timm_asap_lab.files import check_replaceable, folder_lock, replace_dir, staging_dir
+from timm_asap_lab.publish.card import build_model_card
+from timm_asap_lab.publish.errors import HubPublishError, MissingEvaluationError
+from timm_asap_lab.publish.results import EvalResults, find_eval_results, load_eval_results
 
 __all__ = ['RUN_CONFIG_NAME', 'TRAIN_CONFIG_NAME', 'resolve_label_names', 'check_publishable', 'create_model_from_config',
            'check_pooling', 'load_checkpoint_state_dict', 'load_state_dict_checked', 'load_trained_model',

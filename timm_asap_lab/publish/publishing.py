@@ -5,7 +5,8 @@ from pathlib import Path
 from typing import Sequence
 
 from timm_asap_lab.files import folder_lock
-from timm_asap_lab.publish.export import PUBLISH_WRITER, check_hub_output, export_resolved, publish_inputs, resolve_run_config
+from timm_asap_lab.publish.export import (PUBLISH_WRITER, check_hub_output, export_resolved, publish_inputs,
+                                          resolve_run_config)
 from timm_asap_lab.publish.upload import UploadResult, upload_hub_folder
 
 __all__ = ['publish']

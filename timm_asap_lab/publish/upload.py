@@ -16,8 +16,8 @@ from huggingface_hub import HfApi, constants
 from huggingface_hub.errors import HfHubHTTPError
 
 from timm_asap._files import LOCK_NAME
-from timm_asap_lab.publish.errors import HubAuthError, HubPublishError
 from timm_asap.hub.integrity import verify_hub_folder
+from timm_asap_lab.publish.errors import HubAuthError, HubPublishError
 
 __all__ = ['UploadResult', 'HubUnreachableError', 'resolve_token', 'token_source', 'upload_hub_folder',
            'STALE_PATTERNS']

@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from timm_asap_lab.tools.timing import PairedRatio, paired_ratio
 from timm_asap.models.convert import POOL_POSITIONS, asapify
+from timm_asap_lab.tools.timing import PairedRatio, paired_ratio
 
 __all__ = ['MODELS', 'FAMILIES', 'PLACEABLE', 'AFTER_SUFFIX', 'build_model', 'placed_labels', 'family_of',
            'benchmark_models', 'cpu_peak_rss', 'format_table', 'target_checks', 'DEFAULT_ROUNDS', 'row_ratio',

@@ -29,9 +29,8 @@ from torch.overrides import TorchFunctionMode
 from tqdm import tqdm
 
 from timm_asap.layers.create import POOL_LAYERS
-
-from timm_asap.models.registry import MODULES
 from timm_asap.models.convert import ConversionError, PooledConvMixin, SpectralDownsample, asapify, plan_conversion
+from timm_asap.models.registry import MODULES
 
 __all__ = ['CoverageRow', 'family_models', 'pick_representative', 'check_model', 'coverage_rows', 'rows_to_markdown', 'rows_to_dicts']
 

@@ -19,12 +19,12 @@ from timm.scheduler import create_scheduler_v2
 from timm.utils import NativeScaler, random_seed
 
 from timm_asap_lab.config import ConfigError, RunConfig
+from timm_asap_lab.config_model import create_model_from_config
 from timm_asap_lab.data import DataError, RunData, create_run_data
 from timm_asap_lab.runtime import resolve_amp
 from timm_asap_lab.train.distill import build_task
 from timm_asap_lab.train.distributed import DistEnv
 from timm_asap_lab.train.errors import CheckpointError
-from timm_asap_lab.config_model import create_model_from_config
 from timm_asap_lab.train.model import convert_from_base, create_teacher, load_base_model
 from timm_asap_lab.train.signals import ignore_signals_in_worker
 

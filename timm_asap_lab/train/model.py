@@ -33,11 +33,11 @@ import timm
 import torch.nn as nn
 from timm.models import get_pretrained_cfg, load_state_dict
 
-from timm_asap_lab.config import (RUN_CONFIG_FILE, ConfigError, RunConfig, base_source_kind, config_from_dict,
-                      find_run_config, load_config)
 from timm_asap.hub.errors import IntegrityError, UnknownModelError
 from timm_asap.hub.integrity import (ARCHITECTURE_KEY, CONFIG_NAME, MODEL_ARGS_KEY, WEIGHTS_NAME, read_config_json,
-                             read_safetensors_header, verify_hub_folder, verify_safetensors)
+                                     read_safetensors_header, verify_hub_folder, verify_safetensors)
+from timm_asap_lab.config import (RUN_CONFIG_FILE, ConfigError, RunConfig, base_source_kind, config_from_dict,
+                                  find_run_config, load_config)
 
 __all__ = ['BaseSource', 'BaseModel', 'resolve_base', 'resolve_run_config_base', 'check_conversion',
            'merge_model_args', 'load_base_model', 'convert_from_base', 'create_teacher']
@@ -237,8 +237,9 @@ def _file_source(name: str, path: Path, named: str = '', kind: str = 'file') -> 
 
 def _hub_source(name: str, folder: Path | None = None) -> BaseSource:
     """``hf-hub:<repo>`` (downloaded or cached, checked) or a local Hub folder (checked)."""
-    from timm_asap.hub.load import download_hub_files
     from huggingface_hub.errors import HfHubHTTPError
+
+    from timm_asap.hub.load import download_hub_files
     try:
         if name.startswith('hf-hub:'):
             folder = download_hub_files(name[len('hf-hub:'):])

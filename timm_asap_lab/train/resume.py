@@ -10,8 +10,8 @@ from typing import Any, Sequence
 
 from timm.scheduler import PlateauLRScheduler
 
-from timm_asap_lab.config import RunConfig
 from timm_asap.models.convert import pooling_signature
+from timm_asap_lab.config import RunConfig
 from timm_asap_lab.train.build import Parts
 from timm_asap_lab.train.checkpoint import CHECKPOINT_FORMAT, get_rng_state, link_or_copy, save_checkpoint
 from timm_asap_lab.train.distributed import DistEnv

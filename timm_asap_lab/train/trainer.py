@@ -42,10 +42,10 @@ from typing import Any, Callable, Sequence
 import torch
 from timm.utils import random_seed
 
-from timm_asap_lab.files import FolderError, folder_lock
+from timm_asap.hub.integrity import weights_metadata
 from timm_asap_lab.config import RUN_CONFIG_FILE, RunConfig, config_from_dict, load_config, save_config
 from timm_asap_lab.config_model import model_kwargs
-from timm_asap.hub.integrity import weights_metadata
+from timm_asap_lab.files import FolderError, folder_lock
 from timm_asap_lab.train import resume as _resume
 from timm_asap_lab.train.build import Parts, build_parts
 from timm_asap_lab.train.checkpoint import load_run_checkpoint, save_weights, set_rng_state
