@@ -199,6 +199,9 @@ def test_eval_mode_and_empty_and_range_errors(trained, test_images):
     with pytest.raises(ValueError, match='training mode'):
         run_attack(wrap_model(TinyNet()).train(), test_images.images[:2], test_images.labels[:2],
                    AttackSpec('pgd', 'linf', 0.1))
+    with pytest.raises(ValueError, match=r"attack must be one of \['fgsm', 'pgd', 'autoattack'\], got 'cw'"):
+        run_attack(wrap_model(TinyNet()).eval(), test_images.images[:2], test_images.labels[:2],
+                   AttackSpec('cw', 'linf', 0.1))
 
 
 # ---------------------------------------------------------------------------------------------- attacks
@@ -292,6 +295,8 @@ def test_shift_images_matches_roll_and_crop():
     crop = shift_images(x, dh, dw, 'crop', 3)
     assert crop.shape == (2, 3, 3, 3)
     torch.testing.assert_close(crop[1], x[1, :, 3:6, 0:3])
+    with pytest.raises(ValueError, match=r"shift mode must be one of \['circular', 'crop'\], got 'reflect'"):
+        shift_images(x, dh, dw, 'reflect', 3)
 
 
 def test_shift_consistency(test_images):
@@ -385,7 +390,7 @@ def test_pregenerated_cifar_c_and_imagenet_c_layouts(tmp_path, trained, test_ima
     with pytest.raises(FileNotFoundError, match='no ImageNet-C folder'):
         evaluate_corruptions([('m', trained)], test_images, ['snow'], [1], source='imagenet_c',
                              source_dir=str(tmp_path / 'imagenet_c'), workers=0, progress=False)
-    with pytest.raises(ValueError, match='unknown corruption source'):
+    with pytest.raises(ValueError, match=r"corruption source must be one of \['generated'"):
         evaluate_corruptions([('m', trained)], test_images, ['fog'], [1], source='tiny_c', progress=False)
 
 

@@ -25,6 +25,8 @@ from functools import lru_cache
 
 import torch
 
+from timm_asap.layers.band import check_choice
+
 __all__ = ['resolve_device', 'resolve_amp', 'amp_context', 'cpu_has_native_bf16', 'AMP_CHOICES']
 
 # accepted spellings of a precision request, mapped to the autocast dtype (None: float32, no autocast)
@@ -119,9 +121,7 @@ def resolve_amp(device: str | torch.device, requested: str | None = 'auto') -> t
     """
     device = torch.device(device)
     key = 'none' if requested is None else str(requested).strip().lower()
-    if key != 'auto':
-        if key not in _AMP_NAMES:
-            raise ValueError(f"precision must be one of {list(AMP_CHOICES)}, got {requested!r}")
+    if check_choice('precision', key, AMP_CHOICES) != 'auto':
         dtype = _AMP_NAMES[key]
         if dtype is torch.bfloat16 and device.type == 'cuda' and not torch.cuda.is_bf16_supported():
             raise ValueError(f"bfloat16 asked for on {device}, which does not support it; use 'float16' or 'float32'")

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from timm_asap.layers.band import check_choice
 from timm_asap_lab.evaluation._deps import require
 from timm_asap_lab.evaluation.data import EvalImages
 from timm_asap_lab.evaluation.engine import _check_models, adapt_channels, model_in_chans, resolve_device
@@ -95,8 +96,7 @@ def check_eps(eps: float, norm: str, shape: Sequence[int]) -> float:
 
 
 def _check_spec(spec: AttackSpec, shape) -> None:
-    if spec.attack not in ATTACKS:
-        raise ValueError(f"unknown attack {spec.attack!r}; allowed: {list(ATTACKS)}")
+    check_choice('attack', spec.attack, ATTACKS)
     check_eps(spec.eps, spec.norm, shape)
     if spec.steps < 1:
         raise ValueError(f"attack steps must be >= 1, got {spec.steps}")

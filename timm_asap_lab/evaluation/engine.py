@@ -12,6 +12,7 @@ from timm.utils import accuracy
 from torch import nn
 from tqdm.auto import tqdm
 
+from timm_asap.layers.band import check_choice
 from timm_asap_lab.evaluation.cache import CorruptionCache, iter_corrupted_sets
 from timm_asap_lab.evaluation.corruptions import check_corruptions, check_severities, resolve_protocol
 from timm_asap_lab.evaluation.data import (CifarCDataset, EvalImages, ImageNetCFolder, _collate_uint8, eval_transform,
@@ -94,8 +95,7 @@ def check_corruption_source(corruptions, severities, source: str, source_dir: st
         ValueError: no ``source_dir``, or an unknown source.
         FileNotFoundError: ``source_dir`` or a corruption's folder or file is missing, naming it.
     """
-    if source not in CORRUPTION_SOURCES:
-        raise ValueError(f"unknown corruption source {source!r}; allowed: {list(CORRUPTION_SOURCES)}")
+    check_choice('corruption source', source, CORRUPTION_SOURCES)
     if source == 'generated':
         return
     if not source_dir:
@@ -212,8 +212,7 @@ def evaluate_corruptions(
     _check_models(models)
     names = check_corruptions(corruptions)
     sevs = check_severities(severities)
-    if source not in CORRUPTION_SOURCES:
-        raise ValueError(f"unknown corruption source {source!r}; allowed: {list(CORRUPTION_SOURCES)}")
+    check_choice('corruption source', source, CORRUPTION_SOURCES)
     if len(data) == 0:
         raise ValueError("no evaluation images")
     device = resolve_device(device)

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from timm_asap.layers.band import check_choice
 from timm_asap_lab.evaluation.data import EvalImages
 from timm_asap_lab.evaluation.engine import (_check_models, adapt_channels, model_in_chans, predict_logits,
                                              resolve_device)
@@ -53,14 +54,12 @@ def shift_images(x: torch.Tensor, dh: torch.Tensor, dw: torch.Tensor, mode: str,
         - Output: (N, C, H, W) for circular, (N, C, H - max_shift, W - max_shift) for crop.
     """
     n, _, h, w = x.shape
-    if mode == 'circular':
+    if check_choice('shift mode', mode, SHIFT_MODES) == 'circular':
         rows = (torch.arange(h).view(1, h) - dh.view(n, 1)) % h
         cols = (torch.arange(w).view(1, w) - dw.view(n, 1)) % w
-    elif mode == 'crop':
+    else:  # 'crop'
         rows = torch.arange(h - max_shift).view(1, -1) + dh.view(n, 1)
         cols = torch.arange(w - max_shift).view(1, -1) + dw.view(n, 1)
-    else:
-        raise ValueError(f"unknown shift mode {mode!r}; allowed: {list(SHIFT_MODES)}")
     batch = torch.arange(n).view(n, 1, 1)
     out = x.permute(0, 2, 3, 1)[batch, rows.view(n, -1, 1), cols.view(n, 1, -1)]
     return out.permute(0, 3, 1, 2).contiguous()
@@ -108,8 +107,7 @@ def evaluate_shift_consistency(
         raise ValueError("no evaluation images")
     if trials < 1:
         raise ValueError(f"shift trials must be >= 1, got {trials}")
-    if mode not in SHIFT_MODES:
-        raise ValueError(f"unknown shift mode {mode!r}; allowed: {list(SHIFT_MODES)}")
+    check_choice('shift mode', mode, SHIFT_MODES)
     h, w = data.images.shape[-2:]
     max_shift = max(1, h // 4) if max_shift is None else int(max_shift)
     if max_shift < 1 or max_shift >= min(h, w):
