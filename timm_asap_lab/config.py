@@ -232,7 +232,7 @@ class TrainConfig:
             ``reduce`` (average), ``broadcast`` (rank 0's) or ``none``.
         deterministic: ask PyTorch for deterministic kernels (slower on GPU).
         tensorboard: write TensorBoard scalars under ``<output>/tensorboard`` when tensorboard is installed
-            (``pip install 'timm-asap[tensorboard]'``).
+            (``pip install -e '.[tensorboard]'`` in the checkout).
         distill: knowledge distillation settings.
     """
 

@@ -2,7 +2,7 @@
 
 Heavy optional dependencies (ART for attacks; OpenCV, scikit-image, SciPy and corrupt-tta's frost
 textures for corruptions) are imported on first use; a missing one raises an ImportError naming
-``pip install 'timm-asap[eval]'``.
+``pip install -e '.[eval]'`` (run in the timm-asap checkout).
 """
 from timm_asap_lab.evaluation.attacks import (ATTACKS, AUTOATTACK_COMPONENTS, NORMS, AttackSpec, check_eps,
                                               evaluate_attacks, parse_eps, run_attack)

@@ -9,7 +9,7 @@ from types import ModuleType
 
 __all__ = ['EVAL_EXTRA_HINT', 'require', 'library_versions']
 
-EVAL_EXTRA_HINT = "pip install 'timm-asap[eval]'"
+EVAL_EXTRA_HINT = "pip install -e '.[eval]' in the timm-asap checkout"
 
 # import name -> distribution name (what pip installs)
 _DISTRIBUTIONS = {

@@ -85,7 +85,7 @@ class TensorBoardLogger:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            _logger.info("tensorboard is not installed (pip install 'timm-asap[tensorboard]'); "
+            _logger.info("tensorboard is not installed (pip install -e '.[tensorboard]' in the timm-asap checkout); "
                          "skipping TensorBoard logs")
             return
         self.writer = SummaryWriter(log_dir=str(log_dir))
