@@ -299,6 +299,14 @@ def test_shift_images_matches_roll_and_crop():
         shift_images(x, dh, dw, 'reflect', 3)
 
 
+@pytest.mark.filterwarnings('error')
+def test_shift_plot_without_curves_draws_bars(tmp_path):
+    from timm_asap_lab.evaluation.report import plot_shift
+    rows = [{'task': 'shift', 'model': m, 'consistency': c} for m, c in (('a', 80.0), ('b', 90.0))]
+    path = plot_shift(rows, tmp_path / 'shift.png')
+    assert path.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
 def test_shift_consistency(test_images):
     torch.manual_seed(0)
     models = [('inv', CircularInvariant().eval()), ('corner', CornerReader().eval())]

@@ -266,12 +266,12 @@ def plot_shift(rows: Sequence[dict], path) -> Path | None:
             ax.plot(xs, [table[d] for d in xs], marker='o', ms=3, label=label)
         ax.set_xlabel('diagonal shift (pixels)', fontsize=8)
         ax.set_ylabel('top-1 agreement with unshifted (%)', fontsize=8)
+        ax.legend(fontsize=7)
     else:
         models = list(consistency)
         ax.bar(models, [consistency[m] for m in models])
         ax.set_ylabel('shift consistency (%)', fontsize=8)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
     ax.set_title('Shift consistency', fontsize=9)
     return _save(fig, path)
 
