@@ -175,8 +175,8 @@ def _torch_load_record(path: Path) -> Any:
 
 
 def _torch_record(path: Path) -> CheckpointRecord:
-    from timm_asap_lab.train.checkpoint import \
-        CHECKPOINT_FORMAT  # the fine-tuning tool's format tag (train builds on hub)
+    # the fine-tuning tool's format tag (imported here: the train package is loaded only when needed)
+    from timm_asap_lab.train.checkpoint import CHECKPOINT_FORMAT
     ckpt = _torch_load_record(path)
     record = CheckpointRecord(path, 'the checkpoint')
     if not isinstance(ckpt, dict) or ckpt.get('format') != CHECKPOINT_FORMAT:

@@ -182,8 +182,8 @@ class StudyOptions:
             raise ValueError(f"eps must lie in [0, 1] (pixel units), got {self.eps}")
         check_folder_path(self.output_dir, 'output folder')
         self._validate_conversion()
-        from timm_asap_lab.evaluation import \
-            EvalOptions  # severities, counts, precision: as the evaluation will check them
+        # severities, counts, precision: as the evaluation will check them
+        from timm_asap_lab.evaluation import EvalOptions
         EvalOptions.from_dict(_eval_options(self, torch.device('cpu'), Path(self.output_dir) / 'eval_cache')).validate()
         return self
 

@@ -212,7 +212,7 @@ def evaluate_corruptions(
     _check_models(models)
     names = check_corruptions(corruptions)
     sevs = check_severities(severities)
-    check_choice('corruption source', source, CORRUPTION_SOURCES)
+    check_corruption_source(names, sevs, source, source_dir)  # the source, and its data before the first pass
     if len(data) == 0:
         raise ValueError("no evaluation images")
     device = resolve_device(device)
@@ -246,7 +246,6 @@ def evaluate_corruptions(
             clock = time.perf_counter()
         stats['make_s'] = round(made, 3)
     else:
-        check_corruption_source(names, sevs, source, source_dir)
         in_chans = data.images.shape[1]
         transform = None
         if img_size is not None:
